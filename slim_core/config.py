@@ -1,0 +1,209 @@
+"""One typed configuration for the whole pipeline, loaded from YAML with environment overrides.
+
+    config = load_config("configs/demo.yaml")
+
+Environment variables override the file: `SLIM_` + the field path joined by `__`, e.g.
+`SLIM_DATA__K_CORE_USERS=10` or `SLIM_RUN__OUTPUT_DIR=/tmp/out`. Relative paths are taken
+relative to the working directory. Unknown keys are errors, so typos do not pass silently.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from slim_core.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RunConfig(_Strict):
+    name: str = Field("slim", description="Run name, shown in Prefect and in reports.")
+    output_dir: Path = Field(Path("runs/slim"), description="Folder for all artifacts of the run.")
+    seed: int = Field(42, description="Seed for every random choice in the pipeline.")
+
+
+class InteractionColumns(_Strict):
+    """Names of the interaction columns in the user's file."""
+
+    user: str = Field("user_id", description="User id column.")
+    item: str = Field("item_id", description="Item id column.")
+    timestamp: str = Field("timestamp", description="Time column: unix time or a date/time string.")
+    rating: str | None = Field(
+        None, description="Rating column; default: 'rating' when the file has one."
+    )
+
+
+class ItemColumns(_Strict):
+    """Names of the item-table columns; a text field left empty is found among common names."""
+
+    item: str = Field("item_id", description="Item id column (joins to interactions).")
+    title: str | None = Field(None, description="Title column (auto: title, movie_title, name).")
+    category: str | None = Field(
+        None, description="Category column (auto: category, categories, class, genre, genres)."
+    )
+    brand: str | None = Field(None, description="Brand column (auto: brand, store, manufacturer).")
+    description: str | None = Field(None, description="Description column (auto: description).")
+
+
+class RecBoleAtomicSource(_Strict):
+    """RecBole atomic files: `.inter` rows (user, item, [rating], timestamp) and an `.item` table."""
+
+    format: Literal["recbole_atomic"]
+    interactions: Path = Field(description="The .inter file.")
+    items: Path | None = Field(None, description="The .item file with item text.")
+    columns: InteractionColumns = InteractionColumns()
+    item_columns: ItemColumns = ItemColumns()
+    encoding: str = Field("utf-8", description="Text encoding of the files (e.g. latin-1).")
+
+
+class RecBoleSequenceSource(_Strict):
+    """RecBole sequence files (user, item_id_list, target) with an item text file and index maps."""
+
+    format: Literal["recbole_sequence"]
+    sequences: list[Path] = Field(
+        min_length=1,
+        description="Sequence files; per user the longest history + target is used "
+        "(the .test.inter file alone holds every full sequence).",
+    )
+    item_text: Path | None = Field(
+        None, description="Item text file: `item \\t title. category. brand.`"
+    )
+    item_index: Path | None = Field(
+        None, description="`item \\t integer id` map from the text file's ids to the sequence ids."
+    )
+    user_index: Path | None = Field(None, description="`user \\t integer id` map.")
+    encoding: str = Field("utf-8", description="Text encoding of the files.")
+
+
+class AmazonReviewsSource(_Strict):
+    """Amazon Reviews 2018 or 2023 JSON Lines (plain or .gz): reviews plus an optional meta file."""
+
+    format: Literal["amazon_reviews"]
+    reviews: Path = Field(description="Reviews .jsonl / .json / .jsonl.gz file.")
+    meta: Path | None = Field(None, description="meta_*.jsonl(.gz) with title, category, brand.")
+    item_key: Literal["parent_asin", "asin"] = Field(
+        "parent_asin", description="2023 files: group variants by parent_asin (default) or asin."
+    )
+
+
+class TableSource(_Strict):
+    """Plain CSV/TSV/Parquet tables with a column mapping."""
+
+    format: Literal["table"]
+    interactions: Path = Field(description="Interactions file (.csv, .tsv, .parquet).")
+    items: Path | None = Field(None, description="Item table file (.csv, .tsv, .parquet).")
+    columns: InteractionColumns = InteractionColumns()
+    item_columns: ItemColumns = ItemColumns()
+    timestamp_format: str | None = Field(
+        None, description="strptime format for string times, e.g. '%d/%m/%Y %H:%M'."
+    )
+    timestamp_unit: Literal["s", "ms"] = Field("s", description="Unit of numeric timestamps.")
+    delimiter: str | None = Field(None, description="CSV delimiter; default: detected.")
+    encoding: str = Field("utf-8", description="Text encoding of CSV files.")
+
+
+DataSource = Annotated[
+    RecBoleAtomicSource | RecBoleSequenceSource | AmazonReviewsSource | TableSource,
+    Field(discriminator="format"),
+]
+
+
+class DataConfig(_Strict):
+    source: DataSource
+    dedup: Literal["first", "last", "exact"] = Field(
+        "first",
+        description="Repeated (user, item) pairs: keep the first or last, or drop only exact "
+        "duplicate rows (same user, item and time).",
+    )
+    min_rating: float | None = Field(None, description="Drop interactions rated below this.")
+    k_core_users: int = Field(
+        5,
+        ge=1,
+        description="Keep users with at least this many interactions (at least 3 "
+        "always: leave-one-out needs a train, a valid and a test item).",
+    )
+    k_core_items: int = Field(5, ge=1, description="Keep items with at least this many users.")
+    max_history: int = Field(
+        50, ge=1, description="Most recent items a test target's history keeps; older are cut."
+    )
+    tie_break: Literal["item_id", "source_order"] = Field(
+        "item_id", description="Order of a user's interactions that share a timestamp."
+    )
+    duckdb_threads: int | None = Field(None, ge=1, description="DuckDB threads (default: all).")
+    duckdb_memory_limit: str | None = Field(None, description="DuckDB memory limit, e.g. '1GB'.")
+
+
+class SlimConfig(BaseSettings):
+    """The whole pipeline's configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SLIM_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        nested_model_default_partial_update=True,
+    )
+
+    run: RunConfig = RunConfig()
+    data: DataConfig
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment first: it overrides the values read from the YAML file.
+        return (env_settings, init_settings)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _format_validation_error(error: ValidationError, origin: str) -> str:
+    lines = [f"{origin}: invalid configuration ({error.error_count()} problem(s)):"]
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        got = item.get("input")
+        shown = "" if isinstance(got, dict) or got is None else f" (got {got!r})"
+        lines.append(f"  - {where}: {item['msg']}{shown}")
+    env = sorted(name for name in os.environ if name.startswith("SLIM_"))
+    if env:
+        lines.append(f"  environment overrides in effect: {', '.join(env)}")
+    return "\n".join(lines)
+
+
+def config_from_dict(values: dict[str, Any], origin: str = "configuration") -> SlimConfig:
+    """Validate a configuration mapping (environment overrides apply)."""
+    try:
+        return SlimConfig(**values)
+    except ValidationError as error:
+        raise ConfigError(_format_validation_error(error, origin)) from None
+
+
+def load_config(path: str | os.PathLike[str]) -> SlimConfig:
+    """Read, override from the environment, and validate a YAML configuration file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: configuration file not found") from None
+    try:
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections (run, data, ...) at the top")
+    return config_from_dict(values, origin=str(path))

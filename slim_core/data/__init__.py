@@ -1,0 +1,5 @@
+"""The data stage: ingestion from several formats and sequence building in DuckDB."""
+
+from slim_core.data.stage import DataStageResult, data_stage_key, prepare_data, summary_rows
+
+__all__ = ["DataStageResult", "data_stage_key", "prepare_data", "summary_rows"]

@@ -1,0 +1,22 @@
+"""Where SLIM's artifacts live: run folders, atomic writes, manifests, the DuckDB catalogue.
+
+The bottom layer: it imports nothing from the rest of the project.
+"""
+
+from storage.atomic import atomic_path, write_json_atomic, write_text_atomic
+from storage.catalog import open_catalog
+from storage.fingerprint import canonical_hash, file_fingerprint
+from storage.layout import RunFolder, StageFolder
+from storage.manifest import package_versions
+
+__all__ = [
+    "RunFolder",
+    "StageFolder",
+    "atomic_path",
+    "open_catalog",
+    "canonical_hash",
+    "file_fingerprint",
+    "package_versions",
+    "write_json_atomic",
+    "write_text_atomic",
+]

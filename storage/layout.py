@@ -1,0 +1,111 @@
+"""The run folder layout.
+
+    <output_dir>/
+      config.yaml          resolved configuration of the latest run
+      manifest.json        run manifest: which stage folder is current, versions, times
+      <stage>/<key>/       one folder per stage and cache key, e.g. data/3f9c.../
+        *.parquet, stats.json
+        manifest.json      written last: a stage folder without it is incomplete
+
+Stage folders are content-addressed: the key is a hash of everything the stage's output depends
+on (input fingerprints, configuration, code version). A rerun with the same inputs finds the
+folder complete and reuses it; a change writes a new folder beside the old one, so an older
+result is never half-overwritten and a cached pointer to it never lies.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from storage.atomic import write_json_atomic, write_text_atomic
+from storage.manifest import package_versions
+
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class StageFolder:
+    """One stage's output folder for one cache key."""
+
+    stage: str
+    key: str
+    path: Path
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / MANIFEST
+
+    def is_complete(self) -> bool:
+        """True when the manifest exists and every file it lists is present."""
+        manifest = self.read_manifest()
+        if manifest is None:
+            return False
+        return all((self.path / name).exists() for name in manifest.get("files", {}))
+
+    def read_manifest(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.manifest_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+
+    def write_manifest(self, files: dict[str, Any], **facts: Any) -> dict[str, Any]:
+        """Seal the stage folder: call after every file of the stage is written."""
+        manifest = {
+            "stage": self.stage,
+            "key": self.key,
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "versions": package_versions(),
+            "files": files,
+            **facts,
+        }
+        write_json_atomic(self.manifest_path, manifest)
+        return manifest
+
+
+class RunFolder:
+    """A run's output folder (config `run.output_dir`)."""
+
+    def __init__(self, root: str | os.PathLike[str]):
+        self.root = Path(root).resolve()
+
+    def stage(self, stage: str, key: str) -> StageFolder:
+        path = self.root / stage / key
+        path.mkdir(parents=True, exist_ok=True)
+        return StageFolder(stage=stage, key=key, path=path)
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / MANIFEST
+
+    def read_manifest(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.manifest_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {"stages": {}}
+
+    def record_stage(self, folder: StageFolder) -> None:
+        """Point the run at `folder` as the current output of its stage."""
+        manifest = self.read_manifest()
+        manifest.setdefault("stages", {})[folder.stage] = folder.key
+        manifest["updated_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+        manifest["versions"] = package_versions()
+        write_json_atomic(self.manifest_path, manifest)
+
+    def current(self, stage: str) -> StageFolder | None:
+        """The stage folder the run currently points at, if it is complete."""
+        key = self.read_manifest().get("stages", {}).get(stage)
+        if key is None:
+            return None
+        folder = StageFolder(stage=stage, key=key, path=self.root / stage / key)
+        return folder if folder.is_complete() else None
+
+    def save_config(self, yaml_text: str) -> Path:
+        return write_text_atomic(self.root / "config.yaml", yaml_text)
