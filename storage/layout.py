@@ -77,9 +77,8 @@ class RunFolder:
         self.root = Path(root).resolve()
 
     def stage(self, stage: str, key: str) -> StageFolder:
-        path = self.root / stage / key
-        path.mkdir(parents=True, exist_ok=True)
-        return StageFolder(stage=stage, key=key, path=path)
+        # Created by the first write into it (atomic writes make parent folders).
+        return StageFolder(stage=stage, key=key, path=self.root / stage / key)
 
     @property
     def manifest_path(self) -> Path:
@@ -104,7 +103,7 @@ class RunFolder:
         key = self.read_manifest().get("stages", {}).get(stage)
         if key is None:
             return None
-        folder = StageFolder(stage=stage, key=key, path=self.root / stage / key)
+        folder = self.stage(stage, key)
         return folder if folder.is_complete() else None
 
     def save_config(self, yaml_text: str) -> Path:

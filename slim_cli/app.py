@@ -1,0 +1,115 @@
+"""`slim`: run the SLIM pipeline or one of its stages from a configuration file.
+
+slim run --config configs/demo.yaml       # the whole pipeline
+slim prepare --config configs/demo.yaml   # the data stage only
+slim config --config configs/demo.yaml    # validate and print the resolved configuration
+slim query --config configs/demo.yaml "SELECT count(*) FROM sequences"
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from slim_core.errors import SlimError
+
+app = typer.Typer(help=__doc__.split("\n")[0], no_args_is_help=True, add_completion=False)
+console = Console()
+
+ConfigOption = Annotated[
+    Path, typer.Option("--config", "-c", help="Pipeline configuration (YAML).", show_default=False)
+]
+
+
+def _fail(error: Exception) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+    return typer.Exit(code=2)
+
+
+def _print_data_summary(stats: dict, folder: Path) -> None:
+    from slim_core.data import summary_rows
+
+    table = Table(title="Data stage", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    for label, value in summary_rows(stats):
+        table.add_row(label, value)
+    console.print(table)
+    console.print(f"Artifacts: [cyan]{folder}[/]")
+
+
+@app.command()
+def run(config: ConfigOption) -> None:
+    """Run the whole pipeline (stages so far: data preparation)."""
+    try:
+        from flows.pipeline import slim_pipeline
+
+        results = slim_pipeline(str(config))
+    except SlimError as error:
+        raise _fail(error) from None
+    _print_data_summary(results["data"].stats, results["data"].folder)
+
+
+@app.command()
+def prepare(config: ConfigOption) -> None:
+    """Run the data stage: read the raw files and build train/valid/test sequences."""
+    try:
+        from flows.pipeline import prepare_flow
+
+        result = prepare_flow(str(config))
+    except SlimError as error:
+        raise _fail(error) from None
+    _print_data_summary(result.stats, result.folder)
+
+
+@app.command("config")
+def show_config(config: ConfigOption) -> None:
+    """Validate a configuration and print it with defaults and environment overrides applied."""
+    from slim_core.config import load_config
+
+    try:
+        resolved = load_config(config)
+    except SlimError as error:
+        raise _fail(error) from None
+    console.print(resolved.to_yaml(), highlight=False)
+
+
+@app.command()
+def query(
+    config: ConfigOption,
+    sql: Annotated[
+        str,
+        typer.Argument(
+            help="SQL over the run's artifacts (views: interactions, items, sequences)."
+        ),
+    ],
+) -> None:
+    """Query the run's current artifacts with DuckDB."""
+    from slim_core.config import load_config
+    from storage import open_catalog
+
+    try:
+        resolved = load_config(config)
+    except SlimError as error:
+        raise _fail(error) from None
+    con = open_catalog(resolved.run.output_dir)
+    try:
+        relation = con.sql(sql)
+    except Exception as error:  # DuckDB's own message says what is wrong with the query
+        raise _fail(error) from None
+    if relation is None:
+        return
+    table = Table(*relation.columns)
+    for row in relation.fetchall():
+        table.add_row(*(str(v) for v in row))
+    console.print(table)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    app()

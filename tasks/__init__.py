@@ -1,0 +1,12 @@
+"""Prefect tasks: thin wrappers that give `slim_core` functions caching, retries and artifacts.
+
+One task per shard of work, never one per LLM call: a Prefect task costs milliseconds.
+"""
+
+import logging
+import os
+
+# slim_core logs through the standard `logging` module; let Prefect forward those records to
+# the run's logs (console and UI). Must be set before Prefect configures logging on import.
+os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "slim_core")
+logging.getLogger("slim_core").setLevel(logging.INFO)
