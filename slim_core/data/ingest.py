@@ -227,6 +227,14 @@ def _load_interactions(
     ts_sql = "NULL::DOUBLE"
     if timestamp is not None:
         ts_sql = _time_expr(timestamp, fmt=time_format, unit=time_unit)
+        empty = f"{_q(timestamp)} IS NULL OR trim(CAST({_q(timestamp)} AS VARCHAR)) = ''"
+        bad = _first_bad_row(con, view, empty, timestamp)
+        if bad:
+            raise DataError(
+                f"row {bad[0]}: empty timestamp",
+                path=path,
+                field=f"{field_prefix}.timestamp ({timestamp})",
+            )
         bad = _first_bad_row(con, view, f"({ts_sql}) IS NULL", timestamp)
         if bad:
             expected = (

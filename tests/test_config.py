@@ -1,0 +1,98 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from slim_core.config import load_config
+from slim_core.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs").glob("*.yaml")))
+def test_shipped_configs_validate(name):
+    config = load_config(REPO / "configs" / name)
+    assert config.data.source.format in {
+        "recbole_atomic",
+        "recbole_sequence",
+        "amazon_reviews",
+        "table",
+    }
+
+
+def test_demo_config_points_at_bundled_data():
+    config = load_config(REPO / "configs" / "demo.yaml")
+    assert config.run.name == "demo"
+    for path in [*config.data.source.sequences, config.data.source.item_text]:
+        assert (REPO / path).is_file(), path
+
+
+def test_environment_overrides_yaml(monkeypatch, write):
+    path = write(
+        "c.yaml", "data:\n  source: {format: table, interactions: a.csv}\n  k_core_users: 4\n"
+    )
+    monkeypatch.setenv("SLIM_DATA__K_CORE_USERS", "9")
+    monkeypatch.setenv("SLIM_DATA__SOURCE__INTERACTIONS", "/elsewhere/b.csv")
+    monkeypatch.setenv("SLIM_RUN__SEED", "7")
+    config = load_config(path)
+    assert config.data.k_core_users == 9
+    assert config.data.source.interactions == Path("/elsewhere/b.csv")
+    assert config.data.source.format == "table"  # the rest of the nested section is kept
+    assert config.run.seed == 7
+
+
+def test_resolved_config_round_trips(write):
+    path = write("c.yaml", "data:\n  source: {format: recbole_atomic, interactions: a.inter}\n")
+    config = load_config(path)
+    again = load_config(write("resolved.yaml", config.to_yaml()))
+    assert again == config
+    assert yaml.safe_load(config.to_yaml())["data"]["k_core_items"] == 5  # defaults are written out
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "data:\n  source: {format: table, interactions: a.csv}\n  k_core_itemz: 3\n",
+            "data.k_core_itemz: Extra inputs are not permitted",
+        ),
+        (
+            "data:\n  source: {format: table, interactions: a.csv}\n  k_core_items: lots\n",
+            "data.k_core_items: Input should be a valid integer",
+        ),
+        (
+            "data:\n  source: {format: table, interactions: a.csv}\n  max_history: 0\n",
+            "data.max_history: Input should be greater than or equal to 1 (got 0)",
+        ),
+        (
+            "data:\n  source: {format: excel, interactions: a.xls}\n",
+            "data.source: Input tag 'excel'",
+        ),
+        ("data:\n  source: {format: table}\n", "data.source.table.interactions: Field required"),
+        ("run: {name: x}\n", "data: Field required"),
+    ],
+)
+def test_invalid_config_names_the_field(write, text, expected):
+    path = write("bad.yaml", text)
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert str(path) in str(error.value)
+    assert expected in str(error.value)
+
+
+def test_config_file_problems(write, tmp_path):
+    with pytest.raises(ConfigError, match="configuration file not found"):
+        load_config(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(write("broken.yaml", "data: [unclosed\n"))
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_config(write("list.yaml", "- a\n- b\n"))
+
+
+def test_environment_override_is_validated_and_named(monkeypatch, write):
+    path = write("c.yaml", "data:\n  source: {format: table, interactions: a.csv}\n")
+    monkeypatch.setenv("SLIM_DATA__K_CORE_USERS", "-2")
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert "data.k_core_users" in str(error.value)
+    assert "SLIM_DATA__K_CORE_USERS" in str(error.value)

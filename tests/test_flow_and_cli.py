@@ -1,0 +1,120 @@
+"""The data stage through Prefect (a real temporary server) and through the `slim` CLI."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+
+def demo_config(tmp_path: Path, name: str = "c.yaml", **data) -> Path:
+    """configs/demo.yaml with absolute data paths and a private output folder."""
+    config = yaml.safe_load((REPO / "configs/demo.yaml").read_text())
+    source = config["data"]["source"]
+    for key in ("item_text", "item_index", "user_index"):
+        source[key] = str(REPO / source[key])
+    source["sequences"] = [str(REPO / p) for p in source["sequences"]]
+    config["run"]["output_dir"] = str(tmp_path / "run")
+    config["data"].update(data)
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def task_states(flow_state) -> list[str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(
+                id=FlowRunFilterId(any_=[flow_state.state_details.flow_run_id])
+            )
+        )
+    return [run.state.name for run in runs]
+
+
+def test_flow_caches_by_inputs_and_recomputes_on_change(tmp_path):
+    from flows.pipeline import prepare_flow
+
+    path = demo_config(tmp_path)
+    first = prepare_flow(str(path), return_state=True)
+    result = first.result()
+    assert task_states(first) == ["Completed"]
+    sequences = result.path("sequences")
+    written = sequences.stat().st_mtime_ns
+
+    again = prepare_flow(str(path), return_state=True)
+    assert task_states(again) == ["Cached"]
+    assert again.result().folder == result.folder
+    assert sequences.stat().st_mtime_ns == written  # nothing rewritten
+
+    changed = demo_config(tmp_path, "changed.yaml", k_core_items=2)
+    other = prepare_flow(str(changed), return_state=True)
+    assert task_states(other) == ["Completed"]
+    assert other.result().folder != result.folder
+    assert result.folder.is_dir()  # the older result is kept beside the new one
+
+    # A cache entry whose folder was deleted must not be trusted.
+    for file in result.folder.iterdir():
+        file.unlink()
+    rebuilt = prepare_flow(str(path), return_state=True)
+    assert task_states(rebuilt) == ["Completed"]
+    assert rebuilt.result().path("sequences").is_file()
+
+
+def test_flow_saves_resolved_config_and_summary_artifact(tmp_path, monkeypatch):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from flows.pipeline import slim_pipeline
+    from slim_core.config import load_config
+
+    monkeypatch.setenv("SLIM_DATA__MAX_HISTORY", "20")
+    path = demo_config(tmp_path)
+    results = slim_pipeline(str(path))
+    saved = load_config(tmp_path / "run" / "config.yaml")
+    assert saved.data.max_history == 20  # the environment override is what was run
+    assert results["data"].stats["stored_sequence_length"]["max"] <= 21
+    manifest = yaml.safe_load((results["data"].folder / "manifest.json").read_text())
+    assert {"inputs", "config", "versions", "files", "key"} <= set(manifest)
+    assert all(len(fp["blake2b"]) == 32 for fp in manifest["inputs"])
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["data-summary"]))
+        )
+    assert artifacts and "| users |" in artifacts[0].data
+
+
+def test_cli_prepare_prints_summary(tmp_path):
+    from slim_cli.app import app
+
+    outcome = CliRunner().invoke(app, ["prepare", "--config", str(demo_config(tmp_path))])
+    assert outcome.exit_code == 0, outcome.output
+    assert "Data stage" in outcome.output and "sequence length" in outcome.output
+    assert str(tmp_path / "run") in outcome.output.replace("\n", "")
+
+    query = CliRunner().invoke(
+        app, ["query", "-c", str(tmp_path / "c.yaml"), "SELECT count(*) AS n FROM sequences"]
+    )
+    assert query.exit_code == 0, query.output
+    assert "497" in query.output
+
+
+def test_cli_reports_errors_without_traceback(tmp_path):
+    from slim_cli.app import app
+
+    missing = CliRunner().invoke(app, ["run", "--config", str(tmp_path / "none.yaml")])
+    assert missing.exit_code == 2
+    assert "configuration file not found" in missing.output and "Traceback" not in missing.output
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "data:\n  source: {format: table, interactions: " + str(tmp_path / "gone.csv") + "}\n"
+    )
+    outcome = CliRunner().invoke(app, ["run", "--config", str(bad)])
+    assert outcome.exit_code == 2
+    assert "gone.csv" in outcome.output and "file not found" in outcome.output
