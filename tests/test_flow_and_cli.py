@@ -80,7 +80,7 @@ def test_flow_saves_resolved_config_and_summary_artifact(tmp_path, monkeypatch):
     assert saved.data.max_history == 20  # the environment override is what was run
     assert results["data"].stats["stored_sequence_length"]["max"] <= 21
     manifest = yaml.safe_load((results["data"].folder / "manifest.json").read_text())
-    assert {"inputs", "config", "versions", "files", "key"} <= set(manifest)
+    assert {"inputs", "config", "config_hash", "versions", "files", "key"} <= set(manifest)
     assert all(len(fp["blake2b"]) == 32 for fp in manifest["inputs"])
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(

@@ -125,6 +125,7 @@ def run_data_stage(cfg: DataConfig, folder: StageFolder) -> dict[str, Any]:
         files,
         stage_version=DATA_STAGE_VERSION,
         config=cfg.model_dump(mode="json"),
+        config_hash=canonical_hash(cfg.model_dump(mode="json", exclude=NON_OUTPUT_SETTINGS)),
         inputs=fingerprint_inputs(cfg),
     )
     return stats
