@@ -126,11 +126,15 @@ def _create_view(
 
     RecBole's type suffixes (`user_id:token`) are removed from column names.
     """
+    # Parquet knows its row numbers; for text files a window numbers rows in scan order.
+    parquet = reader_sql.startswith("read_parquet(")
+    numbered = (
+        f"SELECT * EXCLUDE (file_row_number), file_row_number + 1 AS src_row FROM {reader_sql[:-1]}, file_row_number = true)"
+        if parquet
+        else f"SELECT *, row_number() OVER () AS src_row FROM {reader_sql}"
+    )
     try:
-        con.execute(
-            f"CREATE OR REPLACE TEMP TABLE {view}_file AS "
-            f"SELECT *, row_number() OVER () AS src_row FROM {reader_sql}"
-        )
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {view}_file AS {numbered}")
         columns = [c for c in _columns(con, f"{view}_file") if c != "src_row"]
     except duckdb.Error as error:
         raise _duckdb_error(error, path, field) from None
@@ -188,10 +192,23 @@ def _first_bad_row(
     return None if row is None else (row[0], row[1])
 
 
-def _time_expr(column: str, *, fmt: str | None, unit: str) -> str:
-    """Unix seconds from a value that is a number, an ISO date/time, or matches `fmt`."""
-    text = f"CAST({_q(column)} AS VARCHAR)"
+def _time_expr(column: str, column_type: str, *, fmt: str | None, unit: str) -> str:
+    """Unix seconds from a number, a date/time value, an ISO date/time string, or `fmt`."""
     scale = 1000.0 if unit == "ms" else 1.0
+    kind = column_type.upper()
+    if kind.startswith(("TIMESTAMP", "DATE")):
+        return f"epoch({_q(column)})"
+    if kind in {
+        "TINYINT",
+        "SMALLINT",
+        "INTEGER",
+        "BIGINT",
+        "HUGEINT",
+        "FLOAT",
+        "DOUBLE",
+    } or kind.startswith(("DECIMAL", "U")):
+        return f"CAST({_q(column)} AS DOUBLE) / {scale}"
+    text = f"CAST({_q(column)} AS VARCHAR)"
     parsed = (
         f"epoch(try_strptime({text}, {_lit(fmt)}))"
         if fmt
@@ -213,52 +230,15 @@ def _load_interactions(
     time_unit: str = "s",
     field_prefix: str = "columns",
 ) -> None:
-    """Validate `view`'s columns and values and fill `raw_interactions` from it."""
-    for name, field in ((user, "user"), (item, "item")):
-        bad = _first_bad_row(
-            con, view, f"{_q(name)} IS NULL OR trim(CAST({_q(name)} AS VARCHAR)) = ''", name
-        )
-        if bad:
-            raise DataError(
-                f"row {bad[0]}: empty {field} id",
-                path=path,
-                field=f"{field_prefix}.{field} ({name})",
-            )
+    """Fill `raw_interactions` from `view` in one pass, then check it and name the first bad row."""
+    types = dict(con.execute(f"SELECT column_name, column_type FROM (DESCRIBE {view})").fetchall())
     ts_sql = "NULL::DOUBLE"
     if timestamp is not None:
-        ts_sql = _time_expr(timestamp, fmt=time_format, unit=time_unit)
-        empty = f"{_q(timestamp)} IS NULL OR trim(CAST({_q(timestamp)} AS VARCHAR)) = ''"
-        bad = _first_bad_row(con, view, empty, timestamp)
-        if bad:
-            raise DataError(
-                f"row {bad[0]}: empty timestamp",
-                path=path,
-                field=f"{field_prefix}.timestamp ({timestamp})",
-            )
-        bad = _first_bad_row(con, view, f"({ts_sql}) IS NULL", timestamp)
-        if bad:
-            expected = (
-                f"a time in format {time_format!r}"
-                if time_format
-                else ("a unix time or an ISO date/time (set `timestamp_format` for other formats)")
-            )
-            raise DataError(
-                f"row {bad[0]}: cannot parse timestamp {bad[1]!r}: expected {expected}",
-                path=path,
-                field=f"{field_prefix}.timestamp ({timestamp})",
-            )
-    rating_sql = "NULL::DOUBLE"
-    if rating is not None:
-        rating_sql = f"TRY_CAST({_q(rating)} AS DOUBLE)"
-        bad = _first_bad_row(
-            con, view, f"{_q(rating)} IS NOT NULL AND ({rating_sql}) IS NULL", rating
-        )
-        if bad:
-            raise DataError(
-                f"row {bad[0]}: rating {bad[1]!r} is not a number",
-                path=path,
-                field=f"{field_prefix}.rating ({rating})",
-            )
+        ts_sql = _time_expr(timestamp, types[timestamp], fmt=time_format, unit=time_unit)
+    rating_sql = "NULL::DOUBLE" if rating is None else f"TRY_CAST({_q(rating)} AS DOUBLE)"
+    rating_bad = (
+        "false" if rating is None else f"({_q(rating)} IS NOT NULL AND {rating_sql} IS NULL)"
+    )
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE raw_interactions AS
@@ -266,10 +246,50 @@ def _load_interactions(
                trim(CAST({_q(item)} AS VARCHAR)) AS item_id,
                {ts_sql} AS ts,
                {rating_sql} AS rating,
-               src_row AS src_order
+               src_row AS src_order,
+               {rating_bad} AS rating_bad
         FROM {view}
         """
     )
+    # (condition on raw_interactions, source column, field, message), reported in this order.
+    checks = [
+        ("user_id IS NULL OR user_id = ''", user, "user", "empty user id"),
+        ("item_id IS NULL OR item_id = ''", item, "item", "empty item id"),
+    ]
+    if timestamp is not None:
+        expected = (
+            f"a time in format {time_format!r}"
+            if time_format
+            else "a unix time or an ISO date/time (set `timestamp_format` for other formats)"
+        )
+        checks.append(
+            (
+                "ts IS NULL",
+                timestamp,
+                "timestamp",
+                "cannot parse timestamp {value!r}: expected " + expected,
+            )
+        )
+    if rating is not None:
+        checks.append(("rating_bad", rating, "rating", "rating {value!r} is not a number"))
+    firsts = con.execute(
+        "SELECT "
+        + ", ".join(f"min(src_order) FILTER (WHERE {condition})" for condition, *_ in checks)
+        + " FROM raw_interactions"
+    ).fetchone()
+    for (_, column, field, message), row in zip(checks, firsts, strict=True):
+        if row is not None:
+            value = con.execute(
+                f"SELECT {_q(column)} FROM {view} WHERE src_row = ?", [row]
+            ).fetchone()[0]
+            if field == "timestamp" and (value is None or not str(value).strip()):
+                message = "empty timestamp"
+            raise DataError(
+                f"row {row}: " + message.format(value=value),
+                path=path,
+                field=f"{field_prefix}.{field} ({column})",
+            )
+    con.execute("ALTER TABLE raw_interactions DROP COLUMN rating_bad")
 
 
 def _resolve_item_columns(

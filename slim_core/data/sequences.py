@@ -31,16 +31,37 @@ def _count(con: duckdb.DuckDBPyConnection, table: str) -> int:
     return con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
 
 
+def _encode(con: duckdb.DuckDBPyConnection, cfg: DataConfig) -> None:
+    """Integer codes for users and items, in id (text) order; the log on codes as `events`.
+
+    Everything after this works on integers, which DuckDB groups and sorts much faster than
+    strings; codes follow id order, so ordering by code is ordering by id.
+    """
+    rating_filter = "" if cfg.min_rating is None else f"WHERE r.rating >= {float(cfg.min_rating)}"
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE user_codes AS
+        SELECT user_id, CAST(row_number() OVER (ORDER BY user_id) AS INTEGER) AS u
+        FROM (SELECT DISTINCT user_id FROM raw_interactions);
+        CREATE OR REPLACE TEMP TABLE item_codes AS
+        SELECT item_id, CAST(row_number() OVER (ORDER BY item_id) AS INTEGER) AS i
+        FROM (SELECT DISTINCT item_id FROM raw_interactions);
+        CREATE OR REPLACE TEMP TABLE events AS
+        SELECT uc.u, ic.i, r.ts, r.rating, r.src_order
+        FROM raw_interactions r JOIN user_codes uc USING (user_id) JOIN item_codes ic USING (item_id)
+        {rating_filter};
+        """
+    )
+
+
 def _dedup(con: duckdb.DuckDBPyConnection, mode: str) -> None:
     # `exact`: same user, item and time (for order-only sources every position is distinct).
-    partition = (
-        "user_id, item_id, coalesce(ts, src_order)" if mode == "exact" else "user_id, item_id"
-    )
+    partition = "u, i, coalesce(ts, src_order)" if mode == "exact" else "u, i"
     direction = "DESC" if mode == "last" else "ASC"
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE deduped AS
-        SELECT * FROM rated
+        SELECT * FROM events
         QUALIFY row_number() OVER (
             PARTITION BY {partition} ORDER BY ts {direction} NULLS LAST, src_order {direction}) = 1
         """
@@ -48,39 +69,51 @@ def _dedup(con: duckdb.DuckDBPyConnection, mode: str) -> None:
 
 
 def _k_core(con: duckdb.DuckDBPyConnection, min_user: int, min_item: int) -> list[dict[str, int]]:
-    """Filter `deduped` into `kcore`, repeating until every user and item meets its minimum."""
+    """Filter `deduped` into `kcore`, repeating until every user and item meets its minimum.
+
+    Leaves `user_counts` (interactions per kept user) behind.
+    """
     con.execute("CREATE OR REPLACE TEMP TABLE kcore AS SELECT * FROM deduped")
     rounds: list[dict[str, int]] = []
+    previous: tuple[int, int, int] | None = None
     while True:
-        before = con.execute(
-            "SELECT count(*), count(DISTINCT user_id), count(DISTINCT item_id) FROM kcore"
-        ).fetchone()
+        con.execute(
+            """
+            CREATE OR REPLACE TEMP TABLE user_counts AS SELECT u, count(*) AS n FROM kcore GROUP BY u;
+            CREATE OR REPLACE TEMP TABLE item_counts AS SELECT i, count(*) AS n FROM kcore GROUP BY i;
+            """
+        )
+        users, least_user = con.execute("SELECT count(*), min(n) FROM user_counts").fetchone()
+        items, least_item = con.execute("SELECT count(*), min(n) FROM item_counts").fetchone()
+        current = (_count(con, "kcore"), users, items)
+        if previous is not None:
+            removed = [before - after for before, after in zip(previous, current, strict=True)]
+            rounds.append(
+                dict(
+                    zip(
+                        ("interactions_removed", "users_removed", "items_removed"),
+                        removed,
+                        strict=True,
+                    )
+                )
+            )
+            log.info(
+                "k-core round %d: removed %d users, %d items, %d interactions",
+                len(rounds),
+                removed[1],
+                removed[2],
+                removed[0],
+            )
+        if current[0] == 0 or (least_user >= min_user and least_item >= min_item):
+            return rounds
+        previous = current
         con.execute(
             f"""
             CREATE OR REPLACE TEMP TABLE kcore AS
-            WITH users AS (SELECT user_id FROM kcore GROUP BY user_id HAVING count(*) >= {min_user}),
-                 items AS (SELECT item_id FROM kcore GROUP BY item_id HAVING count(*) >= {min_item})
-            SELECT * FROM kcore SEMI JOIN users USING (user_id) SEMI JOIN items USING (item_id)
+            SELECT * FROM kcore
+            SEMI JOIN (SELECT u FROM user_counts WHERE n >= {min_user}) USING (u)
+            SEMI JOIN (SELECT i FROM item_counts WHERE n >= {min_item}) USING (i)
             """
-        )
-        after = con.execute(
-            "SELECT count(*), count(DISTINCT user_id), count(DISTINCT item_id) FROM kcore"
-        ).fetchone()
-        if after[0] == before[0]:
-            return rounds
-        rounds.append(
-            {
-                "interactions_removed": before[0] - after[0],
-                "users_removed": before[1] - after[1],
-                "items_removed": before[2] - after[2],
-            }
-        )
-        log.info(
-            "k-core round %d: removed %d users, %d items, %d interactions",
-            len(rounds),
-            before[1] - after[1],
-            before[2] - after[2],
-            before[0] - after[0],
         )
 
 
@@ -88,27 +121,20 @@ def build_sequences(
     con: duckdb.DuckDBPyConnection, cfg: DataConfig, *, has_timestamps: bool, source_name: str
 ) -> dict[str, Any]:
     """Create the `interactions`, `items` and `sequences` tables in `con`; return statistics."""
-    raw = con.execute(
-        "SELECT count(*), count(DISTINCT user_id), count(DISTINCT item_id) FROM raw_interactions"
-    ).fetchone()
+    _encode(con, cfg)
+    n_raw = _count(con, "raw_interactions")
     stats: dict[str, Any] = {
         "input": {
-            "interactions": raw[0],
-            "users": raw[1],
-            "items": raw[2],
+            "interactions": n_raw,
+            "users": _count(con, "user_codes"),
+            "items": _count(con, "item_codes"),
             "item_rows": _count(con, "raw_items"),
         },
-        "dropped": {},
+        "dropped": {"below_min_rating": n_raw - _count(con, "events")},
     }
 
-    rating_filter = "" if cfg.min_rating is None else f"WHERE rating >= {float(cfg.min_rating)}"
-    con.execute(
-        f"CREATE OR REPLACE TEMP TABLE rated AS SELECT * FROM raw_interactions {rating_filter}"
-    )
-    stats["dropped"]["below_min_rating"] = raw[0] - _count(con, "rated")
-
     _dedup(con, cfg.dedup)
-    stats["dropped"]["duplicates"] = _count(con, "rated") - _count(con, "deduped")
+    stats["dropped"]["duplicates"] = _count(con, "events") - _count(con, "deduped")
     log.info(
         "removed %d duplicate interactions (dedup=%s)", stats["dropped"]["duplicates"], cfg.dedup
     )
@@ -120,9 +146,8 @@ def build_sequences(
         "min_item_interactions": cfg.k_core_items,
         "rounds": rounds,
     }
-    stats["dropped"]["k_core_interactions"] = sum(r["interactions_removed"] for r in rounds)
-    stats["dropped"]["k_core_users"] = sum(r["users_removed"] for r in rounds)
-    stats["dropped"]["k_core_items"] = sum(r["items_removed"] for r in rounds)
+    for what in ("interactions", "users", "items"):
+        stats["dropped"][f"k_core_{what}"] = sum(r[f"{what}_removed"] for r in rounds)
     if _count(con, "kcore") == 0:
         raise DataError(
             f"nothing is left after filtering: the k-core (users with >= {min_user} and items with "
@@ -132,65 +157,59 @@ def build_sequences(
             field="data.k_core_users / data.k_core_items",
         )
 
-    # Chronological order; ties by item id (or source order). Order-only sources keep their order.
-    tie = "item_id, " if has_timestamps and cfg.tie_break == "item_id" else ""
-    con.execute(
-        f"""
-        CREATE OR REPLACE TEMP TABLE user_ids AS
-        SELECT user_id, CAST(row_number() OVER (ORDER BY user_id) AS INTEGER) AS user_idx
-        FROM (SELECT DISTINCT user_id FROM kcore);
-        CREATE OR REPLACE TEMP TABLE item_ids AS
-        SELECT item_id, CAST(row_number() OVER (ORDER BY item_id) AS INTEGER) AS item_idx
-        FROM (SELECT DISTINCT item_id FROM kcore);
-        CREATE OR REPLACE TEMP TABLE interactions AS
-        SELECT u.user_idx, i.item_idx, k.user_id, k.item_id, k.ts AS "timestamp", k.rating,
-               CAST(row_number() OVER (PARTITION BY k.user_id ORDER BY k.ts NULLS LAST, {tie}k.src_order) - 1
-                    AS INTEGER) AS position
-        FROM kcore k JOIN user_ids u USING (user_id) JOIN item_ids i USING (item_id)
-        ORDER BY u.user_idx, position;
-        """
-    )
-
+    # Dense ids over what is kept, in id order. Chronological positions; ties by item id (the
+    # code follows id order) or source order. Order-only sources keep their order.
+    tie = "i, " if has_timestamps and cfg.tie_break == "item_id" else ""
     keep = cfg.max_history + 1
     con.execute(
         f"""
+        CREATE OR REPLACE TEMP TABLE kept_users AS
+        SELECT u, user_id, CAST(row_number() OVER (ORDER BY u) AS INTEGER) AS user_idx
+        FROM user_codes SEMI JOIN user_counts USING (u);
+        CREATE OR REPLACE TEMP TABLE kept_items AS
+        SELECT i, item_id, CAST(row_number() OVER (ORDER BY i) AS INTEGER) AS item_idx
+        FROM item_codes SEMI JOIN item_counts USING (i);
+        CREATE OR REPLACE TEMP TABLE ordered AS
+        SELECT u, i, ts, rating,
+               CAST(row_number() OVER w - 1 AS INTEGER) AS position,
+               count(*) OVER (PARTITION BY u) AS n
+        FROM kcore
+        WINDOW w AS (PARTITION BY u ORDER BY ts NULLS LAST, {tie}src_order);
+        CREATE OR REPLACE TEMP TABLE interactions AS
+        SELECT ku.user_idx, ki.item_idx, ku.user_id, ki.item_id, o.ts AS "timestamp", o.rating, o.position
+        FROM ordered o JOIN kept_users ku USING (u) JOIN kept_items ki USING (i)
+        ORDER BY ku.user_idx, o.position;
         CREATE OR REPLACE TEMP TABLE sequences AS
-        WITH kept AS (
-            SELECT user_idx, user_id,
-                   list(item_idx ORDER BY position) AS items,
-                   list(item_id ORDER BY position) AS raw_items,
-                   count(*) AS n_interactions
-            FROM interactions
-            GROUP BY user_idx, user_id
-        ), cut AS (
-            SELECT user_idx, user_id, n_interactions,
-                   items[greatest(len(items) - {keep} + 1, 1):] AS items,
-                   raw_items[greatest(len(raw_items) - {keep} + 1, 1):] AS raw_items
-            FROM kept
-        )
         SELECT user_idx, user_id,
                CAST(items AS INTEGER[]) AS items,
                CAST(items[1:len(items) - 2] AS INTEGER[]) AS train_items,
                CAST(items[len(items) - 1] AS INTEGER) AS valid_item,
                CAST(items[len(items)] AS INTEGER) AS test_item,
-               CAST(n_interactions AS INTEGER) AS n_interactions,
+               CAST(n AS INTEGER) AS n_interactions,
                md5(array_to_string(raw_items, chr(31))) AS seq_hash
-        FROM cut
-        ORDER BY user_idx
+        FROM (
+            SELECT ku.user_idx, ku.user_id, any_value(o.n) AS n,
+                   list(ki.item_idx ORDER BY o.position) AS items,
+                   list(ki.item_id ORDER BY o.position) AS raw_items
+            FROM ordered o JOIN kept_users ku USING (u) JOIN kept_items ki USING (i)
+            WHERE o.position >= o.n - {keep}
+            GROUP BY ku.user_idx, ku.user_id
+        )
+        ORDER BY user_idx;
         """
     )
 
     con.execute(
         """
         CREATE OR REPLACE TEMP TABLE items AS
-        SELECT i.item_idx, i.item_id, r.title, r.category, r.brand, r.description,
+        SELECT ki.item_idx, ki.item_id, r.title, r.category, r.brand, r.description,
                NULLIF(concat_ws('; ', 'Title: ' || r.title, 'Category: ' || r.category,
                                 'Brand: ' || r.brand), '') AS text,
                CAST(c.n AS INTEGER) AS n_interactions
-        FROM item_ids i
+        FROM kept_items ki
+        JOIN item_counts c USING (i)
         LEFT JOIN raw_items r USING (item_id)
-        JOIN (SELECT item_idx, count(*) AS n FROM interactions GROUP BY item_idx) c USING (item_idx)
-        ORDER BY i.item_idx
+        ORDER BY ki.item_idx
         """
     )
 
