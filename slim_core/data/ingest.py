@@ -289,7 +289,9 @@ def _load_interactions(
                 path=path,
                 field=f"{field_prefix}.{field} ({column})",
             )
-    con.execute("ALTER TABLE raw_interactions DROP COLUMN rating_bad")
+    con.execute(
+        f"ALTER TABLE raw_interactions DROP COLUMN rating_bad; DROP VIEW {view}; DROP TABLE {view}_file"
+    )
 
 
 def _resolve_item_columns(

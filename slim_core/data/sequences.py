@@ -73,7 +73,7 @@ def _k_core(con: duckdb.DuckDBPyConnection, min_user: int, min_item: int) -> lis
 
     Leaves `user_counts` (interactions per kept user) behind.
     """
-    con.execute("CREATE OR REPLACE TEMP TABLE kcore AS SELECT * FROM deduped")
+    con.execute("ALTER TABLE deduped RENAME TO kcore")
     rounds: list[dict[str, int]] = []
     previous: tuple[int, int, int] | None = None
     while True:
@@ -132,9 +132,14 @@ def build_sequences(
         },
         "dropped": {"below_min_rating": n_raw - _count(con, "events")},
     }
+    # Intermediate tables are dropped as soon as they are used: peak memory is the log's size a
+    # few times over, not once per step.
+    con.execute("DROP TABLE raw_interactions")
 
     _dedup(con, cfg.dedup)
-    stats["dropped"]["duplicates"] = _count(con, "events") - _count(con, "deduped")
+    n_deduped = _count(con, "deduped")
+    stats["dropped"]["duplicates"] = _count(con, "events") - n_deduped
+    con.execute("DROP TABLE events")
     log.info(
         "removed %d duplicate interactions (dedup=%s)", stats["dropped"]["duplicates"], cfg.dedup
     )
@@ -151,7 +156,7 @@ def build_sequences(
     if _count(con, "kcore") == 0:
         raise DataError(
             f"nothing is left after filtering: the k-core (users with >= {min_user} and items with "
-            f">= {cfg.k_core_items} interactions) removed all {_count(con, 'deduped')} interactions; "
+            f">= {cfg.k_core_items} interactions) removed all {n_deduped} interactions; "
             "lower data.k_core_users / data.k_core_items or bring more data",
             path=source_name,
             field="data.k_core_users / data.k_core_items",
@@ -175,6 +180,7 @@ def build_sequences(
                count(*) OVER (PARTITION BY u) AS n
         FROM kcore
         WINDOW w AS (PARTITION BY u ORDER BY ts NULLS LAST, {tie}src_order);
+        DROP TABLE kcore;
         CREATE OR REPLACE TEMP TABLE interactions AS
         SELECT ku.user_idx, ki.item_idx, ku.user_id, ki.item_id, o.ts AS "timestamp", o.rating, o.position
         FROM ordered o JOIN kept_users ku USING (u) JOIN kept_items ki USING (i)
@@ -196,6 +202,7 @@ def build_sequences(
             GROUP BY ku.user_idx, ku.user_id
         )
         ORDER BY user_idx;
+        DROP TABLE ordered;
         """
     )
 
