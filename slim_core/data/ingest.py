@@ -15,6 +15,7 @@ import difflib
 import gzip
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -348,30 +349,43 @@ def _load_items(
 def _ingest_recbole_atomic(
     con: duckdb.DuckDBPyConnection, src: RecBoleAtomicSource
 ) -> tuple[list[Path], bool]:
+    return _ingest_tables(
+        con, src, lambda path: _read_delimited_sql(path, delimiter="\t", encoding=src.encoding)
+    )
+
+
+def _ingest_table(con: duckdb.DuckDBPyConnection, src: TableSource) -> tuple[list[Path], bool]:
+    return _ingest_tables(
+        con,
+        src,
+        lambda path: _read_table_sql(path, delimiter=src.delimiter, encoding=src.encoding),
+        time_format=src.timestamp_format,
+        time_unit=src.timestamp_unit,
+    )
+
+
+def _ingest_tables(
+    con: duckdb.DuckDBPyConnection,
+    src: RecBoleAtomicSource | TableSource,
+    reader: Callable[[Path], str],
+    **time_options: str | None,
+) -> tuple[list[Path], bool]:
+    """An interaction table with a column mapping, plus an optional item table."""
     _check_file(src.interactions, "source.interactions")
     columns = _create_view(
-        con,
-        "inter_src",
-        _read_delimited_sql(src.interactions, delimiter="\t", encoding=src.encoding),
-        src.interactions,
-        "source.interactions",
+        con, "inter_src", reader(src.interactions), src.interactions, "source.interactions"
     )
     _load_interactions(
         con,
         "inter_src",
         src.interactions,
         **_mapped_columns(columns, src.columns, src.interactions),
+        **time_options,
     )
     items_view = None
     if src.items is not None:
         _check_file(src.items, "source.items")
-        _create_view(
-            con,
-            "item_src",
-            _read_delimited_sql(src.items, delimiter="\t", encoding=src.encoding),
-            src.items,
-            "source.items",
-        )
+        _create_view(con, "item_src", reader(src.items), src.items, "source.items")
         items_view = "item_src"
     _load_items(con, items_view, src.items, src.item_columns)
     return input_files(src), True
@@ -391,38 +405,6 @@ def _mapped_columns(
         if rating is None
         else _require_column(columns, rating, path, "columns.rating"),
     }
-
-
-def _ingest_table(con: duckdb.DuckDBPyConnection, src: TableSource) -> tuple[list[Path], bool]:
-    _check_file(src.interactions, "source.interactions")
-    columns = _create_view(
-        con,
-        "inter_src",
-        _read_table_sql(src.interactions, delimiter=src.delimiter, encoding=src.encoding),
-        src.interactions,
-        "source.interactions",
-    )
-    _load_interactions(
-        con,
-        "inter_src",
-        src.interactions,
-        **_mapped_columns(columns, src.columns, src.interactions),
-        time_format=src.timestamp_format,
-        time_unit=src.timestamp_unit,
-    )
-    items_view = None
-    if src.items is not None:
-        _check_file(src.items, "source.items")
-        _create_view(
-            con,
-            "item_src",
-            _read_table_sql(src.items, delimiter=src.delimiter, encoding=src.encoding),
-            src.items,
-            "source.items",
-        )
-        items_view = "item_src"
-    _load_items(con, items_view, src.items, src.item_columns)
-    return input_files(src), True
 
 
 def _read_index(
