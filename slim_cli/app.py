@@ -43,9 +43,20 @@ def _print_data_summary(stats: dict, folder: Path) -> None:
     console.print(f"Artifacts: [cyan]{folder}[/]")
 
 
+def _print_results(result) -> None:
+    from rich.markdown import Markdown
+
+    console.print(
+        Markdown(f"**Recommenders, test split (%, mean ± std over seeds)**\n\n{result.table}")
+    )
+    console.print(
+        f"Metrics: [cyan]{result.folder / 'metrics.parquet'}[/]  chart: [cyan]{result.folder / 'ndcg.png'}[/]"
+    )
+
+
 @app.command()
 def run(config: ConfigOption) -> None:
-    """Run the whole pipeline (stages so far: data preparation)."""
+    """Run the whole pipeline (stages so far: data, encoding, recommenders, evaluation)."""
     try:
         from flows.pipeline import slim_pipeline
 
@@ -53,6 +64,34 @@ def run(config: ConfigOption) -> None:
     except SlimError as error:
         raise _fail(error) from None
     _print_data_summary(results["data"].stats, results["data"].folder)
+    _print_results(results["recommenders"])
+
+
+@app.command()
+def train(config: ConfigOption) -> None:
+    """Train and evaluate the configured recommenders (runs the data stage first if needed)."""
+    try:
+        from flows.pipeline import train_flow
+
+        results = train_flow(str(config))
+    except SlimError as error:
+        raise _fail(error) from None
+    _print_results(results["recommenders"])
+
+
+@app.command()
+def evaluate(config: ConfigOption) -> None:
+    """Print the results table of the run's latest recommender stage."""
+    from slim_core.config import load_config
+    from slim_core.rec.pipeline import load_recommender_result
+
+    try:
+        result = load_recommender_result(load_config(config))
+    except SlimError as error:
+        raise _fail(error) from None
+    if result is None:
+        raise _fail(SlimError(f"{config}: no recommender results yet; run `slim train` first"))
+    _print_results(result)
 
 
 @app.command()

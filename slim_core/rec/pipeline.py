@@ -1,0 +1,241 @@
+"""Stage-level functions for encoding and recommenders: keys, folders, one call per shard of work.
+
+encode:       items.parquet -> item_vectors.parquet          (folder keyed by text + model)
+recommenders: one run per (model, variant, seed) -> rows     (folder keyed by everything above
+              + recommender and evaluation settings); then metrics.parquet, summary.md, ndcg.png
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from slim_core.config import SlimConfig
+from slim_core.data import DataStageResult
+from slim_core.encoding import TextEncoder, encode_items, item_text_key
+from slim_core.rec import report
+from slim_core.rec.stage import (
+    VARIANTS,
+    load_inputs,
+    popularity_rows,
+    train_sequential,
+    train_text_matching,
+    write_metrics,
+)
+from storage import (
+    RunFolder,
+    StageFolder,
+    canonical_hash,
+    file_fingerprint,
+    write_json_atomic,
+    write_text_atomic,
+)
+
+log = logging.getLogger("slim_core.rec")
+
+ENCODE_STAGE_VERSION = 1
+RECOMMENDER_STAGE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class EncodeResult:
+    folder: Path
+    key: str
+    facts: dict[str, Any]
+
+    @property
+    def item_vectors(self) -> Path:
+        return self.folder / "item_vectors.parquet"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    model: str  # sasrec | gru4rec | text_matching | popularity
+    variant: str
+    seed: int | None
+
+    @property
+    def name(self) -> str:
+        return f"{self.model}-{self.variant}-{self.seed}"
+
+
+def needs_item_text(config: SlimConfig) -> bool:
+    rec = config.recommender
+    return rec.text_matching or any(VARIANTS[v][0] for v in rec.variants)
+
+
+def _encoder(config: SlimConfig) -> TextEncoder:
+    enc = config.encoder
+    return TextEncoder(enc.model, device=enc.device, batch_size=enc.batch_size)
+
+
+def encode_stage_key(config: SlimConfig, data: DataStageResult) -> str:
+    text_key = item_text_key(data.path("items"))
+    return canonical_hash(
+        {"version": ENCODE_STAGE_VERSION, "text": text_key, "model": _encoder(config).model_id}
+    )
+
+
+def encode_stage(config: SlimConfig, data: DataStageResult) -> EncodeResult:
+    """Item text vectors, reused while item text and encoder are unchanged."""
+    folder = RunFolder(config.run.output_dir).stage("encode", encode_stage_key(config, data))
+    if not folder.is_complete():
+        facts = encode_items(
+            data.path("items"), folder.file("item_vectors.parquet"), _encoder(config)
+        )
+        folder.write_manifest(
+            {"item_vectors.parquet": {"rows": facts["rows"]}},
+            facts=facts,
+            encoder=config.encoder.model_dump(mode="json"),
+            data_key=data.key,
+        )
+    RunFolder(config.run.output_dir).record_stage(folder)
+    manifest = folder.read_manifest() or {}
+    return EncodeResult(folder.path, folder.key, manifest.get("facts", {}))
+
+
+def run_specs(config: SlimConfig) -> list[RunSpec]:
+    rec = config.recommender
+    specs = [RunSpec("popularity", "id", None)] if rec.popularity else []
+    specs += [RunSpec(m, v, s) for m in rec.models for v in rec.variants for s in rec.seeds]
+    if rec.text_matching:
+        specs += [RunSpec("text_matching", "rationale", s) for s in rec.seeds]
+    return specs
+
+
+def recommender_stage_folder(
+    config: SlimConfig, data: DataStageResult, encoded: EncodeResult | None
+) -> StageFolder:
+    user_vectors = config.recommender.user_vectors
+    key = canonical_hash(
+        {
+            "version": RECOMMENDER_STAGE_VERSION,
+            "data": data.key,
+            "encode": None if encoded is None else encoded.key,
+            "user_vectors": None
+            if user_vectors is None
+            else file_fingerprint(user_vectors)["blake2b"],
+            "recommender": config.recommender.model_dump(
+                mode="json", exclude={"user_vectors", "threads"}
+            ),
+            "evaluation": config.evaluation.model_dump(mode="json"),
+        }
+    )
+    return RunFolder(config.run.output_dir).stage("recommenders", key)
+
+
+def train_run(
+    config: SlimConfig, data: DataStageResult, encoded: EncodeResult | None, spec: RunSpec
+) -> list[dict[str, Any]]:
+    """Train one model run and evaluate it on valid and test, both protocols."""
+    rec, ev = config.recommender, config.evaluation
+    if rec.threads:
+        import torch
+
+        torch.set_num_threads(rec.threads)
+    folder = recommender_stage_folder(config, data, encoded)
+    folder.path.mkdir(parents=True, exist_ok=True)
+    inputs = load_inputs(
+        rec,
+        ev,
+        data.folder,
+        folder.path,
+        None if encoded is None else encoded.item_vectors,
+        rec.user_vectors,
+    )
+    if spec.model == "popularity":
+        return popularity_rows(inputs, ev)
+    if spec.model == "text_matching":
+        return train_text_matching(spec.seed, rec, ev, inputs)
+    return train_sequential(
+        spec.model,
+        spec.variant,
+        spec.seed,
+        rec,
+        ev,
+        inputs,
+        checkpoint=folder.file(f"checkpoints/{spec.name}.pt"),
+    )
+
+
+@dataclass(frozen=True)
+class RecommenderResult:
+    folder: Path
+    rows: list[dict[str, Any]]
+    table: str
+
+    @property
+    def metrics(self) -> Path:
+        return self.folder / "metrics.parquet"
+
+    @property
+    def chart(self) -> Path:
+        return self.folder / "ndcg.png"
+
+
+def finish_recommender_stage(
+    config: SlimConfig,
+    data: DataStageResult,
+    encoded: EncodeResult | None,
+    rows: list[dict[str, Any]],
+) -> RecommenderResult:
+    """Write metrics.parquet, the results table and the chart; seal the stage folder."""
+    folder = recommender_stage_folder(config, data, encoded)
+    write_metrics(rows, folder.file("metrics.parquet"))
+    table = report.markdown_table(rows)
+    title = (
+        f"{config.run.name}: test split, mean ± std over {len(config.recommender.seeds)} seed(s)"
+    )
+    write_text_atomic(folder.file("summary.md"), f"# {title}\n\nMetrics in %.\n\n{table}")
+    report.ndcg_bar_chart(rows, folder.file("ndcg.png"), title=config.run.name)
+    write_json_atomic(
+        folder.file("settings.json"),
+        {
+            "recommender": config.recommender.model_dump(mode="json"),
+            "evaluation": config.evaluation.model_dump(mode="json"),
+        },
+    )
+    folder.write_manifest(
+        {
+            name: {}
+            for name in (
+                "metrics.parquet",
+                "summary.md",
+                "ndcg.png",
+                "negatives.parquet",
+                "settings.json",
+            )
+        },
+        data_key=data.key,
+        encode_key=None if encoded is None else encoded.key,
+        runs=len(rows),
+    )
+    RunFolder(config.run.output_dir).record_stage(folder)
+    return RecommenderResult(folder.path, rows, table)
+
+
+def load_recommender_result(config: SlimConfig) -> RecommenderResult | None:
+    """The run's current recommender results, if any (for `slim evaluate`)."""
+    folder = RunFolder(config.run.output_dir).current("recommenders")
+    if folder is None:
+        return None
+    import duckdb
+
+    relation = duckdb.sql(f"SELECT * FROM read_parquet('{folder.file('metrics.parquet')}')")
+    rows = [dict(zip(relation.columns, values, strict=True)) for values in relation.fetchall()]
+    return RecommenderResult(folder.path, rows, report.markdown_table(rows))
+
+
+__all__ = [
+    "EncodeResult",
+    "RunSpec",
+    "RecommenderResult",
+    "encode_stage",
+    "run_specs",
+    "train_run",
+    "finish_recommender_stage",
+    "load_recommender_result",
+    "needs_item_text",
+]

@@ -1,0 +1,121 @@
+"""Result tables and plots from metric rows: mean ± std over seeds, both protocols side by side."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from slim_core.rec.metrics import summarize_runs
+from storage import atomic_path
+
+METRICS = ("ndcg@10", "hit@10", "hit@20", "mrr")
+PROTOCOL_NAMES = {"full": "full ranking", "sampled": "100 sampled negatives"}
+
+
+def summarize(rows: list[dict[str, Any]], split: str = "test") -> list[dict[str, Any]]:
+    """One row per (model, variant, protocol): mean and std of each metric over seeds."""
+    groups: dict[tuple[str, str, str], list[dict[str, float]]] = defaultdict(list)
+    for row in rows:
+        if row["split"] == split:
+            groups[(row["model"], row["variant"], row["protocol"])].append(
+                {m: row[m] for m in METRICS if m in row}
+            )
+    out = []
+    for (model, variant, protocol), runs in groups.items():
+        stats = summarize_runs(runs)
+        out.append(
+            {
+                "model": model,
+                "variant": variant,
+                "protocol": protocol,
+                "runs": len(runs),
+                **{m: stats[m] for m in METRICS if m in stats},
+            }
+        )
+    return out
+
+
+def markdown_table(rows: list[dict[str, Any]], split: str = "test") -> str:
+    """Paper-style table: a row per model and variant, NDCG@10 / Hit@10 / Hit@20 / MRR in %,
+    full ranking and sampled protocol side by side."""
+    summary = summarize(rows, split)
+    by_key = {(r["model"], r["variant"], r["protocol"]): r for r in summary}
+    keys = sorted({(r["model"], r["variant"]) for r in summary}, key=_order)
+    header = ["model", "variant", "seeds"] + [
+        f"{metric} ({protocol})" for protocol in ("full", "sampled") for metric in METRICS
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for model, variant in keys:
+        cells = [
+            model,
+            variant,
+            str(
+                max(by_key.get((model, variant, p), {}).get("runs", 0) for p in ("full", "sampled"))
+            ),
+        ]
+        for protocol in ("full", "sampled"):
+            row = by_key.get((model, variant, protocol))
+            for metric in METRICS:
+                if row is None or metric not in row:
+                    cells.append("—")
+                else:
+                    mean, std = row[metric]
+                    cells.append(f"{100 * mean:.2f} ± {100 * std:.2f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _order(key: tuple[str, str]) -> tuple[int, str, int]:
+    model, variant = key
+    models = ["popularity", "gru4rec", "sasrec", "text_matching"]
+    variants = ["id", "item_text", "user_text", "item_user_text"]
+    return (
+        models.index(model) if model in models else 99,
+        model,
+        variants.index(variant) if variant in variants else 99,
+    )
+
+
+def ndcg_bar_chart(
+    rows: list[dict[str, Any]], path: Path, split: str = "test", title: str = ""
+) -> Path:
+    """Bar chart of test NDCG@10 (mean ± std) per model and variant, one bar per protocol."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = summarize(rows, split)
+    keys = sorted({(r["model"], r["variant"]) for r in summary}, key=_order)
+    by_key = {(r["model"], r["variant"], r["protocol"]): r for r in summary}
+    fig, axes = plt.subplots(1, 2, figsize=(max(6, 1.1 * len(keys) + 2), 4), sharey=False)
+    for ax, protocol in zip(axes, ("full", "sampled"), strict=True):
+        means = [by_key.get((m, v, protocol), {}).get("ndcg@10", (0.0, 0.0)) for m, v in keys]
+        ax.bar(
+            range(len(keys)),
+            [100 * m for m, _ in means],
+            yerr=[100 * s for _, s in means],
+            color=[_colour(m) for m, _ in keys],
+            capsize=3,
+        )
+        ax.set_xticks(range(len(keys)), [f"{m}\n{v}" for m, v in keys], fontsize=8)
+        ax.set_title(f"NDCG@10, {PROTOCOL_NAMES[protocol]} ({split})")
+        ax.set_ylabel("NDCG@10 (%)")
+        ax.grid(axis="y", alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _colour(model: str) -> str:
+    return {
+        "popularity": "#999999",
+        "gru4rec": "#4c72b0",
+        "sasrec": "#dd8452",
+        "text_matching": "#55a868",
+    }.get(model, "#8172b3")

@@ -1,0 +1,348 @@
+"""The recommender stage: train every configured model, variant and seed; evaluate both protocols.
+
+Output: one `metrics.parquet` row per (model, variant, seed, split, protocol), and the sampled
+negatives (`negatives.parquet`) that every model is ranked against, drawn once per data folder.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import torch
+
+from slim_core.config import EvalConfig, RecommenderConfig
+from slim_core.errors import ConfigError, DataError
+from slim_core.rec.data import (
+    EvalInputs,
+    SequenceData,
+    UserVectorIndex,
+    eval_inputs,
+    load_sequence_data,
+    training_windows,
+)
+from slim_core.rec.models import GRU4Rec, Popularity, SASRec, SequentialRecommender, TextMatching
+from slim_core.rec.negatives import read_negatives, sample_negatives, write_negatives
+from slim_core.rec.train import evaluate, fit, window_batches
+from slim_core.vectors import read_item_vectors, read_user_vectors
+from storage import atomic_path
+
+log = logging.getLogger("slim_core.rec")
+
+# variant -> (uses item text vectors, uses user text vectors)
+VARIANTS = {
+    "id": (False, False),
+    "item_text": (True, False),
+    "user_text": (False, True),
+    "item_user_text": (True, True),
+}
+SPLITS = ("valid", "test")
+
+
+@dataclass
+class StageInputs:
+    data: SequenceData
+    valid: EvalInputs
+    test: EvalInputs
+    negatives: dict[str, np.ndarray]
+    item_text: torch.Tensor | None
+    users: UserVectorIndex | None
+
+
+def load_negatives(data: SequenceData, cfg: EvalConfig, path: Path) -> dict[str, np.ndarray]:
+    """The sampled protocol's negatives: drawn once (fixed seed) and saved, then always reused."""
+    if not path.exists():
+        drawn = {
+            split: (
+                data.user_idx,
+                sample_negatives(
+                    data.sequences, data.n_items, cfg.sampled_negatives, cfg.negative_seed + n
+                ),
+            )
+            for n, split in enumerate(SPLITS)
+        }
+        write_negatives(path, drawn)
+    stored = read_negatives(path)
+    out = {}
+    for split in SPLITS:
+        users, negatives = stored[split]
+        if not np.array_equal(users, data.user_idx) or negatives.shape[1] != cfg.sampled_negatives:
+            raise DataError(
+                "negatives do not match the data folder's users or the configured count; "
+                "delete the file to draw them again",
+                path=path,
+                field=split,
+            )
+        out[split] = negatives
+    return out
+
+
+def load_inputs(
+    cfg: RecommenderConfig,
+    ev: EvalConfig,
+    data_folder: Path,
+    out_folder: Path,
+    item_vectors: Path | None,
+    user_vectors: Path | None,
+) -> StageInputs:
+    data = load_sequence_data(data_folder)
+    item_text = users = None
+    needs_items = cfg.text_matching or any(VARIANTS[v][0] for v in cfg.variants)
+    needs_users = cfg.text_matching or any(VARIANTS[v][1] for v in cfg.variants)
+    if needs_items:
+        if item_vectors is None:
+            raise ConfigError("the item_text variants and text matching need item text vectors")
+        matrix, _ = read_item_vectors(item_vectors, data.n_items, require_all=True)
+        item_text = torch.as_tensor(matrix)
+    if needs_users:
+        if user_vectors is None:
+            raise ConfigError(
+                "the user_text variants and text matching need "
+                "recommender.user_vectors: a Parquet of (user_idx, cutoff, vector)"
+            )
+        required = [
+            (int(u), data.cutoff(row, split))
+            for split in SPLITS
+            for row, u in enumerate(data.user_idx)
+        ]
+        vectors = read_user_vectors(user_vectors, required=required)
+        users = UserVectorIndex(
+            data, {key: vectors.matrix[row] for key, row in vectors.index.items()}, vectors.dim
+        )
+    return StageInputs(
+        data,
+        eval_inputs(data, "valid", cfg.max_len),
+        eval_inputs(data, "test", cfg.max_len),
+        load_negatives(data, ev, out_folder / "negatives.parquet"),
+        item_text,
+        users,
+    )
+
+
+def build_model(
+    kind: str, variant: str, n_items: int, cfg: RecommenderConfig, inputs: StageInputs
+) -> SequentialRecommender:
+    uses_items, uses_users = VARIANTS[variant]
+    common = {
+        "item_text": inputs.item_text if uses_items else None,
+        "user_text_dim": inputs.users.matrix.shape[1] if uses_users else None,
+        "loss": cfg.loss,
+        "bce_negatives": cfg.bce_negatives,
+    }
+    if kind == "sasrec":
+        return SASRec(
+            n_items,
+            cfg.dim,
+            max_len=cfg.max_len,
+            layers=cfg.layers,
+            heads=cfg.heads,
+            inner_dim=cfg.inner_dim,
+            dropout=cfg.dropout,
+            **common,
+        )
+    if kind == "gru4rec":
+        return GRU4Rec(
+            n_items, cfg.dim, hidden=cfg.gru_hidden, layers=1, dropout=cfg.dropout, **common
+        )
+    raise ConfigError(f"recommender.models: unknown model {kind!r} (expected sasrec or gru4rec)")
+
+
+def _user_text(inputs: StageInputs, split_inputs: EvalInputs, part: slice) -> torch.Tensor | None:
+    if inputs.users is None:
+        return None
+    rows = inputs.users.lookup(split_inputs.users[part], split_inputs.cutoffs[part])
+    return torch.as_tensor(inputs.users.matrix[rows])
+
+
+def _sequential_scorer(
+    model: SequentialRecommender, inputs: StageInputs, split_inputs: EvalInputs, uses_users: bool
+):
+    def score(part: slice) -> torch.Tensor:
+        text = _user_text(inputs, split_inputs, part) if uses_users else None
+        return model.full_sort_predict(torch.as_tensor(split_inputs.histories[part]), text)
+
+    return score
+
+
+def _matching_scorer(model: TextMatching, inputs: StageInputs, split_inputs: EvalInputs):
+    return lambda part: model.full_sort_predict(_user_text(inputs, split_inputs, part))
+
+
+def _rows(
+    model: str,
+    variant: str,
+    seed: int | None,
+    results: dict[str, dict[str, dict[str, float]]],
+    extra: dict[str, Any],
+) -> list[dict[str, Any]]:
+    return [
+        {
+            "model": model,
+            "variant": variant,
+            "seed": seed,
+            "split": split,
+            "protocol": protocol,
+            **metrics,
+            **extra,
+        }
+        for split, by_protocol in results.items()
+        for protocol, metrics in by_protocol.items()
+    ]
+
+
+def _evaluate_splits(
+    score_for, inputs: StageInputs, ev: EvalConfig
+) -> dict[str, dict[str, dict[str, float]]]:
+    return {
+        split: evaluate(
+            score_for(getattr(inputs, split)),
+            getattr(inputs, split),
+            ks=ev.ks,
+            exclude_history=ev.exclude_history,
+            negatives=inputs.negatives[split],
+        )
+        for split in SPLITS
+    }
+
+
+def train_sequential(
+    kind: str,
+    variant: str,
+    seed: int,
+    cfg: RecommenderConfig,
+    ev: EvalConfig,
+    inputs: StageInputs,
+    checkpoint: Path | None = None,
+) -> list[dict[str, Any]]:
+    data = inputs.data
+    model = build_model(kind, variant, data.n_items, cfg, inputs)
+    uses_users = VARIANTS[variant][1]
+    windows = training_windows(data, cfg.max_len)
+    user_rows = inputs.users.lookup(windows.users[:, None], windows.cutoffs) if uses_users else None
+    matrix = torch.as_tensor(inputs.users.matrix) if uses_users else None
+    batches = window_batches(windows.inputs, windows.targets, cfg.batch_size, user_rows, matrix)
+
+    def validate() -> float:
+        scorer = _sequential_scorer(model, inputs, inputs.valid, uses_users)
+        return evaluate(scorer, inputs.valid, ks=[10], exclude_history=ev.exclude_history)["full"][
+            "ndcg@10"
+        ]
+
+    result = fit(
+        model,
+        batches,
+        validate,
+        cfg,
+        seed,
+        checkpoint=checkpoint,
+        description=f"{kind}/{variant}/{seed}",
+    )
+    scores = _evaluate_splits(
+        lambda split_inputs: _sequential_scorer(model, inputs, split_inputs, uses_users), inputs, ev
+    )
+    return _rows(kind, variant, seed, scores, _train_facts(result))
+
+
+def _train_facts(result) -> dict[str, Any]:
+    return {
+        "best_epoch": result.best_epoch,
+        "epochs": result.epochs_run,
+        "train_seconds": result.seconds,
+        "seconds_per_epoch": result.seconds_per_epoch,
+    }
+
+
+def train_text_matching(
+    seed: int, cfg: RecommenderConfig, ev: EvalConfig, inputs: StageInputs
+) -> list[dict[str, Any]]:
+    """Text matching trains on the user vectors at cutoffs before each user's validation item."""
+    data, users = inputs.data, inputs.users
+    pairs = [
+        (row, cutoff) for (row, cutoff) in users.rows if 0 < cutoff < data.cutoff(row, "valid")
+    ]
+    if not pairs:
+        raise DataError(
+            "text matching needs user vectors at training cutoffs (before each user's "
+            "validation item); the file has only validation/test cutoffs"
+        )
+    text = torch.as_tensor(users.matrix[[users.rows[p] for p in pairs]])
+    targets = torch.as_tensor([int(data.sequences[row][cutoff]) for row, cutoff in pairs])
+    model = TextMatching(inputs.item_text, cfg.dim, cfg.loss, cfg.bce_negatives)
+
+    def batches(rng: np.random.Generator):
+        order = torch.as_tensor(rng.permutation(len(targets)))
+        for start in range(0, len(order), cfg.batch_size):
+            pick = order[start : start + cfg.batch_size]
+            yield text[pick], targets[pick]
+
+    def validate() -> float:
+        scorer = _matching_scorer(model, inputs, inputs.valid)
+        return evaluate(scorer, inputs.valid, ks=[10], exclude_history=ev.exclude_history)["full"][
+            "ndcg@10"
+        ]
+
+    result = fit(model, batches, validate, cfg, seed, description=f"text_matching/{seed}")
+    scores = _evaluate_splits(
+        lambda split_inputs: _matching_scorer(model, inputs, split_inputs), inputs, ev
+    )
+    return _rows("text_matching", "rationale", seed, scores, _train_facts(result))
+
+
+def popularity_rows(inputs: StageInputs, ev: EvalConfig) -> list[dict[str, Any]]:
+    model = Popularity(torch.as_tensor(inputs.data.item_popularity()))
+    scores = _evaluate_splits(
+        lambda split_inputs: (
+            lambda part: model.full_sort_predict(torch.as_tensor(split_inputs.histories[part]))
+        ),
+        inputs,
+        ev,
+    )
+    return _rows("popularity", "id", None, scores, {})
+
+
+def run_recommenders(
+    cfg: RecommenderConfig,
+    ev: EvalConfig,
+    data_folder: Path,
+    out_folder: Path,
+    *,
+    item_vectors: Path | None = None,
+    user_vectors: Path | None = None,
+) -> list[dict[str, Any]]:
+    """Train and evaluate everything configured; write and return the metric rows."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out_folder.mkdir(parents=True, exist_ok=True)
+    inputs = load_inputs(cfg, ev, data_folder, out_folder, item_vectors, user_vectors)
+    rows: list[dict[str, Any]] = []
+    if cfg.popularity:
+        rows += popularity_rows(inputs, ev)
+    for kind in cfg.models:
+        for variant in cfg.variants:
+            for seed in cfg.seeds:
+                rows += train_sequential(
+                    kind,
+                    variant,
+                    seed,
+                    cfg,
+                    ev,
+                    inputs,
+                    checkpoint=out_folder / "checkpoints" / f"{kind}-{variant}-{seed}.pt",
+                )
+    if cfg.text_matching:
+        for seed in cfg.seeds:
+            rows += train_text_matching(seed, cfg, ev, inputs)
+    write_metrics(rows, out_folder / "metrics.parquet")
+    return rows
+
+
+def write_metrics(rows: list[dict[str, Any]], path: Path) -> None:
+    import pyarrow as pa
+
+    table = pa.Table.from_pylist(rows)
+    with atomic_path(path) as tmp:
+        duckdb.from_arrow(table).write_parquet(str(tmp))

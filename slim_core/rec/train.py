@@ -1,0 +1,177 @@
+"""Training with early stopping on validation NDCG@10, and evaluation under both protocols."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from slim_core.config import RecommenderConfig
+from slim_core.rec.data import EvalInputs
+from slim_core.rec.metrics import full_ranks, metrics_from_ranks, sampled_ranks
+from storage import atomic_path
+
+log = logging.getLogger("slim_core.rec")
+
+Batch = tuple[torch.Tensor, ...]
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class TrainResult:
+    best_epoch: int
+    best_valid_ndcg: float
+    epochs_run: int
+    seconds: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def seconds_per_epoch(self) -> float:
+        return self.seconds / max(self.epochs_run, 1)
+
+
+def fit(
+    model: nn.Module,
+    batches: Callable[[np.random.Generator], Iterator[Batch]],
+    validate: Callable[[], float],
+    cfg: RecommenderConfig,
+    seed: int,
+    *,
+    checkpoint: Path | None = None,
+    description: str = "training",
+) -> TrainResult:
+    """Train `model` on `batches(rng)` each epoch; keep the weights of the best validation score.
+
+    `validate()` returns validation NDCG@10; training stops after `cfg.patience` epochs without a
+    better one. The best weights are restored into `model` (and saved to `checkpoint`).
+    """
+    set_seed(seed)
+    rng = np.random.default_rng(seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    best, best_epoch, best_state, waited = -1.0, 0, None, 0
+    history: list[dict[str, float]] = []
+    started = time.perf_counter()
+    bar = tqdm(range(1, cfg.max_epochs + 1), desc=description, leave=False, disable=None)
+    for epoch in bar:
+        model.train()
+        total, steps = 0.0, 0
+        for batch in batches(rng):
+            loss = model.calculate_loss(*batch)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total, steps = total + loss.item(), steps + 1
+        model.eval()
+        with torch.no_grad():
+            score = validate()
+        history.append({"epoch": epoch, "loss": total / max(steps, 1), "valid_ndcg@10": score})
+        bar.set_postfix(
+            loss=f"{total / max(steps, 1):.4f}",
+            valid_ndcg=f"{score:.4f}",
+            best=f"{max(best, score):.4f}",
+        )
+        if score > best:
+            best, best_epoch, waited = score, epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+            if checkpoint is not None:
+                with atomic_path(checkpoint) as tmp:
+                    torch.save(
+                        {"epoch": epoch, "valid_ndcg@10": score, "state_dict": best_state}, tmp
+                    )
+        else:
+            waited += 1
+            if waited >= cfg.patience:
+                break
+    bar.close()
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    seconds = time.perf_counter() - started
+    log.info(
+        "%s: best valid NDCG@10 %.4f at epoch %d of %d (%.1f s)",
+        description,
+        best,
+        best_epoch,
+        len(history),
+        seconds,
+    )
+    return TrainResult(best_epoch, best, len(history), seconds, history)
+
+
+def window_batches(
+    inputs: np.ndarray,
+    targets: np.ndarray,
+    batch_size: int,
+    user_rows: np.ndarray | None = None,
+    user_matrix: torch.Tensor | None = None,
+) -> Callable[[np.random.Generator], Iterator[Batch]]:
+    """Shuffled (item_seq, targets[, user_text]) batches of training windows."""
+    inputs_t, targets_t = torch.as_tensor(inputs), torch.as_tensor(targets)
+    rows_t = None if user_rows is None else torch.as_tensor(user_rows)
+
+    def batches(rng: np.random.Generator) -> Iterator[Batch]:
+        order = torch.as_tensor(rng.permutation(len(inputs_t)))
+        for start in range(0, len(order), batch_size):
+            pick = order[start : start + batch_size]
+            if rows_t is None:
+                yield inputs_t[pick], targets_t[pick]
+            else:
+                yield inputs_t[pick], targets_t[pick], user_matrix[rows_t[pick]]
+
+    return batches
+
+
+def _pad(rows: list[np.ndarray]) -> torch.Tensor:
+    width = max(1, max(len(r) for r in rows))
+    out = np.zeros((len(rows), width), dtype=np.int64)
+    for n, r in enumerate(rows):
+        out[n, : len(r)] = r
+    return torch.as_tensor(out)
+
+
+def score_all(
+    score: Callable[[slice], torch.Tensor], n_users: int, batch_size: int = 512
+) -> Iterator[tuple[slice, torch.Tensor]]:
+    for start in range(0, n_users, batch_size):
+        part = slice(start, min(start + batch_size, n_users))
+        yield part, score(part)
+
+
+def evaluate(
+    score: Callable[[slice], torch.Tensor],
+    inputs: EvalInputs,
+    *,
+    ks: list[int],
+    exclude_history: bool,
+    negatives: np.ndarray | None = None,
+    batch_size: int = 512,
+) -> dict[str, dict[str, float]]:
+    """Metrics of one split under full ranking and, given negatives, the sampled protocol.
+
+    `score(rows)` returns [len(rows), n_items + 1] scores for those users.
+    """
+    full, sampled = [], []
+    with torch.no_grad():
+        for part, scores in score_all(score, len(inputs.users), batch_size):
+            targets = torch.as_tensor(inputs.targets[part])
+            history = _pad(inputs.full_histories[part]) if exclude_history else None
+            full.append(full_ranks(scores, targets, history))
+            if negatives is not None:
+                sampled.append(sampled_ranks(scores, targets, torch.as_tensor(negatives[part])))
+    result = {"full": metrics_from_ranks(torch.cat(full), ks)}
+    if negatives is not None:
+        result["sampled"] = metrics_from_ranks(torch.cat(sampled), ks)
+    return result

@@ -1,0 +1,262 @@
+"""Recommenders end to end on tiny synthetic logs: learning, variants, text matching, bad input."""
+
+import numpy as np
+import pytest
+import torch
+
+from slim_core.config import EvalConfig, RecommenderConfig
+from slim_core.errors import DataError
+from slim_core.rec.data import eval_inputs, load_sequence_data, training_windows
+from slim_core.rec.report import markdown_table, ndcg_bar_chart
+from slim_core.rec.stage import load_negatives, run_recommenders
+from slim_core.vectors import write_vectors
+from tests.helpers import csv, run_stage
+
+N_ITEMS = 40
+
+
+def cyclic_log(n_users=60, length=8):
+    """User u walks items u, u+1, u+2, ... (mod N_ITEMS): the next item follows from the last."""
+    return [
+        (f"u{u:03d}", f"i{(u + step) % N_ITEMS:02d}", step)
+        for u in range(n_users)
+        for step in range(length)
+    ]
+
+
+@pytest.fixture
+def cyclic_data(write, tmp_path):
+    path = write(
+        "log.csv", csv("user_id,item_id,timestamp", *(f"{u},{i},{t}" for u, i, t in cyclic_log()))
+    )
+    result = run_stage(
+        tmp_path / "run",
+        {"format": "table", "interactions": str(path)},
+        k_core_users=3,
+        k_core_items=1,
+    )
+    return result
+
+
+def small(**overrides) -> RecommenderConfig:
+    base = {
+        "dim": 32,
+        "layers": 1,
+        "heads": 1,
+        "inner_dim": 64,
+        "gru_hidden": 32,
+        "dropout": 0.0,
+        "max_len": 10,
+        "lr": 5e-3,
+        "batch_size": 64,
+        "max_epochs": 150,
+        "patience": 15,
+        "seeds": [1],
+    }
+    return RecommenderConfig(**{**base, **overrides})
+
+
+def test_windows_cover_every_training_pair(cyclic_data):
+    data = load_sequence_data(cyclic_data.folder)
+    windows = training_windows(data, max_len=4)
+    pairs = sum(len(data.train_part(u)) - 1 for u in range(data.n_users))
+    assert (windows.targets > 0).sum() == pairs
+    # the cutoff of a target is its position in the user's sequence
+    u, j = windows.users[0], np.flatnonzero(windows.targets[0])[0]
+    assert data.sequences[u][windows.cutoffs[0, j]] == windows.targets[0, j]
+    test = eval_inputs(data, "test", max_len=4)
+    assert (test.targets == [s[-1] for s in data.sequences]).all()
+    assert (test.histories[:, -1] == [s[-2] for s in data.sequences]).all()  # valid item is history
+
+
+@pytest.mark.parametrize("model", ["sasrec", "gru4rec"])
+def test_model_overfits_tiny_data_to_perfect_hit(cyclic_data, tmp_path, model):
+    rows = run_recommenders(
+        small(models=[model], variants=["id"]),
+        EvalConfig(sampled_negatives=20),
+        cyclic_data.folder,
+        tmp_path / "rec",
+    )
+    test = {r["protocol"]: r for r in rows if r["model"] == model and r["split"] == "test"}
+    assert test["full"]["hit@10"] == 1.0
+    assert test["sampled"]["hit@10"] == 1.0
+    popularity = next(
+        r
+        for r in rows
+        if r["model"] == "popularity" and r["split"] == "test" and r["protocol"] == "full"
+    )
+    assert popularity["hit@10"] < 0.5
+
+
+def test_bce_loss_learns(cyclic_data, tmp_path):
+    # BCE with a few sampled negatives learns more slowly than full softmax: more, smaller steps.
+    cfg = small(
+        models=["gru4rec"], variants=["id"], loss="bce", bce_negatives=4, batch_size=8, patience=30
+    )
+    rows = run_recommenders(
+        cfg, EvalConfig(sampled_negatives=20), cyclic_data.folder, tmp_path / "rec"
+    )
+    test = next(
+        r
+        for r in rows
+        if r["model"] == "gru4rec" and r["split"] == "test" and r["protocol"] == "full"
+    )
+    assert test["hit@10"] >= 0.9
+
+
+def _item_vectors(folder, n_items, dim=8, seed=0, missing=()):
+    rng = np.random.default_rng(seed)
+    matrix = rng.normal(size=(n_items, dim)).astype(np.float32)
+    vectors = [None if idx in missing else matrix[idx - 1] for idx in range(1, n_items + 1)]
+    path = folder / "item_vectors.parquet"
+    write_vectors(path, {"item_idx": np.arange(1, n_items + 1, dtype=np.int32)}, vectors, dim=dim)
+    return path, matrix
+
+
+def _user_vectors(folder, data, item_matrix, noise=0.05, seed=0, skip_user=None):
+    """A vector per (user, cutoff) close to the target item's vector: a perfect 'rationale'."""
+    rng = np.random.default_rng(seed)
+    users, cutoffs, vectors = [], [], []
+    for row, seq in enumerate(data.sequences):
+        if data.user_idx[row] == skip_user:
+            continue
+        for cutoff in range(1, len(seq)):
+            users.append(data.user_idx[row])
+            cutoffs.append(cutoff)
+            vectors.append(
+                item_matrix[seq[cutoff] - 1] + noise * rng.normal(size=item_matrix.shape[1])
+            )
+    path = folder / "user_vectors.parquet"
+    write_vectors(
+        path,
+        {"user_idx": np.array(users, dtype=np.int32), "cutoff": np.array(cutoffs, dtype=np.int32)},
+        np.array(vectors, dtype=np.float32),
+    )
+    return path
+
+
+def test_text_variants_train_and_report(cyclic_data, tmp_path):
+    data = load_sequence_data(cyclic_data.folder)
+    items, matrix = _item_vectors(tmp_path, data.n_items)
+    users = _user_vectors(tmp_path, data, matrix)
+    cfg = small(
+        models=["sasrec", "gru4rec"],
+        variants=["id", "item_text", "user_text", "item_user_text"],
+        max_epochs=3,
+        text_matching=True,
+        user_vectors=users,
+    )
+    rows = run_recommenders(
+        cfg,
+        EvalConfig(sampled_negatives=20),
+        cyclic_data.folder,
+        tmp_path / "rec",
+        item_vectors=items,
+        user_vectors=users,
+    )
+    seen = {(r["model"], r["variant"]) for r in rows}
+    assert {
+        ("sasrec", "item_user_text"),
+        ("gru4rec", "user_text"),
+        ("text_matching", "rationale"),
+    } <= seen
+    table = markdown_table(rows)
+    assert "| sasrec | item_text |" in table and "± " in table
+    png = ndcg_bar_chart(rows, tmp_path / "ndcg.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "rec" / "metrics.parquet").is_file()
+
+
+def test_text_matching_ranks_items_never_seen_in_training(write, tmp_path):
+    # 40 users walk disjoint item ranges; the last 10 items are only ever test targets.
+    log = []
+    for u in range(40):
+        items = [(u * 3 + k) % 30 for k in range(4)] + [30 + u % 10]
+        log += [(f"u{u:02d}", f"i{i:02d}", t) for t, i in enumerate(items)]
+    path = write("cold.csv", csv("user_id,item_id,timestamp", *(f"{u},{i},{t}" for u, i, t in log)))
+    result = run_stage(
+        tmp_path / "run",
+        {"format": "table", "interactions": str(path)},
+        k_core_users=3,
+        k_core_items=1,
+    )
+    data = load_sequence_data(result.folder)
+    items, matrix = _item_vectors(tmp_path, data.n_items, dim=16, seed=3)
+    users = _user_vectors(tmp_path, data, matrix, noise=0.05)
+    cfg = small(
+        models=[],
+        variants=[],
+        popularity=False,
+        text_matching=True,
+        user_vectors=users,
+        max_epochs=100,
+    )
+    rows = run_recommenders(
+        cfg,
+        EvalConfig(sampled_negatives=10, exclude_history=False),
+        result.folder,
+        tmp_path / "rec",
+        item_vectors=items,
+        user_vectors=users,
+    )
+    cold = {int(data.sequences[u][-1]) for u in range(data.n_users)}
+    trained = {int(s[c]) for s in data.sequences for c in range(1, len(s) - 2)}
+    assert cold.isdisjoint(trained)  # every test target is a cold item
+    test = next(r for r in rows if r["split"] == "test" and r["protocol"] == "full")
+    assert test["hit@10"] >= 0.9
+
+
+def test_text_variant_needs_text_for_every_item(cyclic_data, tmp_path):
+    data = load_sequence_data(cyclic_data.folder)
+    items, _ = _item_vectors(tmp_path, data.n_items, missing={3})
+    with pytest.raises(DataError, match="item_vectors.parquet"):
+        run_recommenders(
+            small(models=["sasrec"], variants=["item_text"], max_epochs=1),
+            EvalConfig(),
+            cyclic_data.folder,
+            tmp_path / "rec",
+            item_vectors=items,
+        )
+    # ID only does not read item text at all.
+    rows = run_recommenders(
+        small(models=["sasrec"], variants=["id"], max_epochs=1),
+        EvalConfig(sampled_negatives=5),
+        cyclic_data.folder,
+        tmp_path / "rec2",
+        item_vectors=items,
+    )
+    assert rows
+
+
+def test_user_vectors_missing_for_an_evaluated_user(cyclic_data, tmp_path):
+    data = load_sequence_data(cyclic_data.folder)
+    _, matrix = _item_vectors(tmp_path, data.n_items)
+    users = _user_vectors(tmp_path, data, matrix, skip_user=int(data.user_idx[5]))
+    with pytest.raises(DataError, match="user_vectors.parquet"):
+        run_recommenders(
+            small(models=["gru4rec"], variants=["user_text"], max_epochs=1, user_vectors=users),
+            EvalConfig(),
+            cyclic_data.folder,
+            tmp_path / "rec",
+            user_vectors=users,
+        )
+
+
+def test_negatives_are_drawn_once_and_reused(cyclic_data, tmp_path):
+    data = load_sequence_data(cyclic_data.folder)
+    path = tmp_path / "negatives.parquet"
+    first = load_negatives(data, EvalConfig(sampled_negatives=10), path)
+    again = load_negatives(data, EvalConfig(sampled_negatives=10, negative_seed=999), path)
+    assert all(np.array_equal(first[s], again[s]) for s in ("valid", "test"))  # the saved file wins
+    for row, seq in enumerate(data.sequences):
+        assert not set(first["test"][row]) & set(seq.tolist())
+    with pytest.raises(DataError, match="negatives"):
+        load_negatives(data, EvalConfig(sampled_negatives=20), path)
+
+
+def test_empty_and_unknown_inputs(tmp_path):
+    with pytest.raises(DataError, match="run the data stage first"):
+        load_sequence_data(tmp_path)
+    with pytest.raises(Exception, match="sasrec"):
+        RecommenderConfig(models=["bert4rec"])
+    assert torch.get_num_threads() >= 1
