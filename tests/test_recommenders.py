@@ -260,3 +260,18 @@ def test_empty_and_unknown_inputs(tmp_path):
     with pytest.raises(Exception, match="sasrec"):
         RecommenderConfig(models=["bert4rec"])
     assert torch.get_num_threads() >= 1
+
+
+def test_sasrec_inference_on_padded_input_matches_training_path():
+    from slim_core.rec.models import SASRec
+
+    torch.manual_seed(0)
+    model = SASRec(30, 16, max_len=12, layers=2, heads=2, inner_dim=32, dropout=0.0)
+    seq = torch.tensor([[0] * 10 + [3, 4], list(range(1, 13))])
+    model.train()
+    slow = model.full_sort_predict(seq)
+    model.eval()
+    with torch.no_grad():  # PyTorch's inference fast path
+        fast = model.full_sort_predict(seq)
+    assert not torch.isnan(fast[:, 1:]).any()
+    assert torch.allclose(slow[:, 1:], fast[:, 1:], atol=1e-5)

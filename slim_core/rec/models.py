@@ -162,13 +162,17 @@ class SASRec(SequentialRecommender):
         length = item_seq.shape[1]
         positions = torch.arange(length, device=item_seq.device)
         hidden = self.dropout(self.norm(item_emb + self.position(positions)))
-        # Causal and padding mask in one additive mask; a large negative rather than -inf keeps
-        # rows of left padding (which see nothing) finite.
+        # Causal and padding mask in one additive mask. Every position may see itself, so rows of
+        # left padding are never fully masked (a fully masked row turns into NaN in PyTorch's
+        # inference fast path).
+        eye = torch.eye(length, dtype=torch.bool, device=item_seq.device)
         blocked = torch.triu(
             torch.ones(length, length, dtype=torch.bool, device=item_seq.device), 1
         )
-        blocked = blocked[None] | (item_seq == 0)[:, None, :]
-        mask = torch.zeros(blocked.shape, device=item_seq.device).masked_fill(blocked, -1e9)
+        blocked = (blocked[None] | (item_seq == 0)[:, None, :]) & ~eye
+        mask = torch.zeros(blocked.shape, device=item_seq.device).masked_fill(
+            blocked, float("-inf")
+        )
         return self.transformer(hidden, mask=mask.repeat_interleave(self.heads, dim=0))
 
 
