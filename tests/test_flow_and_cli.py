@@ -10,7 +10,9 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
 
-def demo_config(tmp_path: Path, name: str = "c.yaml", **data) -> Path:
+def demo_config(
+    tmp_path: Path, name: str = "c.yaml", recommender: dict | None = None, **data
+) -> Path:
     """configs/demo.yaml with absolute data paths and a private output folder."""
     config = yaml.safe_load((REPO / "configs/demo.yaml").read_text())
     source = config["data"]["source"]
@@ -19,6 +21,7 @@ def demo_config(tmp_path: Path, name: str = "c.yaml", **data) -> Path:
     source["sequences"] = [str(REPO / p) for p in source["sequences"]]
     config["run"]["output_dir"] = str(tmp_path / "run")
     config["data"].update(data)
+    config["recommender"].update(recommender or {})
     path = tmp_path / name
     path.write_text(yaml.safe_dump(config))
     return path
@@ -118,3 +121,48 @@ def test_cli_reports_errors_without_traceback(tmp_path):
     outcome = CliRunner().invoke(app, ["run", "--config", str(bad)])
     assert outcome.exit_code == 2
     assert "gone.csv" in outcome.output and "file not found" in outcome.output
+
+
+QUICK = {"models": ["sasrec"], "variants": ["id", "item_text"], "max_epochs": 2, "seeds": [1]}
+
+
+def test_train_flow_trains_evaluates_and_caches(tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from flows.pipeline import train_flow
+
+    path = demo_config(tmp_path, recommender=QUICK)
+    first = train_flow(str(path), return_state=True)
+    result = first.result()["recommenders"]
+    states = task_states(first)
+    assert states.count("Completed") == len(states)  # data, encoding, 3 runs, evaluation
+    assert len(states) == 6
+    models = {(r["model"], r["variant"]) for r in result.rows}
+    assert models == {("popularity", "id"), ("sasrec", "id"), ("sasrec", "item_text")}
+    assert {r["protocol"] for r in result.rows} == {"full", "sampled"}
+    for name in ("metrics.parquet", "ndcg.png", "negatives.parquet", "summary.md"):
+        assert (result.folder / name).is_file(), name
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["recommender-results"]))
+        )
+    assert artifacts and "| sasrec | item_text |" in artifacts[0].data
+
+    again = train_flow(str(path), return_state=True)
+    states = task_states(again)
+    assert states.count("Cached") == 5  # everything but the cheap evaluation task
+    assert again.result()["recommenders"].rows == result.rows
+
+
+def test_cli_train_and_evaluate(tmp_path):
+    from slim_cli.app import app
+
+    path = demo_config(tmp_path, recommender={**QUICK, "variants": ["id"]})
+    missing = CliRunner().invoke(app, ["evaluate", "-c", str(path)])
+    assert missing.exit_code == 2 and "run `slim train` first" in missing.output
+    trained = CliRunner().invoke(app, ["train", "-c", str(path)])
+    assert trained.exit_code == 0, trained.output
+    shown = CliRunner().invoke(app, ["evaluate", "-c", str(path)], env={"COLUMNS": "250"})
+    assert shown.exit_code == 0, shown.output
+    assert "sasrec" in shown.output and "popularity" in shown.output and "ndcg.png" in shown.output
