@@ -40,6 +40,8 @@ ITEM_FIELD_CANDIDATES: dict[str, tuple[str, ...]] = {
     "description": ("description",),
 }
 ITEM_TEXT_FIELDS = ("title", "category", "brand", "description")
+# Views this module builds itself already use the normalised field names.
+NORMALISED_ITEM_COLUMNS = ItemColumns(**{field: field for field in ITEM_TEXT_FIELDS})
 
 
 @dataclass(frozen=True)
@@ -533,12 +535,7 @@ def _ingest_recbole_sequence(
             """
         )
         items_view = "text_fields"
-    _load_items(
-        con,
-        items_view,
-        src.item_text,
-        ItemColumns(title="title", category="category", brand="brand", description="description"),
-    )
+    _load_items(con, items_view, src.item_text, NORMALISED_ITEM_COLUMNS)
     return input_files(src), False
 
 
@@ -662,12 +659,7 @@ def _ingest_amazon_reviews(
             """
         )
         items_view = "meta_src"
-    _load_items(
-        con,
-        items_view,
-        src.meta,
-        ItemColumns(title="title", category="category", brand="brand", description="description"),
-    )
+    _load_items(con, items_view, src.meta, NORMALISED_ITEM_COLUMNS)
     return input_files(src), True
 
 
