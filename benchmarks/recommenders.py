@@ -78,6 +78,38 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+def load_1min() -> float | None:
+    try:
+        return float(Path("/proc/loadavg").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def instrument_fit() -> dict[str, dict]:
+    """Wrap the stage's `fit` (in this process only) to record each run's CPU time, the load
+    average and the per-epoch history. The machine is shared: wall-clock seconds move with other
+    people's work, CPU seconds (all threads) much less."""
+    import slim_core.rec.stage as stage
+
+    fits: dict[str, dict] = {}
+    original = stage.fit
+
+    def timed_fit(*args, **kwargs):
+        wall, cpu, load_before = time.perf_counter(), time.process_time(), load_1min()
+        result = original(*args, **kwargs)
+        fits[kwargs.get("description", "training")] = {
+            "wall_seconds": time.perf_counter() - wall,
+            "cpu_seconds": time.process_time() - cpu,
+            "load_1min_before": load_before,
+            "load_1min_after": load_1min(),
+            "history": result.history,
+        }
+        return result
+
+    stage.fit = timed_fit
+    return fits
+
+
 def build_config(dataset: str, args: argparse.Namespace):
     """The data set's YAML with the benchmark's settings written over it."""
     import yaml
@@ -116,6 +148,7 @@ def child_main(args: argparse.Namespace) -> None:
     from slim_core.rec.stage import run_recommenders
 
     dataset = args.child
+    fits = instrument_fit()
     rss_at_start = peak_rss_mb()
     started = time.perf_counter()
     config = build_config(dataset, args)
@@ -137,6 +170,11 @@ def child_main(args: argparse.Namespace) -> None:
         config.recommender, config.evaluation, data.folder, rec_out, item_vectors=vectors
     )
     rec_seconds = time.perf_counter() - t0
+    for row in rows:  # CPU time and load beside each run's wall-clock train time
+        fit_info = fits.get(f"{row['model']}/{row['variant']}/{row['seed']}")
+        if fit_info:
+            row["train_cpu_seconds"] = fit_info["cpu_seconds"]
+            row["load_1min_after"] = fit_info["load_1min_after"]
 
     result = {
         "dataset": dataset,
@@ -156,6 +194,8 @@ def child_main(args: argparse.Namespace) -> None:
         "wall_seconds": time.perf_counter() - started,
         "peak_rss_mb": peak_rss_mb(),
         "rss_at_start_mb": rss_at_start,
+        "cpu_seconds": time.process_time(),
+        "fits": fits,
         "rows": rows,
     }
     args.child_out.write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
@@ -241,17 +281,24 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 def timing_table(rows: list[dict]) -> str:
     lines = [
-        "| model | variant | seed | epochs run | best epoch | s/epoch | train s |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| model | variant | seed | epochs run | best epoch | s/epoch | train s | CPU s/epoch "
+        "| load (1 min) after |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for model in MODELS:
         for variant in VARIANTS:
             for r in test_full(rows, model, variant):
                 lines.append(
                     f"| {model} | {variant} | {r['seed']} | {r['epochs']} | {r['best_epoch']} | "
-                    f"{r['seconds_per_epoch']:.2f} | {r['train_seconds']:.1f} |"
+                    f"{r['seconds_per_epoch']:.2f} | {r['train_seconds']:.1f} | "
+                    f"{_fmt(r.get('train_cpu_seconds'), r['epochs'])} | "
+                    f"{_fmt(r.get('load_1min_after'))} |"
                 )
     return "\n".join(lines) + "\n"
+
+
+def _fmt(value: float | None, per: int = 1) -> str:
+    return "—" if value is None else f"{value / max(per, 1):.2f}"
 
 
 def timing_summary(rows: list[dict]) -> list[dict]:
@@ -272,6 +319,13 @@ def timing_summary(rows: list[dict]) -> list[dict]:
                     "train_seconds": mean_std([r["train_seconds"] for r in runs]),
                     "train_seconds_max": max(r["train_seconds"] for r in runs),
                     "train_seconds_total": sum(r["train_seconds"] for r in runs),
+                    "cpu_seconds_per_epoch": mean_std(
+                        [
+                            r["train_cpu_seconds"] / max(r["epochs"], 1)
+                            for r in runs
+                            if r.get("train_cpu_seconds") is not None
+                        ]
+                    ),
                 }
             )
     return out
@@ -280,8 +334,8 @@ def timing_summary(rows: list[dict]) -> list[dict]:
 def timing_summary_table(summary: list[dict]) -> str:
     lines = [
         "| model | variant | runs | s/epoch | epochs run | best epoch | train s per run (max) "
-        "| train s, all seeds |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| train s, all seeds | CPU s/epoch |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in summary:
         spe, ep, best, tr = (
@@ -291,7 +345,7 @@ def timing_summary_table(summary: list[dict]) -> str:
             f"| {s['model']} | {s['variant']} | {s['runs']} | {spe[0]:.2f} ± {spe[1]:.2f} | "
             f"{ep[0]:.1f} ± {ep[1]:.1f} | {best[0]:.1f} ± {best[1]:.1f} | "
             f"{tr[0]:.1f} ± {tr[1]:.1f} ({s['train_seconds_max']:.1f}) | "
-            f"{s['train_seconds_total']:.0f} |"
+            f"{s['train_seconds_total']:.0f} | {s['cpu_seconds_per_epoch'][0]:.2f} |"
         )
     return "\n".join(lines) + "\n"
 
