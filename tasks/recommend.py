@@ -23,6 +23,7 @@ from slim_core.rec.pipeline import (
     encode_stage,
     encode_stage_key,
     finish_recommender_stage,
+    protocol_note,
     recommender_stage_folder,
     train_run,
 )
@@ -70,8 +71,8 @@ def evaluate_recommenders_task(
     result = finish_recommender_stage(config, data, encoded, rows)
     create_markdown_artifact(
         key="recommender-results",
-        markdown=f"# Recommenders: test split\n\nMetrics in %, mean ± std over seeds; full ranking and "
-        f"100 sampled negatives side by side.\n\n{result.table}\n\nFolder: `{result.folder}`\n",
+        markdown=f"# Recommenders: test split, mean ± std over seeds\n\n{protocol_note(config)}\n\n"
+        f"{result.table}\n\nFolder: `{result.folder}`\n",
         description="NDCG@10, Hit@10, Hit@20, MRR per model and variant, both protocols",
     )
     return result

@@ -160,6 +160,17 @@ def train_run(
     )
 
 
+def protocol_note(config: SlimConfig) -> str:
+    ev = config.evaluation
+    history = "excluded from" if ev.exclude_history else "kept among"
+    return (
+        f"Metrics in %. Full ranking: every item is a candidate; the user's earlier items are "
+        f"{history} the candidates. Sampled: the target among {ev.sampled_negatives} negatives the "
+        f"user never interacted with, drawn once (seed {ev.negative_seed}). Ties count against "
+        "the target."
+    )
+
+
 @dataclass(frozen=True)
 class RecommenderResult:
     folder: Path
@@ -188,7 +199,7 @@ def finish_recommender_stage(
     title = (
         f"{config.run.name}: test split, mean ± std over {len(config.recommender.seeds)} seed(s)"
     )
-    write_text_atomic(folder.file("summary.md"), f"# {title}\n\nMetrics in %.\n\n{table}")
+    write_text_atomic(folder.file("summary.md"), f"# {title}\n\n{protocol_note(config)}\n\n{table}")
     report.ndcg_bar_chart(rows, folder.file("ndcg.png"), title=config.run.name)
     write_json_atomic(
         folder.file("settings.json"),
