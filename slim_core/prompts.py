@@ -1,0 +1,113 @@
+"""Versioned prompt templates for teacher and student, built from a user's history before a cutoff.
+
+The teacher gets the paper's zero-shot chain-of-thought prompt: summarise the user's
+preferences, then recommend categories and brands, then specific items (macro to micro). The
+student gets a shorter prompt with the same content; it learns to answer like the teacher.
+
+A prompt is keyed by (user, cutoff): it is written from the items *before* the cutoff only (the
+item at the cutoff is the one the rationale will help to predict), so no prompt can contain its
+own target. Bump a template's version when its text changes: cached answers are keyed by it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+TEACHER_VERSION = "teacher-v1"
+STUDENT_VERSION = "student-v1"
+
+TEACHER_TEMPLATE = """\
+Here is a customer's purchase history, oldest first:
+{history}
+
+Think step by step, from the general to the specific, and answer in three numbered steps:
+Step 1: Summarize the customer's preferences based on the history.
+Step 2: Recommend product categories and brands that fit these preferences.
+Step 3: Recommend specific products within those categories and brands, and say why.
+"""
+
+STUDENT_TEMPLATE = """\
+Purchase history, oldest first:
+{history}
+
+Step 1: the customer's preferences. Step 2: fitting categories and brands. Step 3: specific products.
+"""
+
+TEMPLATES = {TEACHER_VERSION: TEACHER_TEMPLATE, STUDENT_VERSION: STUDENT_TEMPLATE}
+
+
+@dataclass(frozen=True)
+class Prompt:
+    user_idx: int
+    cutoff: int  # position of the target in the user's sequence = number of items before it
+    version: str
+    text: str
+    history_items: tuple[int, ...]  # item_idx of the items shown, oldest first
+
+
+def describe_item(item: Mapping[str, object]) -> str:
+    """'Title (category: ...; brand: ...)' from whichever fields the item has."""
+    title = str(item.get("title") or f"item {item.get('item_id', '?')}")
+    details = [f"{field}: {item[field]}" for field in ("category", "brand") if item.get(field)]
+    return f"{title} ({'; '.join(details)})" if details else title
+
+
+def build_prompt(
+    user_idx: int,
+    sequence: Sequence[int],
+    cutoff: int,
+    items: Mapping[int, Mapping[str, object]],
+    *,
+    version: str = TEACHER_VERSION,
+    max_items: int = 20,
+    token_budget: int | None = None,
+    count_tokens: Callable[[str], int] | None = None,
+) -> Prompt:
+    """The prompt for predicting `sequence[cutoff]`: at most `max_items` items before it, newest kept.
+
+    With `token_budget`, the oldest items are dropped until the history fits (`count_tokens`
+    defaults to a whitespace word count; pass a tokenizer's for exact budgets).
+    """
+    if not 0 < cutoff <= len(sequence):
+        raise ValueError(f"cutoff {cutoff} outside 1..{len(sequence)} for user {user_idx}")
+    template = TEMPLATES[version]
+    shown = list(sequence[max(0, cutoff - max_items) : cutoff])
+    count = count_tokens or (lambda text: len(text.split()))
+    while True:
+        lines = [f"{n}. {describe_item(items[i])}" for n, i in enumerate(shown, start=1)]
+        history = "\n".join(lines)
+        if token_budget is None or len(shown) <= 1 or count(history) <= token_budget:
+            break
+        shown = shown[1:]
+    return Prompt(user_idx, cutoff, version, template.format(history=history), tuple(shown))
+
+
+STEP_MARK = re.compile(r"(?im)^\W*step\s*([123])\s*[:.)\-]\s*")
+NUMBER_MARK = re.compile(r"(?m)^\W*([123])\s*[:.)\-]\s*")
+
+
+def parse_rationale(text: str) -> tuple[str, str, str] | None:
+    """Split an answer into its three steps; None when any step is missing or empty.
+
+    'Step 1:' markers (also '**Step 1:**') are used when present, so a numbered list inside a
+    step stays in that step; otherwise bare '1.', '2)', '3 -' at line starts.
+    """
+    for pattern in (STEP_MARK, NUMBER_MARK):
+        steps = _split(text, pattern)
+        if steps is not None:
+            return steps
+    return None
+
+
+def _split(text: str, pattern: re.Pattern[str]) -> tuple[str, str, str] | None:
+    marks = [(m.start(), m.end(), m.group(1)) for m in pattern.finditer(text)]
+    steps: dict[str, str] = {}
+    for n, (_, end, label) in enumerate(marks):
+        stop = marks[n + 1][0] if n + 1 < len(marks) else len(text)
+        if label not in steps:
+            steps[label] = text[end:stop].strip(" *\n\t")
+    if not all(steps.get(label) for label in ("1", "2", "3")):
+        return None
+    return steps["1"], steps["2"], steps["3"]

@@ -1,0 +1,92 @@
+"""Prompt templates: history before the cutoff only, budgets, and parsing the three steps."""
+
+import random
+
+import pytest
+
+from slim_core.prompts import (
+    STUDENT_VERSION,
+    TEACHER_VERSION,
+    build_prompt,
+    describe_item,
+    parse_rationale,
+)
+
+ITEMS = {
+    i: {
+        "item_id": f"A{i}",
+        "title": f"Widget number {i}",
+        "category": "Lab > Glassware",
+        "brand": f"Brand{i % 3}",
+    }
+    for i in range(1, 61)
+}
+
+
+def test_no_prompt_contains_its_own_target():
+    rng = random.Random(0)
+    for user in range(200):
+        sequence = rng.sample(range(1, 61), rng.randint(3, 40))
+        for cutoff in range(1, len(sequence)):
+            for version in (TEACHER_VERSION, STUDENT_VERSION):
+                prompt = build_prompt(user, sequence, cutoff, ITEMS, version=version, max_items=15)
+                target = sequence[cutoff]
+                assert target not in prompt.history_items
+                assert f"Widget number {target} " not in prompt.text
+                assert prompt.history_items == tuple(sequence[max(0, cutoff - 15) : cutoff])
+
+
+def test_history_is_newest_items_within_budget():
+    sequence = list(range(1, 31))
+    prompt = build_prompt(7, sequence, 30, ITEMS, max_items=20)
+    assert prompt.history_items == tuple(range(11, 31))
+    budgeted = build_prompt(7, sequence, 30, ITEMS, max_items=20, token_budget=40)
+    assert budgeted.history_items == tuple(range(31 - len(budgeted.history_items), 31))
+    assert len(budgeted.history_items) < 20
+    history = budgeted.text.split("oldest first:\n", 1)[1].split("\n\n", 1)[0]
+    assert len(history.split()) <= 40
+    assert (prompt.user_idx, prompt.cutoff, prompt.version) == (7, 30, TEACHER_VERSION)
+
+
+def test_item_description_uses_known_fields():
+    assert (
+        describe_item({"title": "Flask", "category": "Lab", "brand": None})
+        == "Flask (category: Lab)"
+    )
+    assert describe_item({"item_id": "B01", "title": None}) == "item B01"
+
+
+def test_cutoff_must_leave_history():
+    with pytest.raises(ValueError, match="cutoff 0"):
+        build_prompt(1, [1, 2, 3], 0, ITEMS)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "Step 1: likes glass.\nStep 2: Lab > Glassware, Brand1.\nStep 3: Widget 9, because...",
+        "**Step 1:** likes glass.\n**Step 2:** glassware\n**Step 3:** Widget 9",
+        "1. likes glass\n2) glassware\n3 - Widget 9",
+    ],
+)
+def test_parse_three_steps(answer):
+    steps = parse_rationale(answer)
+    assert steps is not None and "glass" in steps[0] and "9" in steps[2]
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "Step 1: likes glass.\nStep 2: glassware",
+        "",
+        "The user likes glass.",
+        "Step 1:\nStep 2: x\nStep 3: y",
+    ],
+)
+def test_malformed_answers_are_rejected(answer):
+    assert parse_rationale(answer) is None
+
+
+def test_numbered_list_inside_a_step_stays_in_it():
+    answer = "Step 1: glass.\nStep 2: glassware.\nStep 3: Try these:\n1. Widget 9\n2. Widget 12"
+    assert parse_rationale(answer)[2] == "Try these:\n1. Widget 9\n2. Widget 12"
