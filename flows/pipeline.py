@@ -13,7 +13,7 @@ from slim_core.data import DataStageResult
 from slim_core.rec.pipeline import RecommenderResult, needs_item_text, run_specs
 from storage import RunFolder
 from tasks.data import run_prepare_data
-from tasks.recommend import encode_items_task, evaluate_recommenders_task, train_recommender_task
+from tasks.recommend import encode_items_task, evaluate_recommenders_task, run_training
 
 
 def _load(config_path: str) -> SlimConfig:
@@ -31,11 +31,7 @@ def prepare_flow(config_path: str) -> DataStageResult:
 
 def _recommenders(config: SlimConfig, data: DataStageResult) -> RecommenderResult:
     encoded = encode_items_task(config, data) if needs_item_text(config) else None
-    rows = [
-        row
-        for spec in run_specs(config)
-        for row in train_recommender_task(config, data, encoded, spec)
-    ]
+    rows = [row for spec in run_specs(config) for row in run_training(config, data, encoded, spec)]
     return evaluate_recommenders_task(config, data, encoded, rows)
 
 

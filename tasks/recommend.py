@@ -60,6 +60,21 @@ def train_recommender_task(
     return train_run(config, data, encoded, spec)
 
 
+def run_training(
+    config: SlimConfig, data: DataStageResult, encoded: EncodeResult | None, spec: RunSpec
+) -> list[dict[str, Any]]:
+    """Call the training task, bypassing a cache entry whose files on disk are gone."""
+    folder = recommender_stage_folder(config, data, encoded)
+    needed = (
+        folder.file("negatives.parquet")
+        if spec.seed is None
+        else folder.file(f"checkpoints/{spec.name}.pt")
+    )
+    return train_recommender_task.with_options(refresh_cache=not needed.exists())(
+        config, data, encoded, spec
+    )
+
+
 @task(name="evaluate-recommenders", tags=["slim-evaluate"])
 def evaluate_recommenders_task(
     config: SlimConfig,

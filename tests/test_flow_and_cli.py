@@ -154,6 +154,12 @@ def test_train_flow_trains_evaluates_and_caches(tmp_path):
     assert states.count("Cached") == 5  # everything but the cheap evaluation task
     assert again.result()["recommenders"].rows == result.rows
 
+    # Deleting a run's checkpoint makes that run (and only that run) train again.
+    (result.folder / "checkpoints" / "sasrec-id-1.pt").unlink()
+    third = train_flow(str(path), return_state=True)
+    assert task_states(third).count("Cached") == 4
+    assert (result.folder / "checkpoints" / "sasrec-id-1.pt").is_file()
+
 
 def test_cli_train_and_evaluate(tmp_path):
     from slim_cli.app import app
