@@ -1,0 +1,123 @@
+"""A durable answer cache and dead-letter table for paid LLM calls.
+
+    cache = AnswerCache(folder)
+    todo = [p for p in prompts if answer_key(...) not in cache.answered_keys()]
+    ... call the model for one batch ...
+    cache.write_answers(rows)      # one Parquet file per batch, written atomically
+    cache.write_failures(rows)     # prompts that still failed after their retries
+
+Every batch is its own file, renamed into place only when complete, so a crash or kill loses at
+most the batch in flight and a rerun pays only for prompts without an answer. The key is a hash
+of (model, template version, prompt text, decoding parameters): change any of them and the
+prompt is asked again; change nothing and it never is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from storage import atomic_path, canonical_hash
+
+ANSWER_COLUMNS = {
+    "key": pa.string(),
+    "user_idx": pa.int32(),
+    "cutoff": pa.int32(),
+    "model": pa.string(),
+    "template_version": pa.string(),
+    "answer": pa.string(),
+    "tokens_in": pa.int64(),
+    "tokens_out": pa.int64(),
+    "latency_s": pa.float64(),
+    "attempts": pa.int32(),
+    "created_at": pa.string(),
+}
+FAILURE_COLUMNS = {
+    "key": pa.string(),
+    "user_idx": pa.int32(),
+    "cutoff": pa.int32(),
+    "model": pa.string(),
+    "template_version": pa.string(),
+    "error": pa.string(),
+    "raw_answer": pa.string(),
+    "attempts": pa.int32(),
+    "failed_at": pa.string(),
+}
+
+
+def answer_key(model: str, template_version: str, prompt: str, decoding: dict[str, Any]) -> str:
+    """SHA-256 of what determines an answer; decoding parameters in canonical JSON."""
+    payload = json.dumps(
+        {"model": model, "template": template_version, "prompt": prompt, "decoding": decoding},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+class AnswerCache:
+    """Answers and failures as Parquet shards under `folder/answers` and `folder/failures`."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.answers = self.folder / "answers"
+        self.failures = self.folder / "failures"
+
+    def _glob(self, where: Path) -> str | None:
+        return f"{where}/*.parquet" if where.is_dir() and any(where.glob("*.parquet")) else None
+
+    def answered_keys(self) -> set[str]:
+        pattern = self._glob(self.answers)
+        if pattern is None:
+            return set()
+        return {
+            row[0]
+            for row in duckdb.sql(f"SELECT DISTINCT key FROM read_parquet('{pattern}')").fetchall()
+        }
+
+    def read_answers(self) -> list[dict[str, Any]]:
+        """One row per key (the first answer written wins)."""
+        return self._read(self.answers, "created_at")
+
+    def dead_letters(self) -> list[dict[str, Any]]:
+        """The latest failure of each key that has no answer yet: what a replay must ask again."""
+        failures = self._read(self.failures, "failed_at DESC")
+        answered = self.answered_keys()
+        return [row for row in failures if row["key"] not in answered]
+
+    def _read(self, where: Path, order: str) -> list[dict[str, Any]]:
+        pattern = self._glob(where)
+        if pattern is None:
+            return []
+        relation = duckdb.sql(
+            f"SELECT * FROM read_parquet('{pattern}') "
+            f"QUALIFY row_number() OVER (PARTITION BY key ORDER BY {order}) = 1 ORDER BY key"
+        )
+        return [dict(zip(relation.columns, values, strict=True)) for values in relation.fetchall()]
+
+    def write_answers(self, rows: list[dict[str, Any]]) -> Path | None:
+        return self._write(self.answers, rows, ANSWER_COLUMNS)
+
+    def write_failures(self, rows: list[dict[str, Any]]) -> Path | None:
+        return self._write(self.failures, rows, FAILURE_COLUMNS)
+
+    def _write(
+        self, where: Path, rows: list[dict[str, Any]], schema: dict[str, pa.DataType]
+    ) -> Path | None:
+        if not rows:
+            return None
+        table = pa.table(
+            {name: pa.array([row.get(name) for row in rows], kind) for name, kind in schema.items()}
+        )
+        # Named by content: writing the same batch twice leaves one file.
+        stamp = rows[0].get("created_at") or rows[0].get("failed_at")
+        path = where / f"{canonical_hash([sorted(row['key'] for row in rows), stamp])}.parquet"
+        with atomic_path(path) as tmp:
+            pq.write_table(table, tmp)
+        return path
