@@ -1,0 +1,134 @@
+"""OpenAI-compatible Chat Completions over HTTP: OpenAI, vLLM's server, llama.cpp's server.
+
+Async with bounded concurrency; every request has a timeout; 429, 5xx, timeouts and dropped
+connections are retried with exponential backoff and jitter, honouring `Retry-After`. Other 4xx
+answers are not retried (they will not get better). The API key is read from the environment
+at call time and never logged, stored or put in an error message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass
+
+import httpx
+
+from slim_core.errors import ConfigError
+from slim_core.llm.base import Decoding, Generation, GenerationFailure
+
+log = logging.getLogger("slim_core.llm")
+
+RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+
+
+@dataclass
+class OpenAICompatibleBackend:
+    base_url: str  # e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1
+    model: str
+    api_key_env: str | None = "OPENAI_API_KEY"
+    max_concurrency: int = 8
+    timeout_s: float = 60.0
+    max_retries: int = 4
+    backoff_s: float = 1.0
+    max_backoff_s: float = 60.0
+
+    @property
+    def model_id(self) -> str:
+        return f"openai-compatible:{self.model}"
+
+    def _headers(self) -> dict[str, str]:
+        if self.api_key_env is None:
+            return {}
+        key = os.environ.get(self.api_key_env)
+        if not key:
+            raise ConfigError(
+                f"teacher: environment variable {self.api_key_env} is not set (the API key)"
+            )
+        return {"Authorization": f"Bearer {key}"}
+
+    def generate(
+        self, prompts: list[str], decoding: Decoding
+    ) -> list[Generation | GenerationFailure]:
+        return asyncio.run(self.agenerate(prompts, decoding))
+
+    async def agenerate(
+        self, prompts: list[str], decoding: Decoding
+    ) -> list[Generation | GenerationFailure]:
+        limit = asyncio.Semaphore(self.max_concurrency)
+        headers = self._headers()
+        async with httpx.AsyncClient(
+            base_url=self.base_url.rstrip("/"),
+            headers=headers,
+            timeout=httpx.Timeout(self.timeout_s),
+        ) as client:
+            return await asyncio.gather(*(self._one(client, limit, p, decoding) for p in prompts))
+
+    async def _one(
+        self, client: httpx.AsyncClient, limit: asyncio.Semaphore, prompt: str, decoding: Decoding
+    ) -> Generation | GenerationFailure:
+        body = {
+            "model": self.model,
+            "messages": [{"role": "user", "content": prompt}],
+            **decoding.as_dict(),
+        }
+        error = "not attempted"
+        for attempt in range(1, self.max_retries + 2):
+            wait: float | None = None
+            async with limit:
+                started = time.perf_counter()
+                try:
+                    response = await client.post("/chat/completions", json=body)
+                except (httpx.TimeoutException, httpx.TransportError) as exc:
+                    error = f"{type(exc).__name__}: request failed or timed out after {self.timeout_s} s"
+                else:
+                    if response.status_code == 200:
+                        parsed = _parse(response)
+                        if isinstance(parsed, str):
+                            error = parsed
+                        else:
+                            text, tokens_in, tokens_out = parsed
+                            return Generation(
+                                text, tokens_in, tokens_out, time.perf_counter() - started, attempt
+                            )
+                    else:
+                        error = f"HTTP {response.status_code}: {response.text[:200]}"
+                        if response.status_code not in RETRYABLE_STATUS:
+                            return GenerationFailure(error, attempt)
+                        wait = _retry_after(response)
+            if attempt <= self.max_retries:
+                delay = (
+                    wait
+                    if wait is not None
+                    else min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1))
+                )
+                delay = delay * (
+                    1 + 0.25 * random.random()
+                )  # jitter: retries do not arrive in step
+                log.info("retrying in %.2f s after: %s", delay, error)
+                await asyncio.sleep(delay)
+        return GenerationFailure(error, self.max_retries + 1)
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _parse(response: httpx.Response) -> tuple[str, int, int] | str:
+    """(text, prompt tokens, completion tokens), or an error message for a malformed reply."""
+    try:
+        data = response.json()
+        text = data["choices"][0]["message"]["content"]
+        usage = data.get("usage") or {}
+    except (ValueError, KeyError, IndexError, TypeError):
+        return f"malformed reply: {response.text[:200]!r}"
+    if not isinstance(text, str):
+        return f"malformed reply: content is {type(text).__name__}"
+    return text, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)

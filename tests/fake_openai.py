@@ -1,0 +1,135 @@
+"""A real HTTP server on loopback speaking OpenAI's Chat Completions API, with fault injection.
+
+`plan[prompt]` lists what happens on each successive request for that prompt: "ok", "429"
+(with Retry-After), "400", "500", "slow" (sleeps past the client's timeout, then answers), "drop"
+(closes the connection without a reply), "malformed" (200 with a body that is not a completion),
+"bad_steps" (a well-formed completion whose text lacks the three steps). After the plan runs out
+every request is "ok". The server counts requests per prompt and requests that arrive for a
+prompt it already answered.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter, defaultdict
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+GOOD_ANSWER = (
+    "Step 1: likes lab glass.\nStep 2: Glassware; Brand1.\nStep 3: Widget 9, since it fits."
+)
+
+
+class FakeOpenAI:
+    def __init__(self, latency_s: float = 0.0, slow_s: float = 2.0):
+        self.latency_s = latency_s
+        self.slow_s = slow_s
+        self.plan: dict[str, list[str]] = {}
+        self.calls: Counter[str] = Counter()
+        self.answered: set[str] = set()
+        self.after_answer = 0
+        self.authorizations: list[str] = []
+        self.lock = threading.Lock()
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def start(self) -> FakeOpenAI:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def reset(self, plan: dict[str, list[str]] | None = None, latency_s: float = 0.0) -> None:
+        with self.lock:
+            self.plan = defaultdict(list, {k: list(v) for k, v in (plan or {}).items()})
+            self.calls.clear()
+            self.answered.clear()
+            self.after_answer = 0
+            self.authorizations.clear()
+            self.latency_s = latency_s
+
+    def _next(self, prompt: str) -> str:
+        with self.lock:
+            self.calls[prompt] += 1
+            if prompt in self.answered:
+                self.after_answer += 1
+            steps = self.plan.get(prompt) if isinstance(self.plan, dict) else None
+            return steps.pop(0) if steps else "ok"
+
+    def _handler(self):
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # quiet
+                pass
+
+            def _reply(
+                self, status: int, body: bytes, headers: dict[str, str] | None = None
+            ) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self):  # noqa: N802 (http.server's naming)
+                length = int(self.headers.get("Content-Length", 0))
+                if self.path != "/v1/chat/completions":
+                    self.rfile.read(length)
+                    return self._reply(404, b'{"error": "not found"}')
+                request = json.loads(self.rfile.read(length))
+                with fake.lock:
+                    fake.authorizations.append(self.headers.get("Authorization", ""))
+                prompt = request["messages"][-1]["content"]
+                action = fake._next(prompt)
+                if fake.latency_s:
+                    time.sleep(fake.latency_s)
+                if action == "429":
+                    return self._reply(429, b'{"error": "rate limited"}', {"Retry-After": "0.05"})
+                if action == "400":
+                    return self._reply(400, b'{"error": "bad request"}')
+                if action == "500":
+                    return self._reply(500, b'{"error": "internal"}')
+                if action == "drop":
+                    self.close_connection = True
+                    self.connection.shutdown(2)
+                    return None
+                if action == "malformed":
+                    return self._reply(200, b'{"id": "x", "object": "chat.completion"}')
+                if action == "slow":
+                    time.sleep(fake.slow_s)
+                text = "I think the user likes things." if action == "bad_steps" else GOOD_ANSWER
+                body = {
+                    "id": "cmpl-test",
+                    "object": "chat.completion",
+                    "model": request.get("model"),
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": text},
+                            "finish_reason": "stop",
+                        }
+                    ],
+                    "usage": {
+                        "prompt_tokens": len(prompt.split()),
+                        "completion_tokens": len(text.split()),
+                    },
+                }
+                if action != "bad_steps":
+                    with fake.lock:
+                        fake.answered.add(prompt)
+                return self._reply(200, json.dumps(body).encode())
+
+        return Handler

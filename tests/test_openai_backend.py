@@ -1,0 +1,84 @@
+"""The OpenAI-compatible backend against a real loopback server with injected faults."""
+
+import pytest
+
+from slim_core.errors import ConfigError
+from slim_core.llm import Decoding, Generation, GenerationFailure
+from slim_core.llm.openai_http import OpenAICompatibleBackend
+from tests.fake_openai import GOOD_ANSWER, FakeOpenAI
+
+SECRET = "sk-test-secret-key-123456"
+
+
+@pytest.fixture(scope="session")
+def fake_server():
+    server = FakeOpenAI().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def server(fake_server, monkeypatch):
+    fake_server.reset()
+    monkeypatch.setenv("SLIM_TEST_KEY", SECRET)
+    return fake_server
+
+
+def backend(server, **overrides):
+    settings = {
+        "base_url": server.url,
+        "model": "teacher-test",
+        "api_key_env": "SLIM_TEST_KEY",
+        "max_concurrency": 8,
+        "timeout_s": 0.5,
+        "max_retries": 3,
+        "backoff_s": 0.01,
+    }
+    return OpenAICompatibleBackend(**{**settings, **overrides})
+
+
+def test_answers_every_prompt_in_order(server):
+    prompts = [f"prompt {n}" for n in range(20)]
+    results = backend(server).generate(prompts, Decoding(max_tokens=64))
+    assert all(isinstance(r, Generation) and r.text == GOOD_ANSWER for r in results)
+    assert results[3].tokens_in == 2 and results[3].tokens_out == len(GOOD_ANSWER.split())
+    assert set(server.authorizations) == {f"Bearer {SECRET}"}
+
+
+@pytest.mark.parametrize("fault", ["429", "500", "slow", "drop", "malformed"])
+def test_transient_faults_are_retried_until_answered(server, fault):
+    server.reset({"p0": [fault, fault], "p1": [fault]})
+    results = backend(server).generate(["p0", "p1", "p2"], Decoding())
+    assert [type(r) for r in results] == [Generation] * 3
+    assert [r.attempts for r in results] == [3, 2, 1]
+    assert server.after_answer == 0  # nothing asked again once answered
+
+
+def test_persistent_faults_end_as_failures_with_attempts(server):
+    server.reset({"p0": ["500"] * 10, "p1": ["429"] * 10})
+    results = backend(server, max_retries=2).generate(["p0", "p1", "p2"], Decoding())
+    assert isinstance(results[0], GenerationFailure) and "HTTP 500" in results[0].error
+    assert results[0].attempts == 3 and server.calls["p0"] == 3
+    assert isinstance(results[1], GenerationFailure) and "HTTP 429" in results[1].error
+    assert isinstance(results[2], Generation)
+
+
+def test_client_errors_are_not_retried(server):
+    server.reset({"p0": ["400"]})
+    results = backend(server).generate(["p0"], Decoding())
+    assert isinstance(results[0], GenerationFailure) and results[0].attempts == 1
+    assert "HTTP 400" in results[0].error and server.calls["p0"] == 1
+    wrong_path = backend(server, base_url=server.url + "/nowhere").generate(["p1"], Decoding())
+    assert isinstance(wrong_path[0], GenerationFailure) and "HTTP 404" in wrong_path[0].error
+
+
+def test_missing_api_key_is_a_config_error_without_the_key(server, monkeypatch):
+    monkeypatch.delenv("SLIM_TEST_KEY")
+    with pytest.raises(ConfigError, match="SLIM_TEST_KEY"):
+        backend(server).generate(["p0"], Decoding())
+
+
+def test_the_key_never_appears_in_failures(server):
+    server.reset({"p0": ["500"] * 10})
+    results = backend(server, max_retries=1).generate(["p0"], Decoding())
+    assert SECRET not in repr(results)
