@@ -12,7 +12,7 @@ SECRET = "sk-test-secret-key-123456"
 
 @pytest.fixture(scope="session")
 def fake_server():
-    server = FakeOpenAI().start()
+    server = FakeOpenAI(slow_s=4.0).start()
     yield server
     server.stop()
 
@@ -30,7 +30,7 @@ def backend(server, **overrides):
         "model": "teacher-test",
         "api_key_env": "SLIM_TEST_KEY",
         "max_concurrency": 8,
-        "timeout_s": 0.5,
+        "timeout_s": 1.5,
         "max_retries": 3,
         "backoff_s": 0.01,
     }

@@ -1,0 +1,125 @@
+"""Teacher runs against the fault-injecting loopback server: nothing lost, nothing paid twice."""
+
+import pytest
+
+from slim_core.llm import Decoding
+from slim_core.llm.openai_http import OpenAICompatibleBackend
+from slim_core.prompts import Prompt
+from slim_core.teacher.cache import AnswerCache
+from slim_core.teacher.run import Prices, ask_teacher
+from tests.fake_openai import FakeOpenAI
+
+PROMPTS = [
+    Prompt(
+        user_idx=n,
+        cutoff=5,
+        version="teacher-v1",
+        text=f"history of user {n}",
+        history_items=(1, 2),
+    )
+    for n in range(40)
+]
+
+
+@pytest.fixture(scope="module")
+def server():
+    fake = FakeOpenAI(slow_s=4.0).start()
+    yield fake
+    fake.stop()
+
+
+def teacher(server):
+    return OpenAICompatibleBackend(
+        base_url=server.url,
+        model="t",
+        api_key_env=None,
+        timeout_s=1.5,
+        max_retries=2,
+        backoff_s=0.01,
+        max_concurrency=8,
+    )
+
+
+FAULT_MIXES = {
+    "clean": {},
+    "rate_limited": {p.text: ["429"] for p in PROMPTS[::2]},
+    "server_errors": {p.text: ["500", "500"] for p in PROMPTS[::3]},
+    "timeouts_and_drops": {p.text: ["slow" if p.user_idx % 2 else "drop"] for p in PROMPTS[::4]},
+    "malformed": {p.text: ["malformed", "bad_steps"] for p in PROMPTS[::5]},
+    "hopeless": {p.text: ["500"] * 20 for p in PROMPTS[:3]}
+    | {p.text: ["bad_steps"] * 20 for p in PROMPTS[3:5]},
+}
+
+
+@pytest.mark.parametrize("mix", FAULT_MIXES)
+def test_every_prompt_ends_answered_or_dead_lettered(server, tmp_path, mix):
+    server.reset(FAULT_MIXES[mix])
+    cache = AnswerCache(tmp_path)
+    report = ask_teacher(
+        PROMPTS, teacher(server), cache, Decoding(max_tokens=64), batch_size=8, malformed_retries=1
+    )
+    answered = {row["user_idx"] for row in cache.read_answers()}
+    dead = {row["user_idx"] for row in cache.dead_letters()}
+    assert answered | dead == set(range(40)) and not answered & dead  # none lost
+    assert server.after_answer == 0  # none sent again after it was answered
+    assert report.answered == len(answered) and report.failed == len(dead)
+    if mix == "hopeless":
+        assert dead == {0, 1, 2, 3, 4}
+        raw = {row["user_idx"]: row["raw_answer"] for row in cache.dead_letters()}
+        assert "likes things" in raw[3]  # a malformed answer keeps its raw text
+    else:
+        assert dead == set()
+
+
+def test_a_killed_run_resumes_without_paying_twice(server, tmp_path, monkeypatch):
+    server.reset()
+    cache = AnswerCache(tmp_path)
+    written = []
+    original = cache.write_answers
+
+    def write_then_die(rows):
+        original(rows)
+        written.append(len(rows))
+        if len(written) == 2:
+            raise KeyboardInterrupt("killed after two batches")
+
+    monkeypatch.setattr(cache, "write_answers", write_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        ask_teacher(PROMPTS, teacher(server), cache, Decoding(max_tokens=64), batch_size=8)
+    monkeypatch.undo()
+    assert len(cache.answered_keys()) == 16
+    first_calls = sum(server.calls.values())
+    report = ask_teacher(
+        PROMPTS, teacher(server), AnswerCache(tmp_path), Decoding(max_tokens=64), batch_size=8
+    )
+    assert report.cached == 16 and report.answered == 24
+    assert sum(server.calls.values()) - first_calls == 24  # only the unanswered ones were asked
+    assert server.after_answer == 0
+    # A third run asks nothing at all.
+    again = ask_teacher(
+        PROMPTS, teacher(server), AnswerCache(tmp_path), Decoding(max_tokens=64), batch_size=8
+    )
+    assert again.cached == 40 and again.calls == 0
+
+
+def test_budget_stops_cleanly_before_it_would_be_exceeded(server, tmp_path):
+    server.reset()
+    prices = Prices(input_per_1k=1.0, output_per_1k=1.0)
+    # A batch of 8 is estimated at 8 * (2 * 4 words in + 64 max out) / 1000 = $0.576; the first
+    # really costs 8 * (4 + 16) / 1000 = $0.16, so a second would pass $0.70 by the estimate.
+    report = ask_teacher(
+        PROMPTS,
+        teacher(server),
+        AnswerCache(tmp_path),
+        Decoding(max_tokens=64),
+        batch_size=8,
+        prices=prices,
+        budget_usd=0.7,
+    )
+    assert report.stopped_by_budget
+    assert report.answered == 8 and report.cost_usd == pytest.approx(0.16)
+    assert (
+        report.tokens_in == 32
+        and report.tokens_out == 128
+        and report.latency_percentiles()["p50"] >= 0
+    )
