@@ -10,10 +10,14 @@ from prefect import flow
 import tasks  # noqa: F401  (logging setup before Prefect runs anything)
 from slim_core.config import SlimConfig, load_config
 from slim_core.data import DataStageResult
+from slim_core.prompts import Prompt
 from slim_core.rec.pipeline import RecommenderResult, needs_item_text, run_specs
+from slim_core.teacher.run import TeacherReport
+from slim_core.teacher.stage import answer_cache, prompt_keys, teacher_config, teacher_prompts
 from storage import RunFolder
 from tasks.data import run_prepare_data
 from tasks.recommend import encode_items_task, evaluate_recommenders_task, run_training
+from tasks.teacher import backend_for, teacher_batch_task, teacher_rationales_task
 
 
 def _load(config_path: str) -> SlimConfig:
@@ -49,3 +53,43 @@ def slim_pipeline(config_path: str) -> dict[str, object]:
     config = _load(config_path)
     data = run_prepare_data(config).result()
     return {"data": data, "recommenders": _recommenders(config, data)}
+
+
+def _ask_in_batches(config: SlimConfig, prompts: list[Prompt]) -> TeacherReport:
+    cfg = teacher_config(config)
+    report = TeacherReport()
+    for number, start in enumerate(range(0, len(prompts), cfg.batch_size), start=1):
+        remaining = None if cfg.budget_usd is None else cfg.budget_usd - report.cost_usd
+        report = report.add(
+            teacher_batch_task(config, prompts[start : start + cfg.batch_size], number, remaining)
+        )
+        if report.stopped_by_budget:
+            break
+    return report
+
+
+@flow(name="slim-teacher", flow_run_name="teacher {config_path}")
+def teacher_flow(config_path: str) -> dict[str, object]:
+    """Teacher rationales for the sampled users, batch by batch, cached per prompt."""
+    config = _load(config_path)
+    data = run_prepare_data(config).result()
+    prompts = teacher_prompts(config, data)
+    report = _ask_in_batches(config, prompts)
+    return {"data": data, "teacher": teacher_rationales_task(config, prompts, report)}
+
+
+@flow(name="slim-teacher-retry-failed", flow_run_name="retry failed {config_path}")
+def retry_failed_flow(config_path: str) -> dict[str, object]:
+    """Replay exactly the prompts in the dead-letter table (failed, never answered)."""
+    config = _load(config_path)
+    data = run_prepare_data(config).result()
+    prompts = teacher_prompts(config, data)
+    dead = {row["key"] for row in answer_cache(config).dead_letters()}
+    keys = prompt_keys(prompts, backend_for(config).model_id, teacher_config(config))
+    failed = [prompt for prompt, key in zip(prompts, keys, strict=True) if key in dead]
+    report = _ask_in_batches(config, failed)
+    return {
+        "data": data,
+        "replayed": len(failed),
+        "teacher": teacher_rationales_task(config, prompts, report),
+    }

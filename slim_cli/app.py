@@ -149,6 +149,48 @@ def query(
     console.print(table)
 
 
+teacher_app = typer.Typer(
+    help="Teacher rationales: run, or replay the failed prompts.", no_args_is_help=True
+)
+app.add_typer(teacher_app, name="teacher")
+
+
+def _print_teacher(result, replayed: int | None = None) -> None:
+    from rich.markdown import Markdown
+
+    from slim_core.teacher.stage import summary_markdown
+
+    head = (
+        "**Teacher**" if replayed is None else f"**Teacher: replayed {replayed} failed prompt(s)**"
+    )
+    console.print(Markdown(f"{head}\n\n{summary_markdown(result.summary)}"))
+    console.print(f"Rationales: [cyan]{result.rationales}[/]")
+
+
+@teacher_app.command("run")
+def teacher_run(config: ConfigOption) -> None:
+    """Ask the teacher for rationales (answers already in the cache are not asked again)."""
+    try:
+        from flows.pipeline import teacher_flow
+
+        results = teacher_flow(str(config))
+    except SlimError as error:
+        raise _fail(error) from None
+    _print_teacher(results["teacher"])
+
+
+@teacher_app.command("retry-failed")
+def teacher_retry_failed(config: ConfigOption) -> None:
+    """Replay exactly the prompts in the dead-letter table."""
+    try:
+        from flows.pipeline import retry_failed_flow
+
+        results = retry_failed_flow(str(config))
+    except SlimError as error:
+        raise _fail(error) from None
+    _print_teacher(results["teacher"], replayed=results["replayed"])
+
+
 def main() -> None:  # pragma: no cover - console entry point
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     app()

@@ -207,6 +207,47 @@ class EvalConfig(_Strict):
     negative_seed: int = Field(2024, description="Seed of the saved negative samples.")
 
 
+class TeacherConfig(_Strict):
+    """The teacher LLM: an OpenAI-compatible endpoint or a local transformers model."""
+
+    backend: Literal["transformers", "openai"] = Field(
+        "transformers",
+        description="openai: any OpenAI-compatible HTTP endpoint (OpenAI, vLLM's or "
+        "llama.cpp's server); transformers: a local model folder, in process.",
+    )
+    model: str = Field(description="Model name at the endpoint, or a local model folder.")
+    gguf_file: str | None = Field(None, description="GGUF file inside the model folder.")
+    base_url: str | None = Field(None, description="Endpoint, e.g. https://api.openai.com/v1.")
+    api_key_env: str | None = Field(
+        "OPENAI_API_KEY", description="Environment variable holding the API key (never logged)."
+    )
+    users: int = Field(
+        200, ge=1, description="Users sampled for rationales, stratified by history length."
+    )
+    cutoffs: list[Literal["valid", "test"]] = Field(
+        ["valid"],
+        min_length=1,
+        description="Targets the rationales precede (history before them only).",
+    )
+    max_history_items: int = Field(20, ge=1, description="Most recent items shown in a prompt.")
+    token_budget: int | None = Field(600, ge=1, description="Words of history a prompt may hold.")
+    batch_size: int = Field(
+        16, ge=1, description="Prompts per batch (one Prefect task, one cache file)."
+    )
+    max_concurrency: int = Field(8, ge=1, description="Requests in flight at once (HTTP).")
+    timeout_s: float = Field(60.0, gt=0, description="Per-request timeout (HTTP).")
+    max_retries: int = Field(4, ge=0, description="Retries on 429 / 5xx / timeouts (HTTP).")
+    malformed_retries: int = Field(
+        2, ge=0, description="Re-asks of answers without the three steps."
+    )
+    max_tokens: int = Field(256, ge=1, description="Longest answer.")
+    temperature: float = Field(0.0, ge=0, description="Sampling temperature (0: greedy).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling.")
+    price_input_per_1k: float = Field(0.0, ge=0, description="USD per 1,000 prompt tokens.")
+    price_output_per_1k: float = Field(0.0, ge=0, description="USD per 1,000 answer tokens.")
+    budget_usd: float | None = Field(None, gt=0, description="Stop cleanly before spending more.")
+
+
 class SlimConfig(BaseSettings):
     """The whole pipeline's configuration."""
 
@@ -222,6 +263,7 @@ class SlimConfig(BaseSettings):
     encoder: EncoderConfig = EncoderConfig()
     recommender: RecommenderConfig = RecommenderConfig()
     evaluation: EvalConfig = EvalConfig()
+    teacher: TeacherConfig | None = None
 
     @classmethod
     def settings_customise_sources(

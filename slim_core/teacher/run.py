@@ -46,6 +46,21 @@ class TeacherReport:
     latencies_s: list[float] = field(default_factory=list)
     stopped_by_budget: bool = False
 
+    def add(self, other: TeacherReport) -> TeacherReport:
+        """The sum of two reports (batches of one run)."""
+        return TeacherReport(
+            self.requested + other.requested,
+            self.cached + other.cached,
+            self.answered + other.answered,
+            self.failed + other.failed,
+            self.calls + other.calls,
+            self.tokens_in + other.tokens_in,
+            self.tokens_out + other.tokens_out,
+            self.cost_usd + other.cost_usd,
+            self.latencies_s + other.latencies_s,
+            self.stopped_by_budget or other.stopped_by_budget,
+        )
+
     def latency_percentiles(self) -> dict[str, float]:
         if not self.latencies_s:
             return {}

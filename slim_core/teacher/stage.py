@@ -1,0 +1,200 @@
+"""The teacher stage: prompts for sampled users, answers from the teacher, parsed rationales.
+
+    prompts = teacher_prompts(config, data)            # (user, cutoff) prompts, no leakage
+    report = ask_teacher(prompts, backend, cache, ...)   # slim_core.teacher.run, batch by batch
+    result = write_teacher_rationales(config, prompts)   # teacher_rationales.parquet
+
+The answer cache lives in `<output_dir>/teacher/cache/` and is shared by every run of the same
+output folder: a prompt (same model, template, text and decoding) is never paid for twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from slim_core.config import SlimConfig, TeacherConfig
+from slim_core.data import DataStageResult
+from slim_core.errors import ConfigError
+from slim_core.llm.base import Decoding, LLMBackend
+from slim_core.prompts import TEACHER_VERSION, Prompt, build_prompt, parse_rationale
+from slim_core.rec.data import load_sequence_data
+from slim_core.sampling import stratified_users
+from slim_core.teacher.cache import AnswerCache, answer_key
+from slim_core.teacher.run import Prices, TeacherReport
+from storage import atomic_path, write_json_atomic
+
+
+def teacher_config(config: SlimConfig) -> TeacherConfig:
+    if config.teacher is None:
+        raise ConfigError("no `teacher:` section in the configuration")
+    return config.teacher
+
+
+def decoding(cfg: TeacherConfig) -> Decoding:
+    return Decoding(max_tokens=cfg.max_tokens, temperature=cfg.temperature, top_p=cfg.top_p)
+
+
+def prices(cfg: TeacherConfig) -> Prices:
+    return Prices(cfg.price_input_per_1k, cfg.price_output_per_1k)
+
+
+def make_backend(cfg: TeacherConfig) -> LLMBackend:
+    if cfg.backend == "openai":
+        from slim_core.llm.openai_http import OpenAICompatibleBackend
+
+        if not cfg.base_url:
+            raise ConfigError("teacher.base_url: required for the openai backend")
+        return OpenAICompatibleBackend(
+            cfg.base_url,
+            cfg.model,
+            cfg.api_key_env,
+            cfg.max_concurrency,
+            cfg.timeout_s,
+            cfg.max_retries,
+        )
+    from slim_core.llm.transformers_local import TransformersBackend
+
+    if not Path(cfg.model).is_dir():
+        raise ConfigError(
+            f"teacher.model: {cfg.model!r} is not a local model folder (transformers backend)"
+        )
+    return TransformersBackend(cfg.model, cfg.gguf_file, batch_size=cfg.batch_size)
+
+
+def teacher_folder(config: SlimConfig) -> Path:
+    return Path(config.run.output_dir).resolve() / "teacher"
+
+
+def answer_cache(config: SlimConfig) -> AnswerCache:
+    return AnswerCache(teacher_folder(config) / "cache")
+
+
+def _items(data: DataStageResult) -> dict[int, dict[str, Any]]:
+    relation = duckdb.sql(
+        f"SELECT item_idx, item_id, title, category, brand FROM read_parquet('{data.path('items')}')"
+    )
+    return {row[0]: dict(zip(relation.columns, row, strict=True)) for row in relation.fetchall()}
+
+
+def teacher_prompts(config: SlimConfig, data: DataStageResult) -> list[Prompt]:
+    """Prompts for the sampled users at each configured cutoff, from the history before it."""
+    cfg = teacher_config(config)
+    sequences = load_sequence_data(data.folder)
+    items = _items(data)
+    rows = stratified_users([len(s) for s in sequences.sequences], cfg.users, seed=config.run.seed)
+    return [
+        build_prompt(
+            int(sequences.user_idx[row]),
+            sequences.sequences[row],
+            sequences.cutoff(row, split),
+            items,
+            version=TEACHER_VERSION,
+            max_items=cfg.max_history_items,
+            token_budget=cfg.token_budget,
+        )
+        for row in rows
+        for split in cfg.cutoffs
+    ]
+
+
+def prompt_keys(prompts: list[Prompt], model_id: str, cfg: TeacherConfig) -> list[str]:
+    params = decoding(cfg).as_dict()
+    return [answer_key(model_id, p.version, p.text, params) for p in prompts]
+
+
+@dataclass(frozen=True)
+class TeacherStageResult:
+    rationales: Path
+    summary: dict[str, Any]
+
+
+def write_teacher_rationales(
+    config: SlimConfig, prompts: list[Prompt], model_id: str, report: TeacherReport
+) -> TeacherStageResult:
+    """teacher_rationales.parquet: the answered prompts with their three parsed steps."""
+    cfg = teacher_config(config)
+    cache = answer_cache(config)
+    answers = {row["key"]: row for row in cache.read_answers()}
+    keys = prompt_keys(prompts, model_id, cfg)
+    rows = []
+    for prompt, key in zip(prompts, keys, strict=True):
+        row = answers.get(key)
+        if row is None:
+            continue
+        steps = parse_rationale(row["answer"]) or ("", "", "")
+        rows.append(
+            {
+                "user_idx": prompt.user_idx,
+                "cutoff": prompt.cutoff,
+                "model": model_id,
+                "template_version": prompt.version,
+                "prompt": prompt.text,
+                "rationale": row["answer"],
+                "step1": steps[0],
+                "step2": steps[1],
+                "step3": steps[2],
+                "tokens_in": row["tokens_in"],
+                "tokens_out": row["tokens_out"],
+                "latency_s": row["latency_s"],
+            }
+        )
+    path = teacher_folder(config) / "teacher_rationales.parquet"
+    with atomic_path(path) as tmp:
+        pq.write_table(pa.Table.from_pylist(rows, schema=RATIONALE_SCHEMA), tmp)
+    dead = {row["key"] for row in cache.dead_letters()} & set(keys)
+    summary = {
+        "prompts": len(prompts),
+        "answered": len(rows),
+        "dead_letters": len(dead),
+        "calls": report.calls,
+        "cached": report.cached,
+        "tokens_in": report.tokens_in,
+        "tokens_out": report.tokens_out,
+        "cost_usd": round(report.cost_usd, 6),
+        "latency_s": report.latency_percentiles(),
+        "stopped_by_budget": report.stopped_by_budget,
+        "model": model_id,
+    }
+    write_json_atomic(teacher_folder(config) / "summary.json", summary)
+    return TeacherStageResult(path, summary)
+
+
+RATIONALE_SCHEMA = pa.schema(
+    [
+        ("user_idx", pa.int32()),
+        ("cutoff", pa.int32()),
+        ("model", pa.string()),
+        ("template_version", pa.string()),
+        ("prompt", pa.string()),
+        ("rationale", pa.string()),
+        ("step1", pa.string()),
+        ("step2", pa.string()),
+        ("step3", pa.string()),
+        ("tokens_in", pa.int64()),
+        ("tokens_out", pa.int64()),
+        ("latency_s", pa.float64()),
+    ]
+)
+
+
+def summary_markdown(summary: dict[str, Any]) -> str:
+    latency = ", ".join(f"{k} {v:.2f} s" for k, v in summary["latency_s"].items()) or "—"
+    lines = [
+        ("prompts", summary["prompts"]),
+        ("answered", summary["answered"]),
+        ("dead letters (replay with `slim teacher retry-failed`)", summary["dead_letters"]),
+        ("calls this run (incl. retries)", summary["calls"]),
+        ("answers reused from cache", summary["cached"]),
+        ("tokens in / out", f"{summary['tokens_in']:,} / {summary['tokens_out']:,}"),
+        ("cost (USD)", f"{summary['cost_usd']:.4f}"),
+        ("latency per call", latency),
+        ("stopped by budget", summary["stopped_by_budget"]),
+        ("model", summary["model"]),
+    ]
+    return "| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in lines) + "\n"

@@ -1,0 +1,78 @@
+"""The teacher stage as Prefect tasks: one task per batch of prompts, never one per call.
+
+Batch tasks retry with exponential backoff (a whole batch failing means the endpoint is down;
+single-call faults are already retried inside the backend) and carry the `slim-teacher` tag, so
+`prefect concurrency-limit create slim-teacher 4` caps how many run at once. Answers are cached
+per prompt on disk, so a retried or replayed batch pays only for what is still unanswered.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+from prefect.tasks import exponential_backoff
+
+from slim_core.config import SlimConfig, TeacherConfig
+from slim_core.llm.base import LLMBackend
+from slim_core.prompts import Prompt
+from slim_core.teacher.run import TeacherReport, ask_teacher
+from slim_core.teacher.stage import (
+    TeacherStageResult,
+    answer_cache,
+    decoding,
+    make_backend,
+    prices,
+    summary_markdown,
+    teacher_config,
+    write_teacher_rationales,
+)
+
+
+@functools.lru_cache(maxsize=2)
+def _backend(cfg_json: str) -> LLMBackend:
+    # A local model loads once per process, not once per batch.
+    return make_backend(TeacherConfig.model_validate_json(cfg_json))
+
+
+def backend_for(config: SlimConfig) -> LLMBackend:
+    return _backend(teacher_config(config).model_dump_json())
+
+
+@task(
+    name="teacher-batch",
+    task_run_name="teacher batch {number}",
+    retries=2,
+    retry_delay_seconds=exponential_backoff(backoff_factor=10),
+    tags=["slim-teacher"],
+)
+def teacher_batch_task(
+    config: SlimConfig, prompts: list[Prompt], number: int, budget_usd: float | None
+) -> TeacherReport:
+    """Ask the teacher for one batch; answers and failures are on disk when this returns."""
+    cfg = teacher_config(config)
+    return ask_teacher(
+        prompts,
+        backend_for(config),
+        answer_cache(config),
+        decoding(cfg),
+        batch_size=len(prompts) or 1,
+        malformed_retries=cfg.malformed_retries,
+        prices=prices(cfg),
+        budget_usd=budget_usd,
+    )
+
+
+@task(name="teacher-rationales")
+def teacher_rationales_task(
+    config: SlimConfig, prompts: list[Prompt], report: TeacherReport
+) -> TeacherStageResult:
+    """Write teacher_rationales.parquet and publish the cost and latency summary."""
+    result = write_teacher_rationales(config, prompts, backend_for(config).model_id, report)
+    create_markdown_artifact(
+        key="teacher-summary",
+        markdown=f"# Teacher\n\n{summary_markdown(result.summary)}",
+        description="Calls, tokens, cost, latency percentiles and failures",
+    )
+    return result

@@ -1,0 +1,105 @@
+"""The teacher flows on a real Prefect server against the fault-injecting OpenAI-compatible server."""
+
+import os
+from pathlib import Path
+
+import duckdb
+import pytest
+import yaml
+
+from tests.fake_openai import FakeOpenAI
+from tests.test_flow_and_cli import demo_config, task_states
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+SECRET = "sk-never-log-me-0123456789"
+
+
+@pytest.fixture(scope="module")
+def fake():
+    server = FakeOpenAI(slow_s=4.0).start()
+    yield server
+    server.stop()
+
+
+def teacher_config(tmp_path: Path, fake: FakeOpenAI) -> Path:
+    path = demo_config(tmp_path)
+    config = yaml.safe_load(path.read_text())
+    config["teacher"] = {
+        "backend": "openai",
+        "model": "teacher-test",
+        "base_url": fake.url,
+        "api_key_env": "SLIM_TEST_TEACHER_KEY",
+        "users": 20,
+        "batch_size": 8,
+        "timeout_s": 1.5,
+        "max_retries": 1,
+        "malformed_retries": 1,
+        "price_input_per_1k": 0.0015,
+        "price_output_per_1k": 0.002,
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_teacher_run_dead_letters_and_replay(tmp_path, fake, monkeypatch):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterKey,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
+
+    from flows.pipeline import retry_failed_flow, teacher_flow
+    from slim_core.config import load_config
+    from slim_core.data import prepare_data
+    from slim_core.teacher.stage import teacher_prompts
+
+    monkeypatch.setenv("SLIM_TEST_TEACHER_KEY", SECRET)
+    path = teacher_config(tmp_path, fake)
+    config = load_config(path)
+    prompts = teacher_prompts(config, prepare_data(config))
+    assert len(prompts) == 20
+    hopeless = [p.text for p in prompts[:3]]
+    fake.reset({text: ["500"] * 50 for text in hopeless} | {prompts[5].text: ["429"]})
+
+    first = teacher_flow(str(path), return_state=True)
+    result = first.result()["teacher"]
+    assert result.summary["answered"] == 17 and result.summary["dead_letters"] == 3
+    assert task_states(first).count("Completed") == len(
+        task_states(first)
+    )  # 3 batches + data + write
+    rationales = duckdb.sql(
+        f"SELECT user_idx, cutoff, step1, step3 FROM '{result.rationales}'"
+    ).fetchall()
+    assert len(rationales) == 17 and all(step1 and step3 for _, _, step1, step3 in rationales)
+    assert fake.after_answer == 0
+
+    fake.reset()  # the endpoint recovers
+    replay = retry_failed_flow(str(path), return_state=True).result()
+    assert replay["replayed"] == 3
+    assert sorted(fake.calls) == sorted(hopeless)  # exactly the dead letters, nothing paid twice
+    assert (
+        replay["teacher"].summary["answered"] == 20
+        and replay["teacher"].summary["dead_letters"] == 0
+    )
+
+    again = teacher_flow(str(path)).get("teacher")
+    assert again.summary["cached"] == 20 and again.summary["calls"] == 0
+
+    # The API key appears in no file the run wrote and in no log or artifact on the server.
+    for folder in (Path(config.run.output_dir), Path(os.environ["PREFECT_HOME"])):
+        for file in folder.rglob("*"):
+            if file.is_file():
+                assert SECRET.encode() not in file.read_bytes(), file
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(
+            log_filter=LogFilter(
+                flow_run_id=LogFilterFlowRunId(any_=[first.state_details.flow_run_id])
+            )
+        )
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["teacher-summary"]))
+        )
+    assert logs and not any(SECRET in log.message for log in logs)
+    assert artifacts and "cost (USD)" in artifacts[0].data and SECRET not in artifacts[0].data
