@@ -84,6 +84,16 @@ def fit(
             valid_ndcg=f"{score:.4f}",
             best=f"{max(best, score):.4f}",
         )
+        if epoch % 10 == 0:  # a heartbeat for logs (the Prefect UI) where no bar is shown
+            log.info(
+                "%s: epoch %d, loss %.4f, valid NDCG@10 %.4f (best %.4f at %d)",
+                description,
+                epoch,
+                total / max(steps, 1),
+                score,
+                max(best, score),
+                best_epoch if best >= score else epoch,
+            )
         if score > best:
             best, best_epoch, waited = score, epoch, 0
             best_state = copy.deepcopy(model.state_dict())
