@@ -8,6 +8,8 @@ from typer.testing import CliRunner
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("prefect_server")
+# Recommender settings that keep flow tests to seconds (the demo's own settings train for minutes).
+QUICK = {"models": ["sasrec"], "variants": ["id", "item_text"], "max_epochs": 2, "seeds": [1]}
 
 
 def demo_config(
@@ -77,7 +79,7 @@ def test_flow_saves_resolved_config_and_summary_artifact(tmp_path, monkeypatch):
     from slim_core.config import load_config
 
     monkeypatch.setenv("SLIM_DATA__MAX_HISTORY", "20")
-    path = demo_config(tmp_path)
+    path = demo_config(tmp_path, recommender={**QUICK, "variants": ["id"], "max_epochs": 1})
     results = slim_pipeline(str(path))
     saved = load_config(tmp_path / "run" / "config.yaml")
     assert saved.data.max_history == 20  # the environment override is what was run
@@ -121,9 +123,6 @@ def test_cli_reports_errors_without_traceback(tmp_path):
     outcome = CliRunner().invoke(app, ["run", "--config", str(bad)])
     assert outcome.exit_code == 2
     assert "gone.csv" in outcome.output and "file not found" in outcome.output
-
-
-QUICK = {"models": ["sasrec"], "variants": ["id", "item_text"], "max_epochs": 2, "seeds": [1]}
 
 
 def test_train_flow_trains_evaluates_and_caches(tmp_path):
