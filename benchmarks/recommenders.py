@@ -451,7 +451,8 @@ def report(dataset: str, result: dict, machine: dict, args: argparse.Namespace) 
         verdicts += check_scientific(rows)
     print("\n" + "\n".join(verdicts))
 
-    chart = RESULTS / f"recommenders_{dataset}.png"
+    stem = f"{dataset}_{args.tag}" if args.tag else dataset
+    chart = RESULTS / f"recommenders_{stem}.png"
     ndcg_bar_chart(
         rows,
         chart,
@@ -473,6 +474,7 @@ def report(dataset: str, result: dict, machine: dict, args: argparse.Namespace) 
             "patience": args.patience,
             "max_epochs": args.max_epochs,
             "exclude_history": ev["exclude_history"],
+            "tag": args.tag,
             "recommender": result["recommender"],
             "evaluation": ev,
             "encoder": result["encoder"],
@@ -489,8 +491,10 @@ def report(dataset: str, result: dict, machine: dict, args: argparse.Namespace) 
         "recbole_comparison": comparison,
         "verdicts": verdicts,
         "rows": rows,
+        # Per run: wall and CPU seconds, load average, per-epoch loss and validation NDCG@10.
+        "fits": result.get("fits", {}),
     }
-    path = RESULTS / f"recommenders_{dataset}.json"
+    path = RESULTS / f"recommenders_{stem}.json"
     path.write_text(json.dumps(out, indent=2, default=str) + "\n", encoding="utf-8")
     print(f"wrote {path.relative_to(ROOT)} and {chart.relative_to(ROOT)}")
     return verdicts
@@ -528,6 +532,9 @@ def parse_args() -> argparse.Namespace:
         type=Path,
         default=Path("/tmp/slim-bench-recommenders"),
         help="run folders (data stage, vectors, checkpoints)",
+    )
+    parser.add_argument(
+        "--tag", help="write recommenders_<dataset>_<tag>.json/.png (keeps the default results)"
     )
     parser.add_argument("--child", choices=list(CONFIGS), help=argparse.SUPPRESS)
     parser.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
