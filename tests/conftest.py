@@ -51,3 +51,13 @@ def write(tmp_path: Path):
         return path
 
     return _write
+
+
+@pytest.fixture(scope="session")
+def fake_openai():
+    """One fault-injecting OpenAI-compatible server on loopback for the session (reset per use)."""
+    from tests.fake_openai import FakeOpenAI
+
+    server = FakeOpenAI(slow_s=4.0).start()
+    yield server
+    server.stop()

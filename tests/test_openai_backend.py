@@ -5,23 +5,16 @@ import pytest
 from slim_core.errors import ConfigError
 from slim_core.llm import Decoding, Generation, GenerationFailure
 from slim_core.llm.openai_http import OpenAICompatibleBackend
-from tests.fake_openai import GOOD_ANSWER, FakeOpenAI
+from tests.fake_openai import GOOD_ANSWER
 
 SECRET = "sk-test-secret-key-123456"
 
 
-@pytest.fixture(scope="session")
-def fake_server():
-    server = FakeOpenAI(slow_s=4.0).start()
-    yield server
-    server.stop()
-
-
 @pytest.fixture
-def server(fake_server, monkeypatch):
-    fake_server.reset()
+def server(fake_openai, monkeypatch):
+    fake_openai.reset()
     monkeypatch.setenv("SLIM_TEST_KEY", SECRET)
-    return fake_server
+    return fake_openai
 
 
 def backend(server, **overrides):

@@ -14,11 +14,9 @@ pytestmark = pytest.mark.usefixtures("prefect_server")
 SECRET = "sk-never-log-me-0123456789"
 
 
-@pytest.fixture(scope="module")
-def fake():
-    server = FakeOpenAI(slow_s=4.0).start()
-    yield server
-    server.stop()
+@pytest.fixture
+def fake(fake_openai):
+    return fake_openai
 
 
 def teacher_config(tmp_path: Path, fake: FakeOpenAI) -> Path:

@@ -7,7 +7,6 @@ from slim_core.llm.openai_http import OpenAICompatibleBackend
 from slim_core.prompts import Prompt
 from slim_core.teacher.cache import AnswerCache
 from slim_core.teacher.run import Prices, ask_teacher
-from tests.fake_openai import FakeOpenAI
 
 PROMPTS = [
     Prompt(
@@ -21,11 +20,9 @@ PROMPTS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def server():
-    fake = FakeOpenAI(slow_s=4.0).start()
-    yield fake
-    fake.stop()
+@pytest.fixture
+def server(fake_openai):
+    return fake_openai
 
 
 def teacher(server):
