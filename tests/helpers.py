@@ -38,3 +38,27 @@ def sequences_by_user(result: DataStageResult) -> dict[str, list[str]]:
 
 def csv(header: str, *lines: str) -> str:
     return "\n".join([header, *lines]) + "\n"
+
+
+def flow_run_artifact(flow_run_id: Any, key: str) -> str:
+    """The markdown of the artifact `key` made by one flow run.
+
+    The Prefect server is shared by the whole test session, so other tests' runs write artifacts
+    with the same key: always filter by the flow run.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        ArtifactFilterKey,
+    )
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=[key]),
+                flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]),
+            )
+        )
+    assert len(artifacts) == 1, f"expected one {key!r} artifact, found {len(artifacts)}"
+    return str(artifacts[0].data)

@@ -6,6 +6,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from tests.helpers import flow_run_artifact
+
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("prefect_server")
 # Recommender settings that keep flow tests to seconds (the demo's own settings train for minutes).
@@ -72,26 +74,20 @@ def test_flow_caches_by_inputs_and_recomputes_on_change(tmp_path):
 
 
 def test_flow_saves_resolved_config_and_summary_artifact(tmp_path, monkeypatch):
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-
     from flows.pipeline import slim_pipeline
     from slim_core.config import load_config
 
     monkeypatch.setenv("SLIM_DATA__MAX_HISTORY", "20")
     path = demo_config(tmp_path, recommender={**QUICK, "variants": ["id"], "max_epochs": 1})
-    results = slim_pipeline(str(path))
+    state = slim_pipeline(str(path), return_state=True)
+    results = state.result()
     saved = load_config(tmp_path / "run" / "config.yaml")
     assert saved.data.max_history == 20  # the environment override is what was run
     assert results["data"].stats["stored_sequence_length"]["max"] <= 21
     manifest = yaml.safe_load((results["data"].folder / "manifest.json").read_text())
     assert {"inputs", "config", "config_hash", "versions", "files", "key"} <= set(manifest)
     assert all(len(fp["blake2b"]) == 32 for fp in manifest["inputs"])
-    with get_client(sync_client=True) as client:
-        artifacts = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["data-summary"]))
-        )
-    assert artifacts and "| users |" in artifacts[0].data
+    assert "| users |" in flow_run_artifact(state.state_details.flow_run_id, "data-summary")
 
 
 def test_cli_prepare_prints_summary(tmp_path):
@@ -126,9 +122,6 @@ def test_cli_reports_errors_without_traceback(tmp_path):
 
 
 def test_train_flow_trains_evaluates_and_caches(tmp_path):
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-
     from flows.pipeline import train_flow
 
     path = demo_config(tmp_path, recommender=QUICK)
@@ -142,11 +135,8 @@ def test_train_flow_trains_evaluates_and_caches(tmp_path):
     assert {r["protocol"] for r in result.rows} == {"full", "sampled"}
     for name in ("metrics.parquet", "ndcg.png", "negatives.parquet", "summary.md"):
         assert (result.folder / name).is_file(), name
-    with get_client(sync_client=True) as client:
-        artifacts = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["recommender-results"]))
-        )
-    assert artifacts and "| sasrec | item_text |" in artifacts[0].data
+    summary = flow_run_artifact(first.state_details.flow_run_id, "recommender-results")
+    assert "| sasrec | item_text |" in summary
 
     again = train_flow(str(path), return_state=True)
     states = task_states(again)

@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from tests.fake_openai import FakeOpenAI
+from tests.helpers import flow_run_artifact
 from tests.test_flow_and_cli import demo_config, task_states
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -41,12 +42,7 @@ def teacher_config(tmp_path: Path, fake: FakeOpenAI) -> Path:
 
 def test_teacher_run_dead_letters_and_replay(tmp_path, fake, monkeypatch):
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (
-        ArtifactFilter,
-        ArtifactFilterKey,
-        LogFilter,
-        LogFilterFlowRunId,
-    )
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
     from flows.pipeline import retry_failed_flow, teacher_flow
     from slim_core.config import load_config
@@ -96,8 +92,6 @@ def test_teacher_run_dead_letters_and_replay(tmp_path, fake, monkeypatch):
                 flow_run_id=LogFilterFlowRunId(any_=[first.state_details.flow_run_id])
             )
         )
-        artifacts = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["teacher-summary"]))
-        )
     assert logs and not any(SECRET in log.message for log in logs)
-    assert artifacts and "cost (USD)" in artifacts[0].data and SECRET not in artifacts[0].data
+    summary = flow_run_artifact(first.state_details.flow_run_id, "teacher-summary")
+    assert "cost (USD)" in summary and SECRET not in summary
