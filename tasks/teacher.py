@@ -15,6 +15,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.tasks import exponential_backoff
 
 from slim_core.config import SlimConfig, TeacherConfig
+from slim_core.errors import ConfigError
 from slim_core.llm.base import LLMBackend
 from slim_core.prompts import Prompt
 from slim_core.teacher.run import TeacherReport, ask_teacher
@@ -33,7 +34,19 @@ from slim_core.teacher.stage import (
 @functools.lru_cache(maxsize=2)
 def _backend(cfg_json: str) -> LLMBackend:
     # A local model loads once per process, not once per batch.
-    return make_backend(TeacherConfig.model_validate_json(cfg_json))
+    cfg = TeacherConfig.model_validate_json(cfg_json)
+    api_key = None
+    if cfg.api_key_block:
+        from prefect.blocks.system import Secret
+
+        try:
+            api_key = Secret.load(cfg.api_key_block).get()
+        except ValueError as error:  # Prefect's "Unable to find block document named ..."
+            raise ConfigError(
+                f"teacher.api_key_block: no Prefect Secret block named {cfg.api_key_block!r} "
+                f"(create one: Secret(value=...).save({cfg.api_key_block!r}))"
+            ) from error
+    return make_backend(cfg, api_key=api_key)
 
 
 def backend_for(config: SlimConfig) -> LLMBackend:

