@@ -1,0 +1,204 @@
+"""Benchmark the teacher stage's two backends.
+
+Why this exists: the teacher is the pipeline's most expensive stage. Against a paid endpoint its
+speed is bounded by latency and the concurrency we keep in flight, so the HTTP backend must
+turn concurrency into throughput with little overhead; a local model must use batching to be
+worth running at all.
+
+(a) HTTP: a real OpenAI-compatible server on loopback (the test suite's fault-injecting server,
+    faults off) answers every request after a fixed 200 ms. For concurrency 1..64 the whole
+    teacher path runs (`ask_teacher`: cache lookup, backend, parsing, cache writes) on 4 x
+    concurrency distinct prompts. Target: throughput >= 90% of concurrency / latency.
+(b) Local: `TransformersBackend` on a real small model (a shipped GGUF model, dequantised),
+    the same prompts one by one and as one batch; generated tokens per second.
+
+    python benchmarks/teacher.py                      # both parts
+    python benchmarks/teacher.py --skip-local         # HTTP only (seconds)
+    python benchmarks/teacher.py --local-model smollm2-135m-instruct --local-prompts 8
+
+Writes `benchmarks/results/teacher.json` and prints the tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+RESULTS = ROOT / "benchmarks" / "results"
+
+from slim_core.llm.base import Decoding  # noqa: E402
+from slim_core.prompts import Prompt  # noqa: E402
+from slim_core.teacher.cache import AnswerCache  # noqa: E402
+from slim_core.teacher.run import ask_teacher  # noqa: E402
+
+TARGET_EFFICIENCY = 0.90
+
+
+def http_benchmark(concurrencies: list[int], latency_s: float, rounds: int) -> list[dict]:
+    from slim_core.llm.openai_http import OpenAICompatibleBackend
+    from tests.fake_openai import FakeOpenAI
+
+    server = FakeOpenAI().start()
+    rows = []
+    try:
+        for concurrency in concurrencies:
+            server.reset(latency_s=latency_s)
+            count = rounds * concurrency
+            prompts = [Prompt(i, 1, "bench", f"bench {concurrency} {i}", ()) for i in range(count)]
+            backend = OpenAICompatibleBackend(
+                server.url, "bench", api_key_env=None, max_concurrency=concurrency
+            )
+            with tempfile.TemporaryDirectory() as folder:
+                started = time.perf_counter()
+                report = ask_teacher(
+                    prompts, backend, AnswerCache(Path(folder)), Decoding(), batch_size=count
+                )
+                seconds = time.perf_counter() - started
+            assert report.answered == count, report
+            throughput = count / seconds
+            ideal = concurrency / latency_s
+            rows.append(
+                {
+                    "concurrency": concurrency,
+                    "prompts": count,
+                    "seconds": seconds,
+                    "answers_per_s": throughput,
+                    "ideal_per_s": ideal,
+                    "efficiency": throughput / ideal,
+                    "p50_latency_s": report.latency_percentiles().get("p50"),
+                    "p99_latency_s": report.latency_percentiles().get("p99"),
+                    "requests_seen": sum(server.calls.values()),
+                }
+            )
+            print(
+                f"  concurrency {concurrency:>3}: {count:>4} prompts in {seconds:6.2f} s, "
+                f"{throughput:7.1f}/s of {ideal:6.1f}/s ideal ({throughput / ideal:.0%})",
+                flush=True,
+            )
+    finally:
+        server.stop()
+    return rows
+
+
+LOCAL_PROMPTS = [
+    "A user bought, in order: {items}. In three steps, say (1) what the user likes, "
+    "(2) which categories and brands fit, (3) which items to recommend next."
+]
+ITEMS = [
+    "pipette tips, nitrile gloves, a beaker set",
+    "soldering iron, flux pen, desoldering braid",
+    "safety goggles, lab coat, a fume hood filter",
+    "digital caliper, micrometer, a thread gauge",
+    "3D printer filament, a nozzle set, a build plate",
+    "multimeter, test leads, alligator clips",
+    "microscope slides, cover slips, immersion oil",
+    "label printer, cable ties, a heat-shrink kit",
+    "stainless bolts, a torque wrench, thread locker",
+    "pH meter, buffer solutions, a stir plate",
+    "hot glue gun, glue sticks, a cutting mat",
+    "borosilicate flasks, rubber stoppers, a funnel",
+    "air compressor hose, quick couplers, PTFE tape",
+    "bench power supply, banana plugs, a breadboard",
+    "weighing scale, weigh boats, a spatula set",
+    "LED strip, an aluminium channel, a dimmer",
+]
+
+
+def local_benchmark(model_name: str, count: int, max_tokens: int) -> dict:
+    import torch
+
+    from slim_core.llm.transformers_local import TransformersBackend
+    from slim_core.model_files import dequantised_folder
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    folder = dequantised_folder(model_name)
+    prompts = [LOCAL_PROMPTS[0].format(items=ITEMS[i % len(ITEMS)]) for i in range(count)]
+    decoding = Decoding(max_tokens=max_tokens)
+    result: dict = {"model": model_name, "prompts": count, "max_tokens": max_tokens}
+    backend = TransformersBackend(str(folder), batch_size=1, label=model_name)
+    started = time.perf_counter()
+    backend.load()
+    result["load_seconds"] = time.perf_counter() - started
+    backend.generate(prompts[:1], Decoding(max_tokens=4))  # warm-up
+    for mode, batch_size in (("one by one", 1), (f"batch {count}", count)):
+        backend.batch_size = batch_size
+        started = time.perf_counter()
+        out = backend.generate(prompts, decoding)
+        seconds = time.perf_counter() - started
+        tokens = sum(getattr(g, "tokens_out", 0) for g in out)
+        result[mode] = {"seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds}
+        print(f"  {mode:>10}: {tokens} tokens in {seconds:6.1f} s = {tokens / seconds:5.1f} tok/s")
+    one, many = result["one by one"], result[f"batch {count}"]
+    result["speedup"] = many["tokens_per_s"] / one["tokens_per_s"]
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 2, 4, 8, 16, 32, 64])
+    parser.add_argument("--latency", type=float, default=0.2, help="server latency, seconds")
+    parser.add_argument("--rounds", type=int, default=4, help="prompts = rounds x concurrency")
+    parser.add_argument("--skip-local", action="store_true")
+    parser.add_argument("--local-model", default="qwen2.5-coder-0.5b-instruct")
+    parser.add_argument("--local-prompts", type=int, default=8)
+    parser.add_argument("--local-max-tokens", type=int, default=64)
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    print(f"(a) HTTP backend, {args.latency * 1000:.0f} ms per request on loopback")
+    http = http_benchmark(args.concurrency, args.latency, args.rounds)
+    verdicts = []
+    worst = min(http, key=lambda r: r["efficiency"])
+    verdicts.append(
+        f"{'PASS' if worst['efficiency'] >= TARGET_EFFICIENCY else 'FAIL'} (a): lowest "
+        f"efficiency {worst['efficiency']:.1%} at concurrency {worst['concurrency']} "
+        f"(target >= {TARGET_EFFICIENCY:.0%} of concurrency / latency)"
+    )
+    local = None
+    if not args.skip_local:
+        print(f"(b) local backend, {args.local_model}, {args.local_prompts} prompts")
+        local = local_benchmark(args.local_model, args.local_prompts, args.local_max_tokens)
+        verdicts.append(
+            f"INFO (b): batch of {args.local_prompts} gives {local['speedup']:.1f}x the "
+            f"tokens/s of one by one"
+        )
+    print("\n| concurrency | prompts | seconds | answers/s | ideal/s | efficiency | p50 ms |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    for r in http:
+        print(
+            f"| {r['concurrency']} | {r['prompts']} | {r['seconds']:.2f} | "
+            f"{r['answers_per_s']:.1f} | {r['ideal_per_s']:.1f} | {r['efficiency']:.1%} | "
+            f"{r['p50_latency_s'] * 1000:.0f} |"
+        )
+    print()
+    for verdict in verdicts:
+        print(verdict)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / "teacher.json"
+    payload = {
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "nproc": len(os.sched_getaffinity(0)),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "latency_s": args.latency,
+        "http": http,
+        "local": local,
+        "verdicts": verdicts,
+    }
+    out.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    print(f"\nwrote {out.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()

