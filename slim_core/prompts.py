@@ -15,8 +15,8 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-TEACHER_VERSION = "teacher-v1"
-STUDENT_VERSION = "student-v1"
+TEACHER_VERSION = "teacher-v2"
+STUDENT_VERSION = "student-v2"
 
 TEACHER_TEMPLATE = """\
 Here is a customer's purchase history, oldest first:
@@ -26,6 +26,7 @@ Think step by step, from the general to the specific, and answer in three number
 Step 1: Summarize the customer's preferences based on the history.
 Step 2: Recommend product categories and brands that fit these preferences.
 Step 3: Recommend specific products within those categories and brands, and say why.
+Keep each step to one or two sentences and do not repeat the history.
 """
 
 STUDENT_TEMPLATE = """\
@@ -47,10 +48,32 @@ class Prompt:
     history_items: tuple[int, ...]  # item_idx of the items shown, oldest first
 
 
+MAX_TITLE_WORDS = 12
+MAX_CATEGORY_WORDS = 6
+
+
+def _words(text: str, limit: int, *, keep_end: bool = False) -> str:
+    words = text.split()
+    if len(words) <= limit:
+        return " ".join(words)
+    return "... " + " ".join(words[-limit:]) if keep_end else " ".join(words[:limit]) + " ..."
+
+
 def describe_item(item: Mapping[str, object]) -> str:
-    """'Title (category: ...; brand: ...)' from whichever fields the item has."""
-    title = str(item.get("title") or f"item {item.get('item_id', '?')}")
-    details = [f"{field}: {item[field]}" for field in ("category", "brand") if item.get(field)]
+    """'Title (category: ...; brand: ...)' from whichever fields the item has.
+
+    Shop titles run to 40 words and category paths to 15; a small model then copies them
+    instead of reasoning, and every word costs prompt tokens. Titles keep their first words,
+    category paths their last (most specific) ones.
+    """
+    title = _words(str(item.get("title") or f"item {item.get('item_id', '?')}"), MAX_TITLE_WORDS)
+    details = []
+    if item.get("category"):
+        details.append(
+            f"category: {_words(str(item['category']), MAX_CATEGORY_WORDS, keep_end=True)}"
+        )
+    if item.get("brand"):
+        details.append(f"brand: {item['brand']}")
     return f"{title} ({'; '.join(details)})" if details else title
 
 

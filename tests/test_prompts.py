@@ -54,6 +54,15 @@ def test_item_description_uses_known_fields():
         == "Flask (category: Lab)"
     )
     assert describe_item({"item_id": "B01", "title": None}) == "item B01"
+    long = {
+        "title": " ".join(f"t{n}" for n in range(30)),
+        "category": "Industrial & Scientific Lab Products Lab Instruments Pumps Accessories",
+        "brand": "Aketek",
+    }
+    assert describe_item(long) == (
+        "t0 t1 t2 t3 t4 t5 t6 t7 t8 t9 t10 t11 ... "
+        "(category: ... Lab Products Lab Instruments Pumps Accessories; brand: Aketek)"
+    )
 
 
 def test_cutoff_must_leave_history():

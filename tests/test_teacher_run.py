@@ -12,7 +12,7 @@ PROMPTS = [
     Prompt(
         user_idx=n,
         cutoff=5,
-        version="teacher-v1",
+        version="teacher-v2",
         text=f"history of user {n}",
         history_items=(1, 2),
     )
