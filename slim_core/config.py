@@ -261,6 +261,48 @@ class TeacherConfig(_Strict):
     budget_usd: float | None = Field(None, gt=0, description="Stop cleanly before spending more.")
 
 
+class StudentConfig(_Strict):
+    """The student LLM: LoRA fine-tuning on teacher rationales, then a rationale for every user."""
+
+    base_model: str = Field(
+        description="A local transformers folder or a shipped model name (`slim models list`)."
+    )
+    gguf_file: str | None = Field(None, description="GGUF file inside base_model's folder.")
+    # Fine-tuning (TRL SFTTrainer + PEFT LoRA; loss on the rationale tokens only).
+    lora_r: int = Field(8, ge=1, description="LoRA rank.")
+    lora_alpha: int = Field(16, ge=1, description="LoRA scaling (alpha / r).")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA inputs.")
+    lora_targets: list[str] = Field(
+        ["q_proj", "v_proj"], min_length=1, description="Module names that get adapters."
+    )
+    learning_rate: float = Field(2e-4, gt=0, description="AdamW learning rate.")
+    epochs: float = Field(3.0, gt=0, description="Passes over the training pairs.")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many steps instead.")
+    batch_size: int = Field(4, ge=1, description="Pairs per optimizer step (per device).")
+    max_length: int = Field(768, ge=16, description="Longest prompt + rationale, in tokens.")
+    heldout_fraction: float = Field(
+        0.1, ge=0, lt=1, description="Share of teacher pairs (by user) held out for evaluation."
+    )
+    min_pairs: int = Field(8, ge=1, description="Fewest teacher pairs worth training on.")
+    save_steps: int = Field(20, ge=1, description="Checkpoint every N steps (resume after a kill).")
+    # Inference for every user.
+    backend: Literal["transformers", "vllm"] = Field(
+        "transformers", description="transformers: batched on CPU/GPU; vllm: offline engine."
+    )
+    cutoffs: list[Literal["valid", "test"]] = Field(
+        ["valid", "test"], min_length=1, description="Rationales for these targets' histories."
+    )
+    max_history_items: int = Field(20, ge=1, description="Most recent items in a prompt.")
+    token_budget: int | None = Field(600, ge=1, description="Words of history a prompt may hold.")
+    users: int | None = Field(None, ge=1, description="Only the first N users (None: all).")
+    shard_users: int = Field(64, ge=1, description="Users per shard (one Parquet file each).")
+    inference_batch_size: int = Field(8, ge=1, description="Prompts per generate() call.")
+    max_tokens: int = Field(192, ge=1, description="Longest rationale.")
+    temperature: float = Field(0.0, ge=0, description="Sampling temperature (0: greedy).")
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="vLLM GPU memory share.")
+    max_model_len: int = Field(2048, ge=64, description="vLLM context length.")
+
+
 class SlimConfig(BaseSettings):
     """The whole pipeline's configuration."""
 
@@ -277,6 +319,7 @@ class SlimConfig(BaseSettings):
     recommender: RecommenderConfig = RecommenderConfig()
     evaluation: EvalConfig = EvalConfig()
     teacher: TeacherConfig | None = None
+    student: StudentConfig | None = None
 
     @classmethod
     def settings_customise_sources(

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from tqdm.auto import tqdm
+
 from slim_core.llm.base import Decoding, Generation, GenerationFailure, LLMBackend
 from slim_core.prompts import Prompt, parse_rationale
 from slim_core.teacher.cache import AnswerCache, answer_key
@@ -85,9 +87,18 @@ def ask_teacher(
     malformed_retries: int = 2,
     prices: Prices = Prices(),
     budget_usd: float | None = None,
+    progress: str | None = None,
+    skip_failed: bool = False,
 ) -> TeacherReport:
+    """Ask for every prompt not yet answered; `progress` names a progress bar (None: no bar).
+
+    With `skip_failed`, prompts with a recorded failure count as done too (a deterministic
+    model would only fail the same way again; `retry-failed` flows replay them on purpose).
+    """
     report = TeacherReport(requested=len(prompts))
     done = cache.answered_keys()
+    if skip_failed:
+        done |= {row["key"] for row in cache.dead_letters()}
     todo = []
     for prompt in prompts:
         key = answer_key(backend.model_id, prompt.version, prompt.text, decoding.as_dict())
@@ -95,6 +106,9 @@ def ask_teacher(
             report.cached += 1
         else:
             todo.append((key, prompt))
+    bar = tqdm(
+        total=len(todo), desc=progress, unit="prompt", disable=True if progress is None else None
+    )
     for start in range(0, len(todo), batch_size):
         batch = todo[start : start + batch_size]
         if budget_usd is not None:
@@ -113,12 +127,14 @@ def ask_teacher(
         answers, failures = _ask_batch(batch, backend, decoding, malformed_retries, report, prices)
         cache.write_answers(answers)
         cache.write_failures(failures)
+        bar.update(len(batch))
         log.info(
             "teacher batch %d: %d answered, %d failed",
             start // batch_size + 1,
             len(answers),
             len(failures),
         )
+    bar.close()
     return report
 
 

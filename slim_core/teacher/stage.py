@@ -83,7 +83,7 @@ def answer_cache(config: SlimConfig) -> AnswerCache:
     return AnswerCache(teacher_folder(config) / "cache")
 
 
-def _items(data: DataStageResult) -> dict[int, dict[str, Any]]:
+def item_table(data: DataStageResult) -> dict[int, dict[str, Any]]:
     relation = duckdb.sql(
         f"SELECT item_idx, item_id, title, category, brand FROM read_parquet('{data.path('items')}')"
     )
@@ -94,7 +94,7 @@ def teacher_prompts(config: SlimConfig, data: DataStageResult) -> list[Prompt]:
     """Prompts for the sampled users at each configured cutoff, from the history before it."""
     cfg = teacher_config(config)
     sequences = load_sequence_data(data.folder)
-    items = _items(data)
+    items = item_table(data)
     rows = stratified_users([len(s) for s in sequences.sequences], cfg.users, seed=config.run.seed)
     return [
         build_prompt(

@@ -1,0 +1,1 @@
+"""The student stage: distillation pairs, LoRA fine-tuning, quality, batch inference."""

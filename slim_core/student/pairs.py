@@ -1,0 +1,96 @@
+"""Distillation pairs: the student prompt for a (user, cutoff) -> the teacher's rationale.
+
+The student never sees the teacher's long prompt; it gets the short student template over the
+same history (the paper's setup) and learns to answer with the teacher's three steps, written
+in one normalised form so that it also learns the output contract. A slice of users is held out
+(by a hash of the user, so the split is stable as more teacher answers arrive) to measure the
+student before and after fine-tuning.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+
+from slim_core.config import StudentConfig
+from slim_core.data import DataStageResult
+from slim_core.errors import DataError
+from slim_core.prompts import STUDENT_VERSION, build_prompt
+from slim_core.rec.data import load_sequence_data
+from slim_core.teacher.stage import item_table
+from storage import canonical_hash
+
+
+@dataclass(frozen=True)
+class Pair:
+    user_idx: int
+    cutoff: int
+    prompt: str
+    completion: str
+    heldout: bool
+
+
+def rationale_text(step1: str, step2: str, step3: str) -> str:
+    """The one answer format the student learns (and its parser reads back)."""
+    return f"Step 1: {step1.strip()}\nStep 2: {step2.strip()}\nStep 3: {step3.strip()}"
+
+
+def is_heldout(user_idx: int, fraction: float) -> bool:
+    bucket = int(canonical_hash(["heldout", user_idx], 8), 16) / 16**8
+    return bucket < fraction
+
+
+def distillation_pairs(
+    cfg: StudentConfig, data: DataStageResult, teacher_rationales: Path
+) -> list[Pair]:
+    """One pair per parsed teacher answer; raises when there are too few to train on."""
+    if not Path(teacher_rationales).is_file():
+        raise DataError(
+            "no teacher rationales: run the teacher stage first (`slim teacher run`)",
+            path=teacher_rationales,
+        )
+    rows = duckdb.sql(
+        "SELECT user_idx, cutoff, step1, step2, step3 FROM read_parquet(?) "
+        "WHERE step1 <> '' AND step2 <> '' AND step3 <> '' ORDER BY user_idx, cutoff",
+        params=[str(teacher_rationales)],
+    ).fetchall()
+    if len(rows) < cfg.min_pairs:
+        raise DataError(
+            f"only {len(rows)} teacher rationale(s) with all three steps; the student needs at "
+            f"least {cfg.min_pairs} (student.min_pairs): ask the teacher for more users",
+            path=teacher_rationales,
+        )
+    sequences = load_sequence_data(data.folder)
+    row_of = {int(u): n for n, u in enumerate(sequences.user_idx)}
+    items = item_table(data)
+    pairs = []
+    for user_idx, cutoff, step1, step2, step3 in rows:
+        if user_idx not in row_of:
+            raise DataError(
+                f"teacher rationale for user_idx {user_idx}, which the data stage does not have "
+                "(were the rationales made from other data?)",
+                path=teacher_rationales,
+            )
+        prompt = build_prompt(
+            user_idx,
+            sequences.sequences[row_of[user_idx]],
+            cutoff,
+            items,
+            version=STUDENT_VERSION,
+            max_items=cfg.max_history_items,
+            token_budget=cfg.token_budget,
+        )
+        pairs.append(
+            Pair(
+                user_idx,
+                cutoff,
+                prompt.text,
+                rationale_text(step1, step2, step3),
+                is_heldout(user_idx, cfg.heldout_fraction),
+            )
+        )
+    if cfg.heldout_fraction > 0 and all(not p.heldout for p in pairs):
+        pairs[-1] = Pair(**{**pairs[-1].__dict__, "heldout": True})  # at least one to measure
+    return pairs

@@ -1,0 +1,69 @@
+"""How close the student writes to the teacher, on held-out (user, cutoff) pairs.
+
+Three numbers, before and after fine-tuning, on the same prompts: the share of answers with all
+three steps (the output contract), ROUGE-L F1 against the teacher's rationale (wording), and the
+cosine of sentence embeddings (meaning, which is what the recommenders consume).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import numpy as np
+
+from slim_core.encoding import TextEncoder
+from slim_core.llm.base import Decoding, Generation, LLMBackend
+from slim_core.prompts import parse_rationale
+from slim_core.student.pairs import Pair
+
+WORD = re.compile(r"\w+")
+
+
+def rouge_l(candidate: str, reference: str) -> float:
+    """ROUGE-L F1 over lower-cased word tokens (longest common subsequence)."""
+    a, b = WORD.findall(candidate.lower()), WORD.findall(reference.lower())
+    if not a or not b:
+        return 0.0
+    previous = [0] * (len(b) + 1)
+    for token in a:
+        current = [0]
+        for j, other in enumerate(b, start=1):
+            current.append(previous[j - 1] + 1 if token == other else max(previous[j], current[-1]))
+        previous = current
+    lcs = previous[-1]
+    if lcs == 0:
+        return 0.0
+    precision, recall = lcs / len(a), lcs / len(b)
+    return 2 * precision * recall / (precision + recall)
+
+
+def answer_quality(
+    answers: Sequence[str], references: Sequence[str], encoder: TextEncoder
+) -> dict[str, float]:
+    """Mean three-step share, ROUGE-L and embedding cosine of answers against references."""
+    if len(answers) != len(references) or not answers:
+        raise ValueError("answers and references must be non-empty and of equal length")
+    steps = [parse_rationale(a) is not None for a in answers]
+    rouge = [rouge_l(a, r) for a, r in zip(answers, references, strict=True)]
+    vectors = encoder.encode([a or " " for a in answers])
+    targets = encoder.encode(list(references))
+    cosine = np.sum(vectors * targets, axis=1) / (
+        np.linalg.norm(vectors, axis=1) * np.linalg.norm(targets, axis=1) + 1e-12
+    )
+    cosine = np.where([bool(a.strip()) for a in answers], cosine, 0.0)  # no answer: no credit
+    return {
+        "pairs": float(len(answers)),
+        "three_steps": float(np.mean(steps)),
+        "rouge_l": float(np.mean(rouge)),
+        "cosine": float(np.mean(cosine)),
+    }
+
+
+def student_quality(
+    backend: LLMBackend, pairs: Sequence[Pair], decoding: Decoding, encoder: TextEncoder
+) -> tuple[dict[str, float], list[str]]:
+    """Generate for the pairs' prompts and score against the teacher; (scores, answers)."""
+    results = backend.generate([p.prompt for p in pairs], decoding)
+    answers = [r.text if isinstance(r, Generation) else "" for r in results]
+    return answer_quality(answers, [p.completion for p in pairs], encoder), answers

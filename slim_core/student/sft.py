@@ -1,0 +1,201 @@
+"""Fine-tune the student on teacher rationales: TRL's SFTTrainer with a PEFT LoRA adapter.
+
+    result = finetune(pairs, cfg, base_folder, out_folder)
+
+Loss is on the rationale tokens only (prompt-completion data). Checkpoints are written every
+`save_steps` into `<out>/checkpoints/`; a rerun after a kill resumes from the newest one. The
+result folder holds the adapter, a merged model with its tokenizer (what inference loads) and
+a loss curve.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from slim_core.config import StudentConfig
+from slim_core.errors import ConfigError
+from slim_core.student.pairs import Pair
+from storage import write_json_atomic
+
+log = logging.getLogger("slim_core.student")
+
+
+@dataclass(frozen=True)
+class SFTResult:
+    folder: Path
+    adapter: Path
+    merged: Path
+    losses: list[tuple[int, float]]  # (step, training loss)
+    resumed_from: int | None  # the checkpoint step a resumed run started from
+
+
+def load_base(path: str | Path, gguf_file: str | None = None) -> tuple[Any, Any]:
+    """(model, tokenizer) in fp32; GGUF weights arrive dequantised and trainable."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+    tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **kwargs)
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:  # TRL refuses a model that still carries the GGUF config
+        quantizer.remove_quantization_config(model)
+    return model, tokenizer
+
+
+def sft_records(pairs: list[Pair], chat: bool) -> list[dict[str, Any]]:
+    """TRL prompt-completion records: conversational when the model has a chat template, so
+    training sees exactly the text inference will send."""
+    if chat:
+        return [
+            {
+                "prompt": [{"role": "user", "content": p.prompt}],
+                "completion": [{"role": "assistant", "content": p.completion}],
+            }
+            for p in pairs
+        ]
+    return [{"prompt": p.prompt, "completion": "\n" + p.completion} for p in pairs]
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    found = [p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+    return max(found, key=lambda p: int(p.name.split("-")[-1]), default=None)
+
+
+def finetune(
+    pairs: list[Pair],
+    cfg: StudentConfig,
+    base: str | Path,
+    out: Path,
+    *,
+    gguf_file: str | None = None,
+    seed: int = 42,
+    callbacks: list[Any] | None = None,
+) -> SFTResult:
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import SFTConfig, SFTTrainer
+
+    train = [p for p in pairs if not p.heldout]
+    if not train:
+        raise ConfigError("student: every teacher pair is held out; lower heldout_fraction")
+    model, tokenizer = load_base(base, gguf_file)
+    missing = [
+        t for t in cfg.lora_targets if not any(n.endswith(t) for n, _ in model.named_modules())
+    ]
+    if missing:
+        raise ConfigError(
+            f"student.lora_targets: the base model has no module named {missing} "
+            f"(e.g. {sorted({n.rsplit('.', 1)[-1] for n, _ in model.named_modules()})[:12]})"
+        )
+    chat = bool(getattr(tokenizer, "chat_template", None))
+    checkpoints = out / "checkpoints"
+    args = SFTConfig(
+        output_dir=str(checkpoints),
+        per_device_train_batch_size=cfg.batch_size,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps or -1,
+        learning_rate=cfg.learning_rate,
+        max_length=cfg.max_length,
+        completion_only_loss=True,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=2,
+        logging_steps=1,
+        report_to="none",
+        use_cpu=not torch.cuda.is_available(),
+        seed=seed,
+        dataloader_num_workers=0,
+    )
+    peft = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=cfg.lora_targets,
+        task_type="CAUSAL_LM",
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(sft_records(train, chat)),
+        processing_class=tokenizer,
+        peft_config=peft,
+        callbacks=callbacks,
+    )
+    resume = latest_checkpoint(checkpoints)
+    if resume is not None:
+        log.info("student: resuming fine-tuning from %s", resume)
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+
+    adapter = out / "adapter"
+    trainer.save_model(str(adapter))
+    merged = out / "merged"
+    trainer.model.merge_and_unload().save_pretrained(merged)
+    tokenizer.save_pretrained(merged)
+    losses = [
+        (int(entry["step"]), float(entry["loss"]))
+        for entry in trainer.state.log_history
+        if "loss" in entry
+    ]
+    write_json_atomic(
+        out / "training.json",
+        {
+            "pairs": len(pairs),
+            "train_pairs": len(train),
+            "heldout_pairs": len(pairs) - len(train),
+            "steps": trainer.state.global_step,
+            "resumed_from": None if resume is None else int(resume.name.split("-")[-1]),
+            "losses": losses,
+            "chat_template": chat,
+        },
+    )
+    loss_curve(losses, out / "loss.png")
+    return SFTResult(
+        out, adapter, merged, losses, None if resume is None else int(resume.name.split("-")[-1])
+    )
+
+
+def loss_curve(losses: list[tuple[int, float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    if losses:
+        steps, values = zip(*losses, strict=True)
+        ax.plot(steps, values, marker=".", linewidth=1)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss (rationale tokens)")
+    ax.set_title("Student fine-tuning")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def read_training(folder: Path) -> dict[str, Any]:
+    return json.loads((folder / "training.json").read_text(encoding="utf-8"))
+
+
+def load_adapter(base: str | Path, adapter: str | Path, gguf_file: str | None = None) -> Any:
+    """The base model with the student's adapter applied; a clear error if they do not fit."""
+    from peft import PeftModel
+
+    model, _ = load_base(base, gguf_file)
+    if not (Path(adapter) / "adapter_config.json").is_file():
+        raise ConfigError(f"{adapter}: not a LoRA adapter folder (adapter_config.json missing)")
+    try:
+        return PeftModel.from_pretrained(model, str(adapter)).eval()
+    except (RuntimeError, ValueError, KeyError) as error:
+        first = str(error).strip().splitlines()[0][:300]
+        raise ConfigError(
+            f"adapter {adapter} does not fit base model {base} (trained on another model?): {first}"
+        ) from error

@@ -1,0 +1,191 @@
+"""The student stage: fine-tune on teacher rationales, measure, then write one for every user.
+
+    sft = finetune_student(config, data, teacher_rationales)   # cached by pairs + settings + base
+    result = student_rationales(config, data, sft)             # sharded, resumable
+
+Folders: `<output_dir>/student/sft/<key>/` (adapter, merged model, loss curve, quality) and
+`<output_dir>/student/` (generation shards, student_rationales.parquet, summary.json).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from slim_core.config import SlimConfig, StudentConfig
+from slim_core.data import DataStageResult
+from slim_core.encoding import TextEncoder
+from slim_core.errors import ConfigError
+from slim_core.llm.base import LLMBackend
+from slim_core.llm.transformers_local import TransformersBackend
+from slim_core.student.inference import (
+    StudentInferenceResult,
+    decoding,
+    generate_rationales,
+    student_prompts,
+    write_student_rationales,
+)
+from slim_core.student.pairs import distillation_pairs
+from slim_core.student.quality import student_quality
+from slim_core.student.sft import finetune
+from storage import canonical_hash, file_fingerprint, write_json_atomic
+
+log = logging.getLogger("slim_core.student")
+
+FINETUNE_FIELDS = (
+    "lora_r",
+    "lora_alpha",
+    "lora_dropout",
+    "lora_targets",
+    "learning_rate",
+    "epochs",
+    "max_steps",
+    "batch_size",
+    "max_length",
+    "heldout_fraction",
+    "max_history_items",
+    "token_budget",
+)
+
+
+def student_config(config: SlimConfig) -> StudentConfig:
+    if config.student is None:
+        raise ConfigError("no `student:` section in the configuration")
+    return config.student
+
+
+def student_folder(config: SlimConfig) -> Path:
+    return Path(config.run.output_dir).resolve() / "student"
+
+
+def base_model(cfg: StudentConfig) -> tuple[Path, str | None]:
+    """(folder, gguf file) of the base model: a shipped model is fetched and dequantised."""
+    from slim_core.model_files import SHIPPED_MODELS, dequantised_folder
+
+    if cfg.base_model in SHIPPED_MODELS:
+        return dequantised_folder(cfg.base_model), None
+    folder = Path(cfg.base_model)
+    if not folder.is_dir():
+        known = ", ".join(sorted(SHIPPED_MODELS))
+        raise ConfigError(
+            f"student.base_model: {cfg.base_model!r} is neither a local model folder nor a "
+            f"shipped model ({known})"
+        )
+    if cfg.gguf_file and not (folder / cfg.gguf_file).is_file():
+        raise ConfigError(f"student.gguf_file: {folder / cfg.gguf_file} not found")
+    return folder, cfg.gguf_file
+
+
+def base_model_hash(folder: Path, gguf_file: str | None) -> str:
+    """Content fingerprint of the base model's weight and tokenizer files."""
+    files = sorted(p for p in folder.iterdir() if p.is_file())
+    if gguf_file:
+        files = [folder / gguf_file] + [p for p in files if p.suffix == ".json"]
+    return canonical_hash([file_fingerprint(p)["blake2b"] for p in files], 16)
+
+
+@dataclass(frozen=True)
+class StudentModel:
+    folder: Path
+    merged: Path
+    adapter: Path
+    base: Path
+    quality: dict[str, Any]
+
+
+def finetune_student(
+    config: SlimConfig, data: DataStageResult, teacher_rationales: Path
+) -> StudentModel:
+    """LoRA fine-tuning plus before/after quality on the held-out pairs (cached on disk)."""
+    cfg = student_config(config)
+    pairs = distillation_pairs(cfg, data, teacher_rationales)
+    base, gguf_file = base_model(cfg)
+    key = canonical_hash(
+        {
+            "pairs": [(p.user_idx, p.cutoff, p.prompt, p.completion) for p in pairs],
+            "settings": {name: getattr(cfg, name) for name in FINETUNE_FIELDS},
+            "base": base_model_hash(base, gguf_file),
+            "seed": config.run.seed,
+        },
+        16,
+    )
+    folder = student_folder(config) / "sft" / key
+    quality_file = folder / "quality.json"
+    if not quality_file.is_file():
+        result = finetune(pairs, cfg, base, folder, gguf_file=gguf_file, seed=config.run.seed)
+        heldout = [p for p in pairs if p.heldout]
+        encoder = TextEncoder(config.encoder.model, device=config.encoder.device)
+        params = decoding(cfg)
+        before, _ = student_quality(
+            TransformersBackend(str(base), gguf_file, batch_size=cfg.inference_batch_size),
+            heldout,
+            params,
+            encoder,
+        )
+        after, answers = student_quality(
+            TransformersBackend(str(result.merged), batch_size=cfg.inference_batch_size),
+            heldout,
+            params,
+            encoder,
+        )
+        log.info(
+            "student quality on %d held-out pairs: before %s, after %s", len(heldout), before, after
+        )
+        write_json_atomic(
+            quality_file,
+            {
+                "before": before,
+                "after": after,
+                "examples": [
+                    {"prompt": p.prompt, "teacher": p.completion, "student": a}
+                    for p, a in list(zip(heldout, answers, strict=True))[:5]
+                ],
+            },
+        )
+    quality = json.loads(quality_file.read_text(encoding="utf-8"))
+    return StudentModel(folder, folder / "merged", folder / "adapter", base, quality)
+
+
+def quality_markdown(quality: dict[str, Any]) -> str:
+    before, after = quality["before"], quality["after"]
+    lines = ["| held-out pairs | base model | fine-tuned |", "|---|---:|---:|"]
+    lines.append(
+        f"| answers with all three steps | {before['three_steps']:.0%} | {after['three_steps']:.0%} |"
+    )
+    lines.append(f"| ROUGE-L F1 vs teacher | {before['rouge_l']:.3f} | {after['rouge_l']:.3f} |")
+    lines.append(
+        f"| embedding cosine vs teacher | {before['cosine']:.3f} | {after['cosine']:.3f} |"
+    )
+    return "\n".join(lines) + f"\n\n{int(after['pairs'])} held-out (user, cutoff) pairs.\n"
+
+
+def make_student_backend(cfg: StudentConfig, model: StudentModel) -> LLMBackend:
+    if cfg.backend == "vllm":
+        from slim_core.llm.vllm_offline import VLLMBackend
+
+        return VLLMBackend(
+            str(model.base),
+            adapter=str(model.adapter),
+            gpu_memory_utilization=cfg.gpu_memory_utilization,
+            max_model_len=cfg.max_model_len,
+        )
+    return TransformersBackend(
+        str(model.merged), batch_size=cfg.inference_batch_size, label=f"student-{model.folder.name}"
+    )
+
+
+def student_rationales(
+    config: SlimConfig,
+    data: DataStageResult,
+    model: StudentModel,
+    backend: LLMBackend | None = None,
+) -> StudentInferenceResult:
+    cfg = student_config(config)
+    backend = backend or make_student_backend(cfg, model)
+    split_prompts = student_prompts(cfg, data)
+    folder = student_folder(config)
+    report = generate_rationales([p for _, p in split_prompts], backend, folder, cfg)
+    return write_student_rationales(split_prompts, backend.model_id, folder, cfg, report)

@@ -1,0 +1,254 @@
+"""The student stage on a tiny random model: pairs, LoRA fine-tuning with resume, the adapter,
+quality scores, sharded resumable inference and incremental regeneration."""
+
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from slim_core.config import StudentConfig
+from slim_core.errors import ConfigError, DataError
+from slim_core.prompts import STUDENT_VERSION
+from slim_core.teacher.stage import RATIONALE_SCHEMA
+from tests.helpers import csv, run_stage
+from tests.tiny_llm import build_tiny_llm
+
+USERS = 16
+
+
+def interaction_log(extra: dict[int, int] | None = None) -> str:
+    """16 users with 6 purchases each; `extra` appends more purchases to some users."""
+    lines = []
+    for user in range(USERS):
+        count = 6 + (extra or {}).get(user, 0)
+        for step in range(count):
+            lines.append(f"u{user},i{(user + step * 3) % 20},{1000 + step * 10 + user}")
+    return csv("user_id,item_id,timestamp", *lines)
+
+
+def items_file(folder: Path) -> Path:
+    path = folder / "items.csv"
+    path.write_text(
+        csv("item_id,title,category", *(f"i{n},Widget number {n},Lab" for n in range(20)))
+    )
+    return path
+
+
+def prepare(folder: Path, extra: dict[int, int] | None = None):
+    folder.mkdir(parents=True, exist_ok=True)
+    log = folder / "log.csv"
+    log.write_text(interaction_log(extra))
+    source = {"format": "table", "interactions": str(log), "items": str(items_file(folder))}
+    return run_stage(folder / "out", source, k_core_users=1, k_core_items=1)
+
+
+def teacher_file(folder: Path, data, users: int = USERS) -> Path:
+    """A teacher_rationales.parquet as the teacher stage writes it (answers written by hand)."""
+    rows = []
+    sequences = duckdb.sql(
+        f"SELECT user_idx, len(items) FROM read_parquet('{data.path('sequences')}') "
+        "ORDER BY user_idx"
+    ).fetchall()
+    for user_idx, length in sequences[:users]:
+        rows.append(
+            {
+                "user_idx": user_idx,
+                "cutoff": length - 2,
+                "model": "teacher",
+                "template_version": "teacher-v2",
+                "prompt": "p",
+                "rationale": "r",
+                "step1": "likes lab glass",
+                "step2": "Glassware; Brand1",
+                "step3": f"Widget number {user_idx}",
+                "tokens_in": 10,
+                "tokens_out": 10,
+                "latency_s": 0.1,
+            }
+        )
+    path = folder / "teacher_rationales.parquet"
+    pq.write_table(pa.Table.from_pylist(rows, schema=RATIONALE_SCHEMA), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return build_tiny_llm(tmp_path_factory.mktemp("tiny-student"))
+
+
+def student_cfg(base: Path, **overrides) -> StudentConfig:
+    settings = {
+        "base_model": str(base),
+        "max_steps": 12,
+        "save_steps": 4,
+        "batch_size": 4,
+        "learning_rate": 5e-3,
+        "heldout_fraction": 0.25,
+        "shard_users": 4,
+        "max_tokens": 8,
+        "inference_batch_size": 8,
+    }
+    return StudentConfig(**(settings | overrides))
+
+
+def test_pairs_use_the_student_prompt_and_hold_out_whole_users(tmp_path, tiny):
+    from slim_core.student.pairs import distillation_pairs
+
+    data = prepare(tmp_path)
+    pairs = distillation_pairs(student_cfg(tiny), data, teacher_file(tmp_path, data))
+    assert len(pairs) == USERS
+    assert all(p.prompt.startswith("Purchase history") for p in pairs)  # the student template
+    assert all(p.completion.startswith("Step 1: likes lab glass\nStep 2:") for p in pairs)
+    heldout = [p for p in pairs if p.heldout]
+    assert 0 < len(heldout) < USERS
+    again = distillation_pairs(student_cfg(tiny), data, teacher_file(tmp_path, data))
+    assert [p.heldout for p in again] == [p.heldout for p in pairs]  # stable split
+
+
+def test_missing_or_too_few_rationales_are_clear(tmp_path, tiny):
+    from slim_core.student.pairs import distillation_pairs
+
+    data = prepare(tmp_path)
+    with pytest.raises(DataError, match="run the teacher stage first"):
+        distillation_pairs(student_cfg(tiny), data, tmp_path / "none.parquet")
+    few = teacher_file(tmp_path, data, users=3)
+    with pytest.raises(DataError, match="only 3 teacher rationale"):
+        distillation_pairs(student_cfg(tiny), data, few)
+
+
+def test_finetune_loss_falls_resumes_after_a_kill_and_the_adapter_reloads(tmp_path, tiny):
+    from transformers import TrainerCallback
+
+    from slim_core.llm import Decoding, Generation
+    from slim_core.llm.transformers_local import TransformersBackend
+    from slim_core.student.pairs import distillation_pairs
+    from slim_core.student.sft import finetune, load_adapter, read_training
+
+    data = prepare(tmp_path)
+    cfg = student_cfg(tiny)
+    pairs = distillation_pairs(cfg, data, teacher_file(tmp_path, data))
+
+    class Kill(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 6:  # after the checkpoint at step 4
+                raise KeyboardInterrupt
+
+    out = tmp_path / "sft"
+    with pytest.raises(KeyboardInterrupt):
+        finetune(pairs, cfg, tiny, out, callbacks=[Kill()])
+    assert (out / "checkpoints" / "checkpoint-4").is_dir()
+    assert not (out / "adapter").exists()
+
+    import json
+
+    saved = json.loads((out / "checkpoints" / "checkpoint-4" / "trainer_state.json").read_text())
+    before_kill = [entry["loss"] for entry in saved["log_history"] if "loss" in entry]
+    result = finetune(pairs, cfg, tiny, out)
+    assert result.resumed_from == 4
+    assert read_training(out)["steps"] == 12
+    assert [s for s, _ in result.losses] == list(range(1, 13))  # no step trained twice
+    assert [loss for _, loss in result.losses[:4]] == before_kill  # steps 1-4 not redone
+    first, last = result.losses[0][1], result.losses[-1][1]
+    assert last < first
+    assert (out / "loss.png").stat().st_size > 1000
+
+    model = load_adapter(tiny, result.adapter)
+    assert sum("lora" in name for name, _ in model.named_parameters()) > 0
+    backend = TransformersBackend(str(result.merged), batch_size=4)
+    answers = backend.generate([p.prompt for p in pairs[:3]], Decoding(max_tokens=6))
+    assert all(isinstance(a, Generation) and a.tokens_out > 0 for a in answers)
+
+
+def test_adapter_for_another_base_model_is_refused(tmp_path, tiny):
+    from slim_core.student.pairs import distillation_pairs
+    from slim_core.student.sft import finetune, load_adapter
+
+    data = prepare(tmp_path)
+    cfg = student_cfg(tiny, max_steps=2, save_steps=10)
+    result = finetune(
+        distillation_pairs(cfg, data, teacher_file(tmp_path, data)), cfg, tiny, tmp_path / "s"
+    )
+    other = build_tiny_llm(tmp_path / "other", hidden=32)
+    with pytest.raises(ConfigError, match="does not fit base model"):
+        load_adapter(other, result.adapter)
+    with pytest.raises(ConfigError, match="no module named"):
+        finetune(
+            distillation_pairs(cfg, data, teacher_file(tmp_path, data)),
+            student_cfg(tiny, lora_targets=["query_key_value"]),
+            tiny,
+            tmp_path / "s2",
+        )
+
+
+def test_quality_scores():
+    from slim_core.encoding import TextEncoder
+    from slim_core.student.quality import answer_quality, rouge_l
+
+    assert rouge_l("the cat sat", "the cat sat") == 1.0
+    assert rouge_l("", "anything") == 0.0
+    # LCS("a b c d", "a x c d") = 3 -> P = R = 3/4
+    assert rouge_l("a b c d", "a x c d") == pytest.approx(0.75)
+    teacher = "Step 1: likes lab glass.\nStep 2: Glassware.\nStep 3: a beaker."
+    scores = answer_quality([teacher, "no steps here", ""], [teacher] * 3, TextEncoder())
+    assert scores["three_steps"] == pytest.approx(1 / 3)
+    assert scores["rouge_l"] == pytest.approx((1 + rouge_l("no steps here", teacher)) / 3)
+    assert 0.33 < scores["cosine"] < 0.67  # one perfect, one partial, the empty one scores 0
+
+
+def test_inference_is_sharded_resumable_and_regenerates_only_changed_users(tmp_path, tiny):
+    from slim_core.llm.transformers_local import TransformersBackend
+    from slim_core.student.inference import (
+        generate_rationales,
+        student_prompts,
+        write_student_rationales,
+    )
+
+    cfg = student_cfg(tiny)
+    backend = TransformersBackend(str(tiny), batch_size=8)
+    folder = tmp_path / "student"
+
+    def run(data):
+        split_prompts = student_prompts(cfg, data)
+        report = generate_rationales([p for _, p in split_prompts], backend, folder, cfg)
+        return (
+            split_prompts,
+            report,
+            write_student_rationales(split_prompts, backend.model_id, folder, cfg, report),
+        )
+
+    data = prepare(tmp_path / "v1")
+    split_prompts, report, result = run(data)
+    assert len(split_prompts) == USERS * 2  # valid and test cutoffs
+    assert {p.version for _, p in split_prompts} == {STUDENT_VERSION}
+    assert report.answered + report.failed == USERS * 2
+    shards = sorted((folder / "generations").rglob("*.parquet"))
+    assert len(shards) == USERS // cfg.shard_users  # one file per shard of 4 users
+    summary = result.summary
+    assert summary["rationales"] + summary["failed"] == USERS * 2  # every prompt accounted for
+
+    # A kill mid-run loses at most the shard in flight: remove one shard, rerun, only it is redone.
+    shards[0].unlink()
+    _, report, _ = run(data)
+    assert report.answered + report.failed == cfg.shard_users * 2
+    assert report.cached == USERS * 2 - cfg.shard_users * 2
+
+    # New interactions for three users: exactly their prompts are generated again.
+    # (A user with one more purchase keeps one prompt: the new validation history is the old
+    # test history, already answered. So 1 + 2 + 1 prompts are new.)
+    before = set((folder / "generations").rglob("*.parquet"))
+    changed = prepare(tmp_path / "v2", extra={2: 1, 7: 2, 11: 1})
+    split_prompts, report, result = run(changed)
+    assert report.answered + report.failed == 4 and report.cached == USERS * 2 - 4
+    new_files = sorted(set((folder / "generations").rglob("*.parquet")) - before)
+    user_ids = dict(
+        duckdb.sql(f"SELECT user_idx, user_id FROM '{changed.path('sequences')}'").fetchall()
+    )
+    regenerated = duckdb.sql(
+        f"SELECT DISTINCT user_idx FROM read_parquet({[str(f) for f in new_files]})"
+    ).fetchall()
+    assert {user_ids[u] for (u,) in regenerated} == {"u2", "u7", "u11"}
+    rows = duckdb.sql(f"SELECT user_idx, cutoff, split FROM '{result.rationales}'").fetchall()
+    assert len(rows) == result.summary["rationales"]
+    assert len(set((u, c) for u, c, _ in rows)) == len(rows)  # keyed by (user, cutoff)
