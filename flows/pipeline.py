@@ -12,11 +12,14 @@ from slim_core.config import SlimConfig, load_config
 from slim_core.data import DataStageResult
 from slim_core.prompts import Prompt
 from slim_core.rec.pipeline import RecommenderResult, needs_item_text, run_specs
+from slim_core.student.inference import StudentInferenceResult, student_prompts
+from slim_core.student.stage import StudentModel, current_student, student_config
 from slim_core.teacher.run import TeacherReport
 from slim_core.teacher.stage import answer_cache, prompt_keys, teacher_config, teacher_prompts
 from storage import RunFolder
 from tasks.data import run_prepare_data
 from tasks.recommend import encode_items_task, evaluate_recommenders_task, run_training
+from tasks.student import finetune_student_task, student_rationales_task, student_shard_task
 from tasks.teacher import backend_for, teacher_batch_task, teacher_rationales_task
 
 
@@ -93,3 +96,53 @@ def retry_failed_flow(config_path: str) -> dict[str, object]:
         "replayed": len(failed),
         "teacher": teacher_rationales_task(config, prompts, report),
     }
+
+
+def _student_inference(
+    config: SlimConfig, data: DataStageResult, model: StudentModel
+) -> StudentInferenceResult:
+    """One task per shard of `shard_users` users; each writes its answers when it finishes."""
+    cfg = student_config(config)
+    split_prompts = student_prompts(cfg, data)
+    per_shard = cfg.shard_users * len(cfg.cutoffs)
+    report = TeacherReport()
+    for number, start in enumerate(range(0, len(split_prompts), per_shard), start=1):
+        shard = [prompt for _, prompt in split_prompts[start : start + per_shard]]
+        report = report.add(student_shard_task(config, model, shard, number))
+    return student_rationales_task(config, model, split_prompts, report)
+
+
+def _teacher(config: SlimConfig, data: DataStageResult):
+    prompts = teacher_prompts(config, data)
+    report = _ask_in_batches(config, prompts)
+    return teacher_rationales_task(config, prompts, report)
+
+
+@flow(name="slim-student", flow_run_name="student {config_path}")
+def student_flow(config_path: str) -> dict[str, object]:
+    """Teacher (answers come from its cache when already paid for), fine-tuning, inference."""
+    config = _load(config_path)
+    data = run_prepare_data(config).result()
+    teacher = _teacher(config, data)
+    model = finetune_student_task(config, data, str(teacher.rationales))
+    return {
+        "data": data,
+        "teacher": teacher,
+        "student_model": model,
+        "student": _student_inference(config, data, model),
+    }
+
+
+@flow(name="slim-regenerate", flow_run_name="regenerate {config_path}")
+def regenerate_flow(config_path: str) -> dict[str, object]:
+    """New interaction data -> rationales for the users whose prompts changed, nobody else.
+
+    Reads the configuration's data again (a changed file makes a new data stage), reuses the
+    student fine-tuned last (no teacher calls, no training), and generates only prompts without
+    an answer on disk. Deploy it on a schedule with
+    `slim regenerate --config F --cron "0 3 * * *"`.
+    """
+    config = _load(config_path)
+    data = run_prepare_data(config).result()
+    model = current_student(config)
+    return {"data": data, "student": _student_inference(config, data, model)}

