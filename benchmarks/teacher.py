@@ -7,8 +7,9 @@ worth running at all.
 
 (a) HTTP: a real OpenAI-compatible server on loopback (the test suite's fault-injecting server,
     faults off) answers every request after a fixed 200 ms. For concurrency 1..64 the whole
-    teacher path runs (`ask_teacher`: cache lookup, backend, parsing, cache writes) on 4 x
-    concurrency distinct prompts. Target: throughput >= 90% of concurrency / latency.
+    teacher path runs (`ask_teacher`: cache lookup, backend, parsing, one cache file per batch
+    of 4 x concurrency prompts) on `rounds` x concurrency distinct prompts. Target: throughput
+    >= 90% of concurrency / latency.
 (b) Local: `TransformersBackend` on a real small model (a shipped GGUF model, dequantised),
     the same prompts one by one and as one batch; generated tokens per second.
 
@@ -50,6 +51,8 @@ def http_benchmark(concurrencies: list[int], latency_s: float, rounds: int) -> l
     server = FakeOpenAI().start()
     rows = []
     try:
+        warm = OpenAICompatibleBackend(server.url, "bench", api_key_env=None, max_concurrency=4)
+        warm.generate(["warm-up"] * 4, Decoding())  # imports and first connections off the clock
         for concurrency in concurrencies:
             server.reset(latency_s=latency_s)
             count = rounds * concurrency
@@ -60,7 +63,11 @@ def http_benchmark(concurrencies: list[int], latency_s: float, rounds: int) -> l
             with tempfile.TemporaryDirectory() as folder:
                 started = time.perf_counter()
                 report = ask_teacher(
-                    prompts, backend, AnswerCache(Path(folder)), Decoding(), batch_size=count
+                    prompts,
+                    backend,
+                    AnswerCache(Path(folder)),
+                    Decoding(),
+                    batch_size=4 * concurrency,  # as recommended: a few times the concurrency
                 )
                 seconds = time.perf_counter() - started
             assert report.answered == count, report
@@ -146,7 +153,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 2, 4, 8, 16, 32, 64])
     parser.add_argument("--latency", type=float, default=0.2, help="server latency, seconds")
-    parser.add_argument("--rounds", type=int, default=4, help="prompts = rounds x concurrency")
+    parser.add_argument("--rounds", type=int, default=8, help="prompts = rounds x concurrency")
     parser.add_argument("--skip-local", action="store_true")
     parser.add_argument("--local-model", default="qwen2.5-coder-0.5b-instruct")
     parser.add_argument("--local-prompts", type=int, default=8)

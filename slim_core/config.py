@@ -245,7 +245,10 @@ class TeacherConfig(_Strict):
     max_history_items: int = Field(20, ge=1, description="Most recent items shown in a prompt.")
     token_budget: int | None = Field(600, ge=1, description="Words of history a prompt may hold.")
     batch_size: int = Field(
-        16, ge=1, description="Prompts per batch (one Prefect task, one cache file)."
+        32,
+        ge=1,
+        description="Prompts per batch (one Prefect task, one cache file); for HTTP a few times "
+        "max_concurrency, so that the batch keeps every request slot busy.",
     )
     max_concurrency: int = Field(8, ge=1, description="Requests in flight at once (HTTP).")
     timeout_s: float = Field(60.0, gt=0, description="Per-request timeout (HTTP).")

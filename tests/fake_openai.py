@@ -11,6 +11,7 @@ prompt it already answered.
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections import Counter, defaultdict
@@ -31,7 +32,10 @@ class FakeOpenAI:
         self.after_answer = 0
         self.authorizations: list[str] = []
         self.lock = threading.Lock()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        # socketserver's default listen backlog is 5: a burst of 64 new connections would
+        # overflow it and stall clients for a SYN retry (1 s), which no real server does.
+        server_class = type("Server", (ThreadingHTTPServer,), {"request_queue_size": 1024})
+        self.server = server_class(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
@@ -72,6 +76,12 @@ class FakeOpenAI:
 
             def log_message(self, *args):  # quiet
                 pass
+
+            def setup(self):
+                super().setup()
+                # Headers and body go out in separate writes: without TCP_NODELAY, Nagle's
+                # algorithm and the client's delayed ACK add ~40 ms to every reply.
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
             def _reply(
                 self, status: int, body: bytes, headers: dict[str, str] | None = None

@@ -10,6 +10,7 @@ output folder: a prompt (same model, template, text and decoding) is never paid 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,8 @@ from slim_core.sampling import stratified_users
 from slim_core.teacher.cache import AnswerCache, answer_key
 from slim_core.teacher.run import Prices, TeacherReport
 from storage import atomic_path, write_json_atomic
+
+log = logging.getLogger("slim_core.teacher")
 
 
 def teacher_config(config: SlimConfig) -> TeacherConfig:
@@ -51,6 +54,13 @@ def make_backend(cfg: TeacherConfig, api_key: str | None = None) -> LLMBackend:
 
         if not cfg.base_url:
             raise ConfigError("teacher.base_url: required for the openai backend")
+        if cfg.batch_size < cfg.max_concurrency:
+            log.warning(
+                "teacher.batch_size %d < max_concurrency %d: a batch never fills the concurrency "
+                "limit; use a batch of a few times max_concurrency",
+                cfg.batch_size,
+                cfg.max_concurrency,
+            )
         return OpenAICompatibleBackend(
             cfg.base_url,
             cfg.model,
