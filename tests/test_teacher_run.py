@@ -1,5 +1,6 @@
 """Teacher runs against the fault-injecting loopback server: nothing lost, nothing paid twice."""
 
+import pyarrow.parquet as pq
 import pytest
 
 from slim_core.llm import Decoding
@@ -120,3 +121,48 @@ def test_budget_stops_cleanly_before_it_would_be_exceeded(server, tmp_path):
         and report.tokens_out == 128
         and report.latency_percentiles()["p50"] >= 0
     )
+
+
+KILLED_RUN = """
+import sys
+from slim_core.llm import Decoding
+from slim_core.llm.openai_http import OpenAICompatibleBackend
+from slim_core.prompts import Prompt
+from slim_core.teacher.cache import AnswerCache
+from slim_core.teacher.run import ask_teacher
+
+url, folder = sys.argv[1], sys.argv[2]
+prompts = [Prompt(n, 5, "teacher-v2", f"history of user {n}", (1, 2)) for n in range(40)]
+backend = OpenAICompatibleBackend(base_url=url, model="t", api_key_env=None, max_concurrency=4)
+ask_teacher(prompts, backend, AnswerCache(folder), Decoding(max_tokens=64), batch_size=4)
+"""
+
+
+def test_a_run_killed_with_sigkill_loses_at_most_the_batch_in_flight(server, tmp_path):
+    """A real process, killed with SIGKILL mid-run; the rerun pays only for what is missing."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    server.reset(latency_s=0.15)
+    script = tmp_path / "run.py"
+    script.write_text(KILLED_RUN)
+    cache = AnswerCache(tmp_path / "cache")
+    child = subprocess.Popen([sys.executable, str(script), server.url, str(cache.folder)])
+    deadline = time.monotonic() + 60
+    while len(cache.answered_keys()) < 12 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    saved = len(cache.answered_keys())
+    assert 12 <= saved < 40, "the kill should land mid-run"
+    # A kill during a write leaves at most a hidden temporary file, never a partial Parquet one.
+    for file in cache.answers.glob("*.parquet"):
+        assert pq.read_table(file).num_rows == 4
+
+    server.latency_s = 0.0
+    report = ask_teacher(PROMPTS, teacher(server), cache, Decoding(max_tokens=64), batch_size=8)
+    assert report.cached == saved and report.answered == 40 - saved
+    assert len(cache.answered_keys()) == 40
+    assert server.after_answer <= 4  # only the batch in flight at the kill is asked again
