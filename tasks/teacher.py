@@ -74,6 +74,7 @@ def teacher_batch_task(
         malformed_retries=cfg.malformed_retries,
         prices=prices(cfg),
         budget_usd=budget_usd,
+        progress=f"teacher batch {number}",
     )
 
 
