@@ -259,6 +259,12 @@ class TeacherConfig(_Strict):
     max_tokens: int = Field(256, ge=1, description="Longest answer.")
     temperature: float = Field(0.0, ge=0, description="Sampling temperature (0: greedy).")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling.")
+    repetition_penalty: float = Field(
+        1.0,
+        ge=1.0,
+        description="> 1 stops small local models looping on one line; over HTTP only for "
+        "servers that accept it (vLLM, llama.cpp), not OpenAI.",
+    )
     price_input_per_1k: float = Field(0.0, ge=0, description="USD per 1,000 prompt tokens.")
     price_output_per_1k: float = Field(0.0, ge=0, description="USD per 1,000 answer tokens.")
     budget_usd: float | None = Field(None, gt=0, description="Stop cleanly before spending more.")
@@ -302,6 +308,7 @@ class StudentConfig(_Strict):
     inference_batch_size: int = Field(8, ge=1, description="Prompts per generate() call.")
     max_tokens: int = Field(192, ge=1, description="Longest rationale.")
     temperature: float = Field(0.0, ge=0, description="Sampling temperature (0: greedy).")
+    repetition_penalty: float = Field(1.0, ge=1.0, description="> 1 discourages loops.")
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="vLLM GPU memory share.")
     max_model_len: int = Field(2048, ge=64, description="vLLM context length.")
 

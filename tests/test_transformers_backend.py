@@ -33,3 +33,18 @@ def test_batched_generation_matches_one_by_one(tiny_model):
 def test_model_id_is_stable_and_names_the_model(tiny_model):
     a, b = TransformersBackend(str(tiny_model)), TransformersBackend(str(tiny_model))
     assert a.model_id == b.model_id and tiny_model.name in a.model_id
+
+
+def test_repetition_penalty_is_applied_and_keys_stay_stable(tiny_model):
+    from slim_core.teacher.cache import answer_key
+
+    plain, penalised = Decoding(max_tokens=12), Decoding(max_tokens=12, repetition_penalty=1.5)
+    assert "repetition_penalty" not in plain.as_dict()  # old cache keys are unchanged
+    assert answer_key("m", "v", "p", plain.as_dict()) != answer_key(
+        "m", "v", "p", penalised.as_dict()
+    )
+    backend = TransformersBackend(str(tiny_model), batch_size=2)
+    prompts = ["Step 1: the customer", "Step 3: a"]
+    a = [r.text for r in backend.generate(prompts, plain)]
+    b = [r.text for r in backend.generate(prompts, penalised)]
+    assert all(b) and a != b  # the penalty reaches generate()

@@ -13,9 +13,17 @@ class Decoding:
     max_tokens: int = 512
     temperature: float = 0.0
     top_p: float = 1.0
+    # > 1 discourages repeating tokens: small greedy models otherwise loop on one line. Local
+    # backends and vLLM take it as is; over HTTP it is sent only when set (OpenAI rejects it,
+    # vLLM's and llama.cpp's servers accept it).
+    repetition_penalty: float = 1.0
 
     def as_dict(self) -> dict[str, float | int]:
-        return asdict(self)
+        """The parameters that decide an answer; defaults left out so cache keys stay stable."""
+        values = asdict(self)
+        if values["repetition_penalty"] == 1.0:
+            del values["repetition_penalty"]
+        return values
 
 
 @dataclass(frozen=True)

@@ -88,6 +88,7 @@ class TransformersBackend:
                         do_sample=sample,
                         temperature=decoding.temperature if sample else None,
                         top_p=decoding.top_p if sample else None,
+                        repetition_penalty=decoding.repetition_penalty,
                         pad_token_id=self._tokenizer.pad_token_id,
                     )
             except (RuntimeError, ValueError) as error:

@@ -75,6 +75,7 @@ class VLLMBackend:
             max_tokens=decoding.max_tokens,
             temperature=decoding.temperature,
             top_p=decoding.top_p,
+            repetition_penalty=decoding.repetition_penalty,
         )
         started = time.perf_counter()
         outputs = self._llm.generate(

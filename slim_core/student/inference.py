@@ -47,7 +47,11 @@ STUDENT_SCHEMA = pa.schema(
 
 
 def decoding(cfg: StudentConfig) -> Decoding:
-    return Decoding(max_tokens=cfg.max_tokens, temperature=cfg.temperature)
+    return Decoding(
+        max_tokens=cfg.max_tokens,
+        temperature=cfg.temperature,
+        repetition_penalty=cfg.repetition_penalty,
+    )
 
 
 def student_prompts(cfg: StudentConfig, data: DataStageResult) -> list[tuple[str, Prompt]]:

@@ -40,7 +40,12 @@ def teacher_config(config: SlimConfig) -> TeacherConfig:
 
 
 def decoding(cfg: TeacherConfig) -> Decoding:
-    return Decoding(max_tokens=cfg.max_tokens, temperature=cfg.temperature, top_p=cfg.top_p)
+    return Decoding(
+        max_tokens=cfg.max_tokens,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        repetition_penalty=cfg.repetition_penalty,
+    )
 
 
 def prices(cfg: TeacherConfig) -> Prices:
