@@ -23,11 +23,11 @@ import pyarrow.parquet as pq
 from slim_core.config import StudentConfig
 from slim_core.data import DataStageResult
 from slim_core.llm.base import Decoding, LLMBackend
-from slim_core.prompts import STUDENT_VERSION, Prompt, build_prompt, parse_rationale
+from slim_core.prompts import STUDENT_VERSION, Prompt, parse_rationale
 from slim_core.rec.data import load_sequence_data
 from slim_core.teacher.cache import AnswerCache, answer_key
 from slim_core.teacher.run import TeacherReport, ask_teacher
-from slim_core.teacher.stage import item_table
+from slim_core.teacher.stage import history_prompts, item_table
 from storage import atomic_path, write_json_atomic
 
 STUDENT_SCHEMA = pa.schema(
@@ -57,24 +57,16 @@ def decoding(cfg: StudentConfig) -> Decoding:
 def student_prompts(cfg: StudentConfig, data: DataStageResult) -> list[tuple[str, Prompt]]:
     """(split, prompt) for every user (or the first `cfg.users`) at each configured cutoff."""
     sequences = load_sequence_data(data.folder)
-    items = item_table(data)
-    rows = range(sequences.n_users if cfg.users is None else min(cfg.users, sequences.n_users))
-    return [
-        (
-            split,
-            build_prompt(
-                int(sequences.user_idx[row]),
-                sequences.sequences[row],
-                sequences.cutoff(row, split),
-                items,
-                version=STUDENT_VERSION,
-                max_items=cfg.max_history_items,
-                token_budget=cfg.token_budget,
-            ),
-        )
-        for row in rows
-        for split in cfg.cutoffs
-    ]
+    users = sequences.n_users if cfg.users is None else min(cfg.users, sequences.n_users)
+    return history_prompts(
+        sequences,
+        item_table(data),
+        range(users),
+        cfg.cutoffs,
+        version=STUDENT_VERSION,
+        max_items=cfg.max_history_items,
+        token_budget=cfg.token_budget,
+    )
 
 
 @dataclass(frozen=True)

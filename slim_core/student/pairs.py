@@ -9,7 +9,7 @@ student before and after fine-tuning.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import duckdb
@@ -92,5 +92,5 @@ def distillation_pairs(
             )
         )
     if cfg.heldout_fraction > 0 and all(not p.heldout for p in pairs):
-        pairs[-1] = Pair(**{**pairs[-1].__dict__, "heldout": True})  # at least one to measure
+        pairs[-1] = replace(pairs[-1], heldout=True)  # at least one to measure
     return pairs

@@ -130,6 +130,7 @@ def finetune(
         callbacks=callbacks,
     )
     resume = latest_checkpoint(checkpoints)
+    resumed_from = None if resume is None else int(resume.name.split("-")[-1])
     if resume is not None:
         log.info("student: resuming fine-tuning from %s", resume)
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
@@ -151,15 +152,13 @@ def finetune(
             "train_pairs": len(train),
             "heldout_pairs": len(pairs) - len(train),
             "steps": trainer.state.global_step,
-            "resumed_from": None if resume is None else int(resume.name.split("-")[-1]),
+            "resumed_from": resumed_from,
             "losses": losses,
             "chat_template": chat,
         },
     )
     loss_curve(losses, out / "loss.png")
-    return SFTResult(
-        out, adapter, merged, losses, None if resume is None else int(resume.name.split("-")[-1])
-    )
+    return SFTResult(out, adapter, merged, losses, resumed_from)
 
 
 def loss_curve(losses: list[tuple[int, float]], path: Path) -> None:

@@ -79,8 +79,19 @@ def base_model(cfg: StudentConfig) -> tuple[Path, str | None]:
     return folder, cfg.gguf_file
 
 
-def base_model_hash(folder: Path, gguf_file: str | None) -> str:
-    """Content fingerprint of the base model's weight and tokenizer files."""
+def base_model_hash(cfg: StudentConfig, folder: Path, gguf_file: str | None) -> str:
+    """Content fingerprint of the base model's weight and tokenizer files.
+
+    A shipped model is identified by its pinned sha256 (checked when fetched) and the
+    transformers version that dequantised it: hashing the dequantised copy (hundreds of MB)
+    again on every run would only repeat that check.
+    """
+    from importlib.metadata import version
+
+    from slim_core.model_files import SHIPPED_MODELS
+
+    if cfg.base_model in SHIPPED_MODELS:
+        return f"{SHIPPED_MODELS[cfg.base_model].sha256[:16]}-{version('transformers')}"
     files = sorted(p for p in folder.iterdir() if p.is_file())
     if gguf_file:
         files = [folder / gguf_file] + [p for p in files if p.suffix == ".json"]
@@ -107,7 +118,7 @@ def finetune_student(
         {
             "pairs": [(p.user_idx, p.cutoff, p.prompt, p.completion) for p in pairs],
             "settings": {name: getattr(cfg, name) for name in FINETUNE_FIELDS},
-            "base": base_model_hash(base, gguf_file),
+            "base": base_model_hash(cfg, base, gguf_file),
             "seed": config.run.seed,
         },
         16,

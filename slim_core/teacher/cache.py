@@ -72,14 +72,19 @@ class AnswerCache:
     def _glob(self, where: Path) -> str | None:
         return f"{where}/*.parquet" if where.is_dir() and any(where.glob("*.parquet")) else None
 
-    def answered_keys(self) -> set[str]:
-        pattern = self._glob(self.answers)
+    def _keys(self, where: Path) -> set[str]:
+        pattern = self._glob(where)
         if pattern is None:
             return set()
-        return {
-            row[0]
-            for row in duckdb.sql(f"SELECT DISTINCT key FROM read_parquet('{pattern}')").fetchall()
-        }
+        query = f"SELECT DISTINCT key FROM read_parquet('{pattern}')"
+        return {row[0] for row in duckdb.sql(query).fetchall()}
+
+    def answered_keys(self) -> set[str]:
+        return self._keys(self.answers)
+
+    def failed_keys(self) -> set[str]:
+        """Keys with at least one recorded failure (answered later or not)."""
+        return self._keys(self.failures)
 
     def read_answers(self) -> list[dict[str, Any]]:
         """One row per key (the first answer written wins)."""

@@ -98,7 +98,7 @@ def ask_teacher(
     report = TeacherReport(requested=len(prompts))
     done = cache.answered_keys()
     if skip_failed:
-        done |= {row["key"] for row in cache.dead_letters()}
+        done |= cache.failed_keys()
     todo = []
     for prompt in prompts:
         key = answer_key(backend.model_id, prompt.version, prompt.text, decoding.as_dict())

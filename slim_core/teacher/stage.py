@@ -11,6 +11,7 @@ output folder: a prompt (same model, template, text and decoding) is never paid 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from slim_core.data import DataStageResult
 from slim_core.errors import ConfigError
 from slim_core.llm.base import Decoding, LLMBackend
 from slim_core.prompts import TEACHER_VERSION, Prompt, build_prompt, parse_rationale
-from slim_core.rec.data import load_sequence_data
+from slim_core.rec.data import SequenceData, load_sequence_data
 from slim_core.sampling import stratified_users
 from slim_core.teacher.cache import AnswerCache, answer_key
 from slim_core.teacher.run import Prices, TeacherReport
@@ -105,25 +106,50 @@ def item_table(data: DataStageResult) -> dict[int, dict[str, Any]]:
     return {row[0]: dict(zip(relation.columns, row, strict=True)) for row in relation.fetchall()}
 
 
+def history_prompts(
+    sequences: SequenceData,
+    items: dict[int, dict[str, Any]],
+    rows: Iterable[int],
+    cutoffs: Sequence[str],
+    *,
+    version: str,
+    max_items: int,
+    token_budget: int | None,
+) -> list[tuple[str, Prompt]]:
+    """(split, prompt) for each sequence row at each cutoff, from the history before it."""
+    return [
+        (
+            split,
+            build_prompt(
+                int(sequences.user_idx[row]),
+                sequences.sequences[row],
+                sequences.cutoff(row, split),
+                items,
+                version=version,
+                max_items=max_items,
+                token_budget=token_budget,
+            ),
+        )
+        for row in rows
+        for split in cutoffs
+    ]
+
+
 def teacher_prompts(config: SlimConfig, data: DataStageResult) -> list[Prompt]:
     """Prompts for the sampled users at each configured cutoff, from the history before it."""
     cfg = teacher_config(config)
     sequences = load_sequence_data(data.folder)
-    items = item_table(data)
     rows = stratified_users([len(s) for s in sequences.sequences], cfg.users, seed=config.run.seed)
-    return [
-        build_prompt(
-            int(sequences.user_idx[row]),
-            sequences.sequences[row],
-            sequences.cutoff(row, split),
-            items,
-            version=TEACHER_VERSION,
-            max_items=cfg.max_history_items,
-            token_budget=cfg.token_budget,
-        )
-        for row in rows
-        for split in cfg.cutoffs
-    ]
+    prompts = history_prompts(
+        sequences,
+        item_table(data),
+        rows,
+        cfg.cutoffs,
+        version=TEACHER_VERSION,
+        max_items=cfg.max_history_items,
+        token_budget=cfg.token_budget,
+    )
+    return [prompt for _, prompt in prompts]
 
 
 def prompt_keys(prompts: list[Prompt], model_id: str, cfg: TeacherConfig) -> list[str]:
