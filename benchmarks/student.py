@@ -48,7 +48,7 @@ def demo_prompts(count: int) -> list[str]:
     values["run"]["output_dir"] = "/tmp/slim-bench-student"
     config = config_from_dict(values)
     data = prepare_data(config)
-    cfg = StudentConfig(base_model="unused", users=count, cutoffs=["valid"])
+    cfg = StudentConfig(**{**values["student"], "users": count, "cutoffs": ["valid"]})
     return [prompt.text for _, prompt in student_prompts(cfg, data)]
 
 

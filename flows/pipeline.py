@@ -1,24 +1,45 @@
 """SLIM's main flow: every stage in order, each a cached task, from raw files to a report.
 
-For now the pipeline has its first stage, data preparation; later stages chain after it.
+data -> teacher -> SFT -> student inference -> encoding -> recommenders -> evaluation -> report.
+Every stage reuses its outputs while its inputs and settings are unchanged, so a rerun with
+nothing changed loads no LLM, and a changed stage recomputes only itself and what follows.
+Side flows: teacher only, student only, retry failed teacher prompts, scheduled regeneration.
 """
 
 from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TypeVar
 
 from prefect import flow
 
 import tasks  # noqa: F401  (logging setup before Prefect runs anything)
 from slim_core.config import SlimConfig, load_config
 from slim_core.data import DataStageResult
+from slim_core.errors import ConfigError
 from slim_core.prompts import Prompt
-from slim_core.rec.pipeline import RecommenderResult, needs_item_text, run_specs
+from slim_core.rationale_vectors import RationaleVectors
+from slim_core.rec.pipeline import (
+    RecommenderResult,
+    needs_item_text,
+    needs_user_text,
+    run_specs,
+    user_sources,
+)
 from slim_core.student.inference import StudentInferenceResult, student_prompts
 from slim_core.student.stage import StudentModel, current_student, student_config
 from slim_core.teacher.run import TeacherReport
 from slim_core.teacher.stage import answer_cache, prompt_keys, teacher_config, teacher_prompts
 from storage import RunFolder
 from tasks.data import run_prepare_data
-from tasks.recommend import encode_items_task, evaluate_recommenders_task, run_training
+from tasks.recommend import (
+    encode_items_task,
+    encode_rationales_task,
+    evaluate_recommenders_task,
+    run_training,
+)
+from tasks.report import report_task
 from tasks.student import finetune_student_task, student_rationales_task, student_shard_task
 from tasks.teacher import backend_for, teacher_batch_task, teacher_rationales_task
 
@@ -36,10 +57,13 @@ def prepare_flow(config_path: str) -> DataStageResult:
     return run_prepare_data(_load(config_path)).result()
 
 
-def _recommenders(config: SlimConfig, data: DataStageResult) -> RecommenderResult:
+def _recommenders(
+    config: SlimConfig, data: DataStageResult, rationales: tuple[RationaleVectors, ...] = ()
+) -> RecommenderResult:
     encoded = encode_items_task(config, data) if needs_item_text(config) else None
-    rows = [row for spec in run_specs(config) for row in run_training(config, data, encoded, spec)]
-    return evaluate_recommenders_task(config, data, encoded, rows)
+    specs = run_specs(config, list(user_sources(config, rationales)))
+    rows = [row for spec in specs for row in run_training(config, data, encoded, spec, rationales)]
+    return evaluate_recommenders_task(config, data, encoded, rows, rationales)
 
 
 @flow(name="slim-train", flow_run_name="train {config_path}")
@@ -50,12 +74,61 @@ def train_flow(config_path: str) -> dict[str, object]:
     return {"data": data, "recommenders": _recommenders(config, data)}
 
 
+T = TypeVar("T")
+
+
+def _timed(timings: dict[str, float], stage: str, call: Callable[[], T]) -> T:
+    started = time.perf_counter()
+    result = call()
+    timings[stage] = time.perf_counter() - started
+    return result
+
+
 @flow(name="slim-pipeline", flow_run_name="slim {config_path}")
 def slim_pipeline(config_path: str) -> dict[str, object]:
-    """The whole pipeline for one configuration file (so far: data and recommenders)."""
+    """The whole pipeline for one configuration file, from raw interactions to the report.
+
+    Without a teacher section it trains and evaluates the recommenders without rationales; a
+    student section needs the teacher's rationales to learn from.
+    """
     config = _load(config_path)
-    data = run_prepare_data(config).result()
-    return {"data": data, "recommenders": _recommenders(config, data)}
+    timings: dict[str, float] = {}
+    out: dict[str, object] = {}
+    data = _timed(timings, "data", lambda: run_prepare_data(config).result())
+    wanted = set(config.recommender.rationales) if needs_user_text(config) else set()
+    vectors: list[RationaleVectors] = []
+    teacher = model = student = None
+    if config.teacher is not None:
+        teacher = _timed(timings, "teacher", lambda: _teacher(config, data))
+        if "teacher" in wanted:
+            vectors.append(encode_rationales_task(config, "teacher", teacher.rationales))
+    if config.student is not None:
+        if teacher is None:
+            raise ConfigError("the student section needs a teacher section to learn from")
+        model = _timed(
+            timings,
+            "student fine-tuning",
+            lambda: finetune_student_task(config, data, str(teacher.rationales)),
+        )
+        student = _timed(
+            timings, "student inference", lambda: _student_inference(config, data, model)
+        )
+        if "student" in wanted:
+            vectors.append(encode_rationales_task(config, "student", student.rationales))
+    recommenders = _timed(
+        timings, "encoding and recommenders", lambda: _recommenders(config, data, tuple(vectors))
+    )
+    report = report_task(config, data, recommenders, teacher, model, student, timings)
+    out.update(
+        data=data,
+        teacher=teacher,
+        student_model=model,
+        student=student,
+        rationale_vectors=vectors,
+        recommenders=recommenders,
+        report=report,
+    )
+    return out
 
 
 def _ask_in_batches(config: SlimConfig, prompts: list[Prompt]) -> TeacherReport:

@@ -59,7 +59,10 @@ def _print_results(result) -> None:
 
 @app.command()
 def run(config: ConfigOption) -> None:
-    """Run the whole pipeline (stages so far: data, encoding, recommenders, evaluation)."""
+    """Run the whole pipeline: data, teacher, fine-tuning, student, encoding, recommenders, report.
+
+    Stages without a section in the configuration (teacher, student) are left out.
+    """
     try:
         from flows.pipeline import slim_pipeline
 
@@ -68,6 +71,7 @@ def run(config: ConfigOption) -> None:
         raise _fail(error) from None
     _print_data_summary(results["data"].stats, results["data"].folder)
     _print_results(results["recommenders"])
+    console.print(f"Report: {results['report'].path}")
 
 
 @app.command()

@@ -164,11 +164,26 @@ class RecommenderConfig(_Strict):
     models: list[RecModel] = Field(["sasrec", "gru4rec"], description="Backbones to train.")
     variants: list[RecVariant] = Field(["id", "item_text"], description="Feature variants.")
     text_matching: bool = Field(
-        False, description="Also train the ID-agnostic text matcher (needs user_vectors)."
+        False, description="Also train the ID-agnostic text matcher on rationale vectors."
+    )
+    rationales: list[Literal["student", "teacher"]] = Field(
+        ["student"],
+        description="Rationale sources for the user_text variants and text matching, one run "
+        "each: student (SLIM: the distilled student's rationale for every user) and teacher "
+        "(the teacher's own rationales, for the sampled users only: the paper's LLM-enhancer "
+        "baseline without distillation). Ignored when user_vectors is set.",
+    )
+    text_matching_parts: list[Literal["full", "step1", "step2", "step3"]] = Field(
+        ["full"],
+        min_length=1,
+        description="Text matching on the full rationale and/or one step alone (the paper's "
+        "Table 2); the student source gets every part listed, the teacher source the full one.",
     )
     popularity: bool = Field(True, description="Report the most-popular-items baseline.")
     user_vectors: Path | None = Field(
-        None, description="Parquet of (user_idx, cutoff, vector) for the user_text variants."
+        None,
+        description="Your own Parquet of (user_idx, cutoff, vector) for the user_text variants "
+        "instead of the pipeline's rationales (every evaluated user and cutoff needs one).",
     )
     dim: int = Field(64, ge=8, description="ID embedding / hidden size.")
     layers: int = Field(2, ge=1, description="SASRec transformer layers / GRU4Rec GRU layers.")
@@ -237,10 +252,11 @@ class TeacherConfig(_Strict):
     users: int = Field(
         200, ge=1, description="Users sampled for rationales, stratified by history length."
     )
-    cutoffs: list[Literal["valid", "test"]] = Field(
+    cutoffs: list[Literal["train", "valid", "test"]] = Field(
         ["valid"],
         min_length=1,
-        description="Targets the rationales precede (history before them only).",
+        description="Targets the rationales precede (history before them only): train is each "
+        "user's last training item, valid and test the evaluation targets.",
     )
     max_history_items: int = Field(20, ge=1, description="Most recent items shown in a prompt.")
     token_budget: int | None = Field(600, ge=1, description="Words of history a prompt may hold.")
@@ -298,8 +314,11 @@ class StudentConfig(_Strict):
     backend: Literal["transformers", "vllm"] = Field(
         "transformers", description="transformers: batched on CPU/GPU; vllm: offline engine."
     )
-    cutoffs: list[Literal["valid", "test"]] = Field(
-        ["valid", "test"], min_length=1, description="Rationales for these targets' histories."
+    cutoffs: list[Literal["train", "valid", "test"]] = Field(
+        ["train", "valid", "test"],
+        min_length=1,
+        description="Rationales for these targets' histories. The recommenders train on the "
+        "train-cutoff rationales and are evaluated with the valid / test ones.",
     )
     max_history_items: int = Field(20, ge=1, description="Most recent items in a prompt.")
     token_budget: int | None = Field(600, ge=1, description="Words of history a prompt may hold.")

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 TEACHER_VERSION = "teacher-v2"
-STUDENT_VERSION = "student-v2"
+STUDENT_VERSION = "student-v3"
 
 TEACHER_TEMPLATE = """\
 Here is a customer's purchase history, oldest first:
@@ -50,6 +50,9 @@ class Prompt:
 
 MAX_TITLE_WORDS = 12
 MAX_CATEGORY_WORDS = 6
+# The student's prompt is the short one: on a CPU its prompt tokens, not its answer, are most of
+# the cost of a rationale (a 135M model reads ~200 tokens/s and batching does not help reading).
+ITEM_WORDS = {TEACHER_VERSION: (MAX_TITLE_WORDS, MAX_CATEGORY_WORDS), STUDENT_VERSION: (8, 3)}
 
 
 def _words(text: str, limit: int, *, keep_end: bool = False) -> str:
@@ -59,19 +62,21 @@ def _words(text: str, limit: int, *, keep_end: bool = False) -> str:
     return "... " + " ".join(words[-limit:]) if keep_end else " ".join(words[:limit]) + " ..."
 
 
-def describe_item(item: Mapping[str, object]) -> str:
+def describe_item(
+    item: Mapping[str, object],
+    title_words: int = MAX_TITLE_WORDS,
+    category_words: int = MAX_CATEGORY_WORDS,
+) -> str:
     """'Title (category: ...; brand: ...)' from whichever fields the item has.
 
     Shop titles run to 40 words and category paths to 15; a small model then copies them
     instead of reasoning, and every word costs prompt tokens. Titles keep their first words,
     category paths their last (most specific) ones.
     """
-    title = _words(str(item.get("title") or f"item {item.get('item_id', '?')}"), MAX_TITLE_WORDS)
+    title = _words(str(item.get("title") or f"item {item.get('item_id', '?')}"), title_words)
     details = []
     if item.get("category"):
-        details.append(
-            f"category: {_words(str(item['category']), MAX_CATEGORY_WORDS, keep_end=True)}"
-        )
+        details.append(f"category: {_words(str(item['category']), category_words, keep_end=True)}")
     if item.get("brand"):
         details.append(f"brand: {item['brand']}")
     return f"{title} ({'; '.join(details)})" if details else title
@@ -96,10 +101,14 @@ def build_prompt(
     if not 0 < cutoff <= len(sequence):
         raise ValueError(f"cutoff {cutoff} outside 1..{len(sequence)} for user {user_idx}")
     template = TEMPLATES[version]
+    title_words, category_words = ITEM_WORDS[version]
     shown = list(sequence[max(0, cutoff - max_items) : cutoff])
     count = count_tokens or (lambda text: len(text.split()))
     while True:
-        lines = [f"{n}. {describe_item(items[i])}" for n, i in enumerate(shown, start=1)]
+        lines = [
+            f"{n}. {describe_item(items[i], title_words, category_words)}"
+            for n, i in enumerate(shown, start=1)
+        ]
         history = "\n".join(lines)
         if token_budget is None or len(shown) <= 1 or count(history) <= token_budget:
             break
@@ -109,15 +118,18 @@ def build_prompt(
 
 STEP_MARK = re.compile(r"(?im)^\W*step\s*([123])\s*[:.)\-]\s*")
 NUMBER_MARK = re.compile(r"(?m)^\W*([123])\s*[:.)\-]\s*")
+# Small models sometimes run the steps together on one line: "... glass. Step 2: ...".
+INLINE_STEP_MARK = re.compile(r"(?i)\bstep\s*([123])\s*:\s*")
 
 
 def parse_rationale(text: str) -> tuple[str, str, str] | None:
     """Split an answer into its three steps; None when any step is missing or empty.
 
-    'Step 1:' markers (also '**Step 1:**') are used when present, so a numbered list inside a
-    step stays in that step; otherwise bare '1.', '2)', '3 -' at line starts.
+    'Step 1:' markers (also '**Step 1:**') at line starts are used when present, so a numbered
+    list inside a step stays in that step; then 'Step 1:' anywhere; then bare '1.', '2)', '3 -'
+    at line starts.
     """
-    for pattern in (STEP_MARK, NUMBER_MARK):
+    for pattern in (STEP_MARK, INLINE_STEP_MARK, NUMBER_MARK):
         steps = _split(text, pattern)
         if steps is not None:
             return steps

@@ -8,6 +8,7 @@ it depends on changes.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from prefect import task
@@ -16,6 +17,8 @@ from prefect.context import TaskRunContext
 
 from slim_core.config import SlimConfig
 from slim_core.data import DataStageResult
+from slim_core.encoding import TextEncoder
+from slim_core.rationale_vectors import RationaleVectors, encode_rationales
 from slim_core.rec.pipeline import (
     EncodeResult,
     RecommenderResult,
@@ -27,6 +30,7 @@ from slim_core.rec.pipeline import (
     recommender_stage_folder,
     train_run,
 )
+from storage import RunFolder
 
 
 def _encode_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
@@ -40,9 +44,24 @@ def encode_items_task(config: SlimConfig, data: DataStageResult) -> EncodeResult
     return encode_stage(config, data)
 
 
+@task(
+    name="encode-rationales",
+    task_run_name="encode {source} rationales",
+    tags=["slim-encode"],
+)
+def encode_rationales_task(config: SlimConfig, source: str, rationales: Path) -> RationaleVectors:
+    """Rationale text -> vectors per (user, cutoff), full and per step (reused while unchanged)."""
+    encoder = TextEncoder(
+        config.encoder.model, device=config.encoder.device, batch_size=config.encoder.batch_size
+    )
+    return encode_rationales(source, rationales, RunFolder(config.run.output_dir), encoder)
+
+
 def _run_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
     config: SlimConfig = parameters["config"]
-    folder = recommender_stage_folder(config, parameters["data"], parameters["encoded"])
+    folder = recommender_stage_folder(
+        config, parameters["data"], parameters["encoded"], parameters.get("rationales", ())
+    )
     return f"slim-train-{folder.path}-{parameters['spec'].name}"
 
 
@@ -54,24 +73,33 @@ def _run_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
     tags=["slim-train"],
 )
 def train_recommender_task(
-    config: SlimConfig, data: DataStageResult, encoded: EncodeResult | None, spec: RunSpec
+    config: SlimConfig,
+    data: DataStageResult,
+    encoded: EncodeResult | None,
+    spec: RunSpec,
+    rationales: tuple[RationaleVectors, ...] = (),
 ) -> list[dict[str, Any]]:
     """Train one model run (early stopping on validation NDCG@10) and evaluate it."""
-    return train_run(config, data, encoded, spec)
+    return train_run(config, data, encoded, spec, rationales)
 
 
 def run_training(
-    config: SlimConfig, data: DataStageResult, encoded: EncodeResult | None, spec: RunSpec
+    config: SlimConfig,
+    data: DataStageResult,
+    encoded: EncodeResult | None,
+    spec: RunSpec,
+    rationales: tuple[RationaleVectors, ...] = (),
 ) -> list[dict[str, Any]]:
     """Call the training task, bypassing a cache entry whose files on disk are gone."""
-    folder = recommender_stage_folder(config, data, encoded)
+    folder = recommender_stage_folder(config, data, encoded, rationales)
+    # Backbones leave a checkpoint; popularity and text matching only need the negatives.
     needed = (
-        folder.file("negatives.parquet")
-        if spec.seed is None
-        else folder.file(f"checkpoints/{spec.name}.pt")
+        folder.file(f"checkpoints/{spec.name}.pt")
+        if spec.model in ("sasrec", "gru4rec")
+        else folder.file("negatives.parquet")
     )
     return train_recommender_task.with_options(refresh_cache=not needed.exists())(
-        config, data, encoded, spec
+        config, data, encoded, spec, rationales
     )
 
 
@@ -81,9 +109,10 @@ def evaluate_recommenders_task(
     data: DataStageResult,
     encoded: EncodeResult | None,
     rows: list[dict[str, Any]],
+    rationales: tuple[RationaleVectors, ...] = (),
 ) -> RecommenderResult:
     """Collect every run into metrics.parquet, the results table and the NDCG@10 chart."""
-    result = finish_recommender_stage(config, data, encoded, rows)
+    result = finish_recommender_stage(config, data, encoded, rows, rationales)
     create_markdown_artifact(
         key="recommender-results",
         markdown=f"# Recommenders: test split, mean ± std over seeds\n\n{protocol_note(config)}\n\n"

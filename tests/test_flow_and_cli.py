@@ -17,8 +17,13 @@ QUICK = {"models": ["sasrec"], "variants": ["id", "item_text"], "max_epochs": 2,
 def demo_config(
     tmp_path: Path, name: str = "c.yaml", recommender: dict | None = None, **data
 ) -> Path:
-    """configs/demo.yaml with absolute data paths and a private output folder."""
+    """configs/demo.yaml with absolute data paths and a private output folder; without its LLM
+    stages (tests/test_pipeline_e2e.py runs those with tiny models)."""
     config = yaml.safe_load((REPO / "configs/demo.yaml").read_text())
+    config.pop("teacher", None)
+    config.pop("student", None)
+    config["recommender"]["variants"] = ["id", "item_text"]
+    config["recommender"]["text_matching"] = False
     source = config["data"]["source"]
     for key in ("item_text", "item_index", "user_index"):
         source[key] = str(REPO / source[key])

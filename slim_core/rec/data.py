@@ -40,7 +40,9 @@ class SequenceData:
         return int(self.sequences[u][-2 if split == "valid" else -1])
 
     def cutoff(self, u: int, split: str) -> int:
-        return len(self.sequences[u]) - (2 if split == "valid" else 1)
+        """Position of the split's target: test is the last item, valid the one before it, and
+        train the last training item (a rationale there has the training items before it)."""
+        return len(self.sequences[u]) - {"train": 3, "valid": 2, "test": 1}[split]
 
     def item_popularity(self) -> np.ndarray:
         """Training interactions per item (index 0 = padding, count 0)."""
@@ -149,23 +151,40 @@ def eval_inputs(data: SequenceData, split: str, max_len: int) -> EvalInputs:
 
 
 class UserVectorIndex:
-    """Row lookup of per-(user, cutoff) text vectors; row 0 is the zero vector for 'none'."""
+    """Per-(user, cutoff) text vectors, looked up *as of* a cutoff; row 0 is the zero vector.
+
+    A target at cutoff t gets the vector with the largest cutoff <= t: that rationale was written
+    from items before t only (no leakage), and a user with a rationale at the validation cutoff
+    keeps it for the test target. Users (or positions) with no rationale yet get the zero vector.
+    """
 
     def __init__(self, data: SequenceData, keys: dict[tuple[int, int], np.ndarray], dim: int):
         position = {int(u): row for row, u in enumerate(data.user_idx)}
         self.matrix = np.zeros((len(keys) + 1, dim), dtype=np.float32)
         self.rows: dict[tuple[int, int], int] = {}
+        per_user: dict[int, list[tuple[int, int]]] = {}
         for n, ((user, cutoff), vector) in enumerate(sorted(keys.items()), start=1):
             if user in position:
                 self.matrix[n] = vector
                 self.rows[(position[user], cutoff)] = n
+                per_user.setdefault(position[user], []).append((cutoff, n))
+        self._cutoffs = {u: np.array([c for c, _ in v]) for u, v in per_user.items()}
+        self._row_of = {u: np.array([n for _, n in v]) for u, v in per_user.items()}
+
+    @property
+    def users(self) -> int:
+        """How many users have at least one vector."""
+        return len(self._cutoffs)
 
     def lookup(self, users: np.ndarray, cutoffs: np.ndarray) -> np.ndarray:
-        """Row index for each (user row, cutoff); 0 where there is no vector."""
-        flat = [
-            self.rows.get((int(u), int(c)), 0)
-            for u, c in zip(
-                np.broadcast_to(users, cutoffs.shape).ravel(), cutoffs.ravel(), strict=True
-            )
-        ]
-        return np.asarray(flat, dtype=np.int64).reshape(cutoffs.shape)
+        """Row of the latest vector at or before each (user row, cutoff); 0 where none."""
+        users = np.broadcast_to(users, cutoffs.shape)
+        out = np.zeros(cutoffs.shape, dtype=np.int64)
+        for u in np.unique(users):
+            have = self._cutoffs.get(int(u))
+            if have is None:
+                continue
+            mask = users == u
+            pos = np.searchsorted(have, cutoffs[mask], side="right") - 1
+            out[mask] = np.where(pos >= 0, self._row_of[int(u)][np.maximum(pos, 0)], 0)
+        return out

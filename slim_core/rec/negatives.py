@@ -60,7 +60,8 @@ def sample_negatives(
         free = n_items - len(seen)
         if free < n:
             raise ValueError(
-                f"user row {row}: only {free} of {n_items} items untouched, {n} negatives needed"
+                f"user row {row}: only {free} of {n_items} items untouched, {n} negatives needed;"
+                " lower evaluation.sampled_negatives for a catalogue this small"
             )
         out[row] = _sample_row(rng, seen, n_items, n)
     return out

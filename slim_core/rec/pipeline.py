@@ -8,6 +8,7 @@ recommenders: one run per (model, variant, seed) -> rows     (folder keyed by ev
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,11 @@ from typing import Any
 from slim_core.config import SlimConfig
 from slim_core.data import DataStageResult
 from slim_core.encoding import TextEncoder, encode_items, item_text_key
+from slim_core.errors import ConfigError
+from slim_core.rationale_vectors import RationaleVectors
 from slim_core.rec import report
 from slim_core.rec.stage import (
+    FILE_SOURCE,
     VARIANTS,
     load_inputs,
     popularity_rows,
@@ -55,15 +59,43 @@ class RunSpec:
     model: str  # sasrec | gru4rec | text_matching | popularity
     variant: str
     seed: int | None
+    source: str | None = None  # user vectors: "file", "student", "teacher", "student:step1", ...
 
     @property
     def name(self) -> str:
-        return f"{self.model}-{self.variant}-{self.seed}"
+        if self.source in (None, FILE_SOURCE):
+            return f"{self.model}-{self.variant}-{self.seed}"
+        return f"{self.model}-{self.variant}-{self.source.replace(':', '-')}-{self.seed}"
+
+
+def user_sources(
+    config: SlimConfig, rationales: Sequence[RationaleVectors] = ()
+) -> dict[str, Path]:
+    """User vector files by source name: the configured file, or the pipeline's rationales
+    (full text as "student" / "teacher"; single steps as "student:step1" for text matching)."""
+    rec = config.recommender
+    if rec.user_vectors is not None:
+        return {FILE_SOURCE: rec.user_vectors}
+    out: dict[str, Path] = {}
+    for vectors in rationales:
+        if vectors.source not in rec.rationales:
+            continue
+        out[vectors.source] = vectors.path("full")
+        if rec.text_matching and vectors.source == "student":
+            for part in rec.text_matching_parts:
+                if part != "full":
+                    out[f"student:{part}"] = vectors.path(part)
+    return out
 
 
 def needs_item_text(config: SlimConfig) -> bool:
     rec = config.recommender
     return rec.text_matching or any(VARIANTS[v][0] for v in rec.variants)
+
+
+def needs_user_text(config: SlimConfig) -> bool:
+    rec = config.recommender
+    return rec.text_matching or any(VARIANTS[v][1] for v in rec.variants)
 
 
 def _encoder(config: SlimConfig) -> TextEncoder:
@@ -96,17 +128,37 @@ def encode_stage(config: SlimConfig, data: DataStageResult) -> EncodeResult:
     return EncodeResult(folder.path, folder.key, manifest.get("facts", {}))
 
 
-def run_specs(config: SlimConfig) -> list[RunSpec]:
+def run_specs(config: SlimConfig, sources: Sequence[str] = ()) -> list[RunSpec]:
+    """Every run: popularity, each backbone x variant x seed (user-side variants once per
+    rationale source), and text matching per source and rationale part."""
     rec = config.recommender
+    full = [s for s in sources if ":" not in s]
+    wants_users = rec.text_matching or any(VARIANTS[v][1] for v in rec.variants)
+    if wants_users and not full:
+        raise ConfigError(
+            "the user_text variants and text matching need rationale vectors: configure the "
+            "teacher and student sections (and recommender.rationales), or set "
+            "recommender.user_vectors to a Parquet of (user_idx, cutoff, vector)"
+        )
     specs = [RunSpec("popularity", "id", None)] if rec.popularity else []
-    specs += [RunSpec(m, v, s) for m in rec.models for v in rec.variants for s in rec.seeds]
+    for model in rec.models:
+        for variant in rec.variants:
+            for source in full if VARIANTS[variant][1] else [None]:
+                specs += [RunSpec(model, variant, seed, source) for seed in rec.seeds]
     if rec.text_matching:
-        specs += [RunSpec("text_matching", "rationale", s) for s in rec.seeds]
+        matching = [s for s in sources if s in full and "full" in rec.text_matching_parts]
+        matching += [s for s in sources if ":" in s]
+        specs += [
+            RunSpec("text_matching", "rationale", s, src) for src in matching for s in rec.seeds
+        ]
     return specs
 
 
 def recommender_stage_folder(
-    config: SlimConfig, data: DataStageResult, encoded: EncodeResult | None
+    config: SlimConfig,
+    data: DataStageResult,
+    encoded: EncodeResult | None,
+    rationales: Sequence[RationaleVectors] = (),
 ) -> StageFolder:
     user_vectors = config.recommender.user_vectors
     key = canonical_hash(
@@ -117,6 +169,7 @@ def recommender_stage_folder(
             "user_vectors": None
             if user_vectors is None
             else file_fingerprint(user_vectors)["blake2b"],
+            "rationales": {r.source: r.key for r in rationales},
             "recommender": config.recommender.model_dump(
                 mode="json", exclude={"user_vectors", "threads"}
             ),
@@ -127,7 +180,11 @@ def recommender_stage_folder(
 
 
 def train_run(
-    config: SlimConfig, data: DataStageResult, encoded: EncodeResult | None, spec: RunSpec
+    config: SlimConfig,
+    data: DataStageResult,
+    encoded: EncodeResult | None,
+    spec: RunSpec,
+    rationales: Sequence[RationaleVectors] = (),
 ) -> list[dict[str, Any]]:
     """Train one model run and evaluate it on valid and test, both protocols."""
     rec, ev = config.recommender, config.evaluation
@@ -135,7 +192,7 @@ def train_run(
         import torch
 
         torch.set_num_threads(rec.threads)
-    folder = recommender_stage_folder(config, data, encoded)
+    folder = recommender_stage_folder(config, data, encoded, rationales)
     folder.path.mkdir(parents=True, exist_ok=True)
     inputs = load_inputs(
         rec,
@@ -143,12 +200,12 @@ def train_run(
         data.folder,
         folder.path,
         None if encoded is None else encoded.item_vectors,
-        rec.user_vectors,
+        user_sources(config, rationales),
     )
     if spec.model == "popularity":
         return popularity_rows(inputs, ev)
     if spec.model == "text_matching":
-        return train_text_matching(spec.seed, rec, ev, inputs)
+        return train_text_matching(spec.seed, rec, ev, inputs, spec.source or FILE_SOURCE)
     return train_sequential(
         spec.model,
         spec.variant,
@@ -157,6 +214,7 @@ def train_run(
         ev,
         inputs,
         checkpoint=folder.file(f"checkpoints/{spec.name}.pt"),
+        source=spec.source,
     )
 
 
@@ -191,9 +249,10 @@ def finish_recommender_stage(
     data: DataStageResult,
     encoded: EncodeResult | None,
     rows: list[dict[str, Any]],
+    rationales: Sequence[RationaleVectors] = (),
 ) -> RecommenderResult:
     """Write metrics.parquet, the results table and the chart; seal the stage folder."""
-    folder = recommender_stage_folder(config, data, encoded)
+    folder = recommender_stage_folder(config, data, encoded, rationales)
     write_metrics(rows, folder.file("metrics.parquet"))
     table = report.markdown_table(rows)
     title = (
@@ -249,4 +308,6 @@ __all__ = [
     "finish_recommender_stage",
     "load_recommender_result",
     "needs_item_text",
+    "needs_user_text",
+    "user_sources",
 ]

@@ -25,9 +25,10 @@ from slim_core.rec.data import (
     load_sequence_data,
     training_windows,
 )
+from slim_core.rec.metrics import metrics_from_ranks
 from slim_core.rec.models import GRU4Rec, Popularity, SASRec, SequentialRecommender, TextMatching
 from slim_core.rec.negatives import read_negatives, sample_negatives, write_negatives
-from slim_core.rec.train import evaluate, fit, window_batches
+from slim_core.rec.train import evaluate, fit, rank_targets, set_seed, window_batches
 from slim_core.vectors import read_item_vectors, read_user_vectors
 from storage import atomic_path
 
@@ -50,7 +51,14 @@ class StageInputs:
     test: EvalInputs
     negatives: dict[str, np.ndarray]
     item_text: torch.Tensor | None
-    users: UserVectorIndex | None
+    users: dict[str, UserVectorIndex]  # source name -> vectors ("file", "student", "teacher:step1")
+
+    def user_index(self, source: str | None) -> UserVectorIndex:
+        if source is None or source not in self.users:
+            raise ConfigError(
+                f"no user vectors named {source!r} (have: {', '.join(self.users) or 'none'})"
+            )
+        return self.users[source]
 
 
 def load_negatives(data: SequenceData, cfg: EvalConfig, path: Path) -> dict[str, np.ndarray]:
@@ -81,16 +89,26 @@ def load_negatives(data: SequenceData, cfg: EvalConfig, path: Path) -> dict[str,
     return out
 
 
+FILE_SOURCE = "file"
+
+
 def load_inputs(
     cfg: RecommenderConfig,
     ev: EvalConfig,
     data_folder: Path,
     out_folder: Path,
     item_vectors: Path | None,
-    user_vectors: Path | None,
+    user_vectors: Path | dict[str, Path] | None,
 ) -> StageInputs:
+    """Sequences, eval inputs, negatives and text vectors.
+
+    `user_vectors` is one file given in the configuration (source "file": every evaluated
+    (user, cutoff) must have a vector), or the pipeline's rationale vectors by source name
+    ("student", "teacher", "student:step1", ...), where users without a rationale get zeros.
+    """
     data = load_sequence_data(data_folder)
-    item_text = users = None
+    item_text = None
+    sources = {FILE_SOURCE: user_vectors} if isinstance(user_vectors, Path) else user_vectors or {}
     needs_items = cfg.text_matching or any(VARIANTS[v][0] for v in cfg.variants)
     needs_users = cfg.text_matching or any(VARIANTS[v][1] for v in cfg.variants)
     if needs_items:
@@ -98,21 +116,28 @@ def load_inputs(
             raise ConfigError("the item_text variants and text matching need item text vectors")
         matrix, _ = read_item_vectors(item_vectors, data.n_items, require_all=True)
         item_text = torch.as_tensor(matrix)
-    if needs_users:
-        if user_vectors is None:
-            raise ConfigError(
-                "the user_text variants and text matching need "
-                "recommender.user_vectors: a Parquet of (user_idx, cutoff, vector)"
-            )
-        required = [
-            (int(u), data.cutoff(row, split))
-            for split in SPLITS
-            for row, u in enumerate(data.user_idx)
-        ]
-        vectors = read_user_vectors(user_vectors, required=required)
-        users = UserVectorIndex(
+    if needs_users and not sources:
+        raise ConfigError(
+            "the user_text variants and text matching need rationale vectors: run the whole "
+            "pipeline (teacher and student sections), or set recommender.user_vectors to a "
+            "Parquet of (user_idx, cutoff, vector)"
+        )
+    users = {}
+    for name, path in sources.items():
+        required = (
+            [
+                (int(u), data.cutoff(row, split))
+                for split in SPLITS
+                for row, u in enumerate(data.user_idx)
+            ]
+            if name == FILE_SOURCE
+            else []
+        )
+        vectors = read_user_vectors(path, required=required)
+        users[name] = UserVectorIndex(
             data, {key: vectors.matrix[row] for key, row in vectors.index.items()}, vectors.dim
         )
+        log.info("user vectors %s: %d users of %d have one", name, users[name].users, data.n_users)
     return StageInputs(
         data,
         eval_inputs(data, "valid", cfg.max_len),
@@ -123,13 +148,23 @@ def load_inputs(
     )
 
 
+def variant_label(variant: str, source: str | None) -> str:
+    """Row label: the variant, plus the rationale source for pipeline-made user vectors."""
+    return variant if source in (None, FILE_SOURCE) else f"{variant}+{source}"
+
+
 def build_model(
-    kind: str, variant: str, n_items: int, cfg: RecommenderConfig, inputs: StageInputs
+    kind: str,
+    variant: str,
+    n_items: int,
+    cfg: RecommenderConfig,
+    inputs: StageInputs,
+    source: str | None = None,
 ) -> SequentialRecommender:
     uses_items, uses_users = VARIANTS[variant]
     common = {
         "item_text": inputs.item_text if uses_items else None,
-        "user_text_dim": inputs.users.matrix.shape[1] if uses_users else None,
+        "user_text_dim": inputs.user_index(source).matrix.shape[1] if uses_users else None,
         "loss": cfg.loss,
         "bce_negatives": cfg.bce_negatives,
     }
@@ -151,34 +186,35 @@ def build_model(
     raise ConfigError(f"recommender.models: unknown model {kind!r} (expected sasrec or gru4rec)")
 
 
-def _user_text(inputs: StageInputs, split_inputs: EvalInputs, part: slice) -> torch.Tensor | None:
-    if inputs.users is None:
-        return None
-    rows = inputs.users.lookup(split_inputs.users[part], split_inputs.cutoffs[part])
-    return torch.as_tensor(inputs.users.matrix[rows])
+def _user_text(users: UserVectorIndex, split_inputs: EvalInputs, part: slice) -> torch.Tensor:
+    rows = users.lookup(split_inputs.users[part], split_inputs.cutoffs[part])
+    return torch.as_tensor(users.matrix[rows])
 
 
 def _sequential_scorer(
-    model: SequentialRecommender, inputs: StageInputs, split_inputs: EvalInputs, uses_users: bool
+    model: SequentialRecommender, split_inputs: EvalInputs, users: UserVectorIndex | None
 ):
     def score(part: slice) -> torch.Tensor:
-        text = _user_text(inputs, split_inputs, part) if uses_users else None
+        text = None if users is None else _user_text(users, split_inputs, part)
         return model.full_sort_predict(torch.as_tensor(split_inputs.histories[part]), text)
 
     return score
 
 
-def _matching_scorer(model: TextMatching, inputs: StageInputs, split_inputs: EvalInputs):
-    return lambda part: model.full_sort_predict(_user_text(inputs, split_inputs, part))
+def _matching_scorer(model: TextMatching, split_inputs: EvalInputs, users: UserVectorIndex):
+    return lambda part: model.full_sort_predict(_user_text(users, split_inputs, part))
 
 
 def _rows(
     model: str,
     variant: str,
     seed: int | None,
-    results: dict[str, dict[str, dict[str, float]]],
+    results: dict[str, dict[str, torch.Tensor]],
+    ks: list[int],
     extra: dict[str, Any],
 ) -> list[dict[str, Any]]:
+    """One row per (split, protocol): the metrics, plus every user's target rank (in user
+    order) so that reports can slice users (history-length groups) without retraining."""
     return [
         {
             "model": model,
@@ -186,22 +222,22 @@ def _rows(
             "seed": seed,
             "split": split,
             "protocol": protocol,
-            **metrics,
+            **metrics_from_ranks(ranks, ks),
+            "ranks": ranks.tolist(),
             **extra,
         }
         for split, by_protocol in results.items()
-        for protocol, metrics in by_protocol.items()
+        for protocol, ranks in by_protocol.items()
     ]
 
 
 def _evaluate_splits(
     score_for, inputs: StageInputs, ev: EvalConfig
-) -> dict[str, dict[str, dict[str, float]]]:
+) -> dict[str, dict[str, torch.Tensor]]:
     return {
-        split: evaluate(
+        split: rank_targets(
             score_for(getattr(inputs, split)),
             getattr(inputs, split),
-            ks=ev.ks,
             exclude_history=ev.exclude_history,
             negatives=inputs.negatives[split],
         )
@@ -217,17 +253,21 @@ def train_sequential(
     ev: EvalConfig,
     inputs: StageInputs,
     checkpoint: Path | None = None,
+    source: str | None = None,
 ) -> list[dict[str, Any]]:
+    """One backbone run; user-side variants read the rationale vectors of `source`."""
     data = inputs.data
-    model = build_model(kind, variant, data.n_items, cfg, inputs)
-    uses_users = VARIANTS[variant][1]
+    set_seed(seed)  # the initial weights too, not only the training order
+    model = build_model(kind, variant, data.n_items, cfg, inputs, source)
+    users = inputs.user_index(source) if VARIANTS[variant][1] else None
     windows = training_windows(data, cfg.max_len)
-    user_rows = inputs.users.lookup(windows.users[:, None], windows.cutoffs) if uses_users else None
-    matrix = torch.as_tensor(inputs.users.matrix) if uses_users else None
+    # Each training target sees the latest rationale written before it (as of its cutoff).
+    user_rows = None if users is None else users.lookup(windows.users[:, None], windows.cutoffs)
+    matrix = None if users is None else torch.as_tensor(users.matrix)
     batches = window_batches(windows.inputs, windows.targets, cfg.batch_size, user_rows, matrix)
 
     def validate() -> float:
-        scorer = _sequential_scorer(model, inputs, inputs.valid, uses_users)
+        scorer = _sequential_scorer(model, inputs.valid, users)
         return evaluate(scorer, inputs.valid, ks=[10], exclude_history=ev.exclude_history)["full"][
             "ndcg@10"
         ]
@@ -242,9 +282,9 @@ def train_sequential(
         description=f"{kind}/{variant}/{seed}",
     )
     scores = _evaluate_splits(
-        lambda split_inputs: _sequential_scorer(model, inputs, split_inputs, uses_users), inputs, ev
+        lambda split_inputs: _sequential_scorer(model, split_inputs, users), inputs, ev
     )
-    return _rows(kind, variant, seed, scores, _train_facts(result))
+    return _rows(kind, variant_label(variant, source), seed, scores, ev.ks, _train_facts(result))
 
 
 def _train_facts(result) -> dict[str, Any]:
@@ -257,20 +297,26 @@ def _train_facts(result) -> dict[str, Any]:
 
 
 def train_text_matching(
-    seed: int, cfg: RecommenderConfig, ev: EvalConfig, inputs: StageInputs
+    seed: int,
+    cfg: RecommenderConfig,
+    ev: EvalConfig,
+    inputs: StageInputs,
+    source: str = FILE_SOURCE,
 ) -> list[dict[str, Any]]:
     """Text matching trains on the user vectors at cutoffs before each user's validation item."""
-    data, users = inputs.data, inputs.users
+    data, users = inputs.data, inputs.user_index(source)
     pairs = [
         (row, cutoff) for (row, cutoff) in users.rows if 0 < cutoff < data.cutoff(row, "valid")
     ]
     if not pairs:
         raise DataError(
-            "text matching needs user vectors at training cutoffs (before each user's "
-            "validation item); the file has only validation/test cutoffs"
+            f"text matching needs user vectors at training cutoffs (before each user's "
+            f"validation item); {source!r} has only validation/test cutoffs (add 'train' to "
+            "student.cutoffs / teacher.cutoffs)"
         )
     text = torch.as_tensor(users.matrix[[users.rows[p] for p in pairs]])
     targets = torch.as_tensor([int(data.sequences[row][cutoff]) for row, cutoff in pairs])
+    set_seed(seed)
     model = TextMatching(inputs.item_text, cfg.dim, cfg.loss, cfg.bce_negatives)
 
     def batches(rng: np.random.Generator):
@@ -280,16 +326,17 @@ def train_text_matching(
             yield text[pick], targets[pick]
 
     def validate() -> float:
-        scorer = _matching_scorer(model, inputs, inputs.valid)
+        scorer = _matching_scorer(model, inputs.valid, users)
         return evaluate(scorer, inputs.valid, ks=[10], exclude_history=ev.exclude_history)["full"][
             "ndcg@10"
         ]
 
-    result = fit(model, batches, validate, cfg, seed, description=f"text_matching/{seed}")
+    result = fit(model, batches, validate, cfg, seed, description=f"text_matching/{source}/{seed}")
     scores = _evaluate_splits(
-        lambda split_inputs: _matching_scorer(model, inputs, split_inputs), inputs, ev
+        lambda split_inputs: _matching_scorer(model, split_inputs, users), inputs, ev
     )
-    return _rows("text_matching", "rationale", seed, scores, _train_facts(result))
+    label = "rationale" if source == FILE_SOURCE else source
+    return _rows("text_matching", label, seed, scores, ev.ks, _train_facts(result))
 
 
 def popularity_rows(inputs: StageInputs, ev: EvalConfig) -> list[dict[str, Any]]:
@@ -301,7 +348,7 @@ def popularity_rows(inputs: StageInputs, ev: EvalConfig) -> list[dict[str, Any]]
         inputs,
         ev,
     )
-    return _rows("popularity", "id", None, scores, {})
+    return _rows("popularity", "id", None, scores, ev.ks, {})
 
 
 def run_recommenders(

@@ -173,6 +173,21 @@ def evaluate(
 
     `score(rows)` returns [len(rows), n_items + 1] scores for those users.
     """
+    ranks = rank_targets(
+        score, inputs, exclude_history=exclude_history, negatives=negatives, batch_size=batch_size
+    )
+    return {protocol: metrics_from_ranks(r, ks) for protocol, r in ranks.items()}
+
+
+def rank_targets(
+    score: Callable[[slice], torch.Tensor],
+    inputs: EvalInputs,
+    *,
+    exclude_history: bool,
+    negatives: np.ndarray | None = None,
+    batch_size: int = 512,
+) -> dict[str, torch.Tensor]:
+    """0-based rank of every user's target, per protocol ("full", and "sampled" with negatives)."""
     full, sampled = [], []
     with torch.no_grad():
         for part, scores in score_all(score, len(inputs.users), batch_size):
@@ -181,7 +196,7 @@ def evaluate(
             full.append(full_ranks(scores, targets, history))
             if negatives is not None:
                 sampled.append(sampled_ranks(scores, targets, torch.as_tensor(negatives[part])))
-    result = {"full": metrics_from_ranks(torch.cat(full), ks)}
+    result = {"full": torch.cat(full)}
     if negatives is not None:
-        result["sampled"] = metrics_from_ranks(torch.cat(sampled), ks)
+        result["sampled"] = torch.cat(sampled)
     return result

@@ -42,6 +42,7 @@ STUDENT_SCHEMA = pa.schema(
         ("step2", pa.string()),
         ("step3", pa.string()),
         ("tokens_out", pa.int64()),
+        ("latency_s", pa.float64()),  # generation seconds per rationale (batch time / batch size)
     ]
 )
 
@@ -88,6 +89,7 @@ def generate_rationales(
         batch_size=per_shard,
         malformed_retries=0,  # greedy decoding would only repeat itself: record and move on
         skip_failed=True,
+        require_steps=False,  # an answer without the steps still describes the user
         progress="student rationales",
     )
 
@@ -124,6 +126,7 @@ def write_student_rationales(
                 "step2": steps[1],
                 "step3": steps[2],
                 "tokens_out": row["tokens_out"],
+                "latency_s": row["latency_s"],
             }
         )
     path = folder / "student_rationales.parquet"
@@ -136,6 +139,7 @@ def write_student_rationales(
         "not_generated": missing,
         "generated_this_run": report.answered + report.failed,
         "reused": report.cached,
+        "with_three_steps": sum(1 for row in rows if row["step1"]),
         "tokens_out": report.tokens_out,
         "model": model_id,
     }

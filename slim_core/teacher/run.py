@@ -89,11 +89,14 @@ def ask_teacher(
     budget_usd: float | None = None,
     progress: str | None = None,
     skip_failed: bool = False,
+    require_steps: bool = True,
 ) -> TeacherReport:
     """Ask for every prompt not yet answered; `progress` names a progress bar (None: no bar).
 
     With `skip_failed`, prompts with a recorded failure count as done too (a deterministic
     model would only fail the same way again; `retry-failed` flows replay them on purpose).
+    Without `require_steps`, any non-empty answer is kept even if it lacks the three steps
+    (student rationales: the recommenders can still read its text).
     """
     report = TeacherReport(requested=len(prompts))
     done = cache.answered_keys()
@@ -124,7 +127,9 @@ def ask_teacher(
                 )
                 report.stopped_by_budget = True
                 break
-        answers, failures = _ask_batch(batch, backend, decoding, malformed_retries, report, prices)
+        answers, failures = _ask_batch(
+            batch, backend, decoding, malformed_retries, report, prices, require_steps
+        )
         cache.write_answers(answers)
         cache.write_failures(failures)
         bar.update(len(batch))
@@ -146,6 +151,7 @@ def _ask_batch(
     malformed_retries: int,
     report: TeacherReport,
     prices: Prices,
+    require_steps: bool = True,
 ) -> tuple[list[dict], list[dict]]:
     answers: list[dict] = []
     failures: list[dict] = []
@@ -180,7 +186,7 @@ def _ask_batch(
             report.tokens_out += result.tokens_out
             report.cost_usd += prices.cost(result.tokens_in, result.tokens_out)
             report.latencies_s.append(result.latency_s)
-            if parse_rationale(result.text) is not None:
+            if not require_steps or parse_rationale(result.text) is not None:
                 answers.append(
                     {
                         **common,

@@ -116,7 +116,10 @@ def history_prompts(
     max_items: int,
     token_budget: int | None,
 ) -> list[tuple[str, Prompt]]:
-    """(split, prompt) for each sequence row at each cutoff, from the history before it."""
+    """(split, prompt) for each sequence row at each cutoff, from the history before it.
+
+    A user with no history before a cutoff (train cutoff of a 3-item sequence) gets no prompt.
+    """
     return [
         (
             split,
@@ -132,6 +135,7 @@ def history_prompts(
         )
         for row in rows
         for split in cutoffs
+        if sequences.cutoff(row, split) > 0
     ]
 
 

@@ -1,0 +1,51 @@
+"""The report as a Prefect task: report.md and its plots in the run folder, and as an artifact.
+
+Cheap (it reads metric rows and a few Parquet files), so it runs every time instead of being
+cached: a rerun's report always shows the run's current results.
+"""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+
+from slim_core.config import SlimConfig
+from slim_core.data import DataStageResult
+from slim_core.rec.data import load_sequence_data
+from slim_core.rec.pipeline import RecommenderResult, protocol_note
+from slim_core.report import Report, write_report
+from slim_core.student.inference import StudentInferenceResult
+from slim_core.student.stage import StudentModel, quality_markdown
+from slim_core.teacher.stage import TeacherStageResult
+
+
+@task(name="report", tags=["slim-report"])
+def report_task(
+    config: SlimConfig,
+    data: DataStageResult,
+    recommenders: RecommenderResult,
+    teacher: TeacherStageResult | None = None,
+    student_model: StudentModel | None = None,
+    student: StudentInferenceResult | None = None,
+    timings: dict[str, float] | None = None,
+) -> Report:
+    """Results, SLIM's improvement, sparsity groups, cost and latency, example rationales."""
+    report = write_report(
+        config.run.output_dir / "report",
+        title=f"SLIM report: {config.run.name}",
+        rows=recommenders.rows,
+        data=load_sequence_data(data.folder),
+        protocol_note=protocol_note(config),
+        teacher=None if teacher is None else teacher.summary,
+        teacher_file=None if teacher is None else teacher.rationales,
+        student=None if student is None else student.summary,
+        student_file=None if student is None else student.rationales,
+        quality=None if student_model is None else quality_markdown(student_model.quality),
+        timings=timings,
+    )
+    create_markdown_artifact(
+        key="slim-report",
+        markdown=report.markdown + f"\n\nFolder (with the plots): `{report.folder}`\n",
+        description="Every variant under both protocols, SLIM's gain, sparsity, cost, examples",
+    )
+    return report

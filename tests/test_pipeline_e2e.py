@@ -1,0 +1,144 @@
+"""The whole pipeline on a real Prefect server: loopback teacher -> tiny student -> rationale
+vectors -> every recommender variant -> report; then a rerun that loads no LLM and calls no one."""
+
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from tests.helpers import flow_run_artifact
+from tests.test_flow_and_cli import task_states
+from tests.test_student import USERS, interaction_log, items_file
+from tests.tiny_llm import build_tiny_llm
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+VARIANTS = ["id", "item_text", "user_text", "item_user_text"]
+
+
+def write_config(tmp_path: Path, fake_url: str, base: Path) -> Path:
+    log = tmp_path / "log.csv"
+    log.write_text(interaction_log())
+    config = {
+        "run": {"name": "e2e", "output_dir": str(tmp_path / "run"), "seed": 3},
+        "data": {
+            "source": {
+                "format": "table",
+                "interactions": str(log),
+                "items": str(items_file(tmp_path)),
+            },
+            "k_core_users": 1,
+            "k_core_items": 1,
+        },
+        "recommender": {
+            "models": ["sasrec", "gru4rec"],
+            "variants": VARIANTS,
+            "rationales": ["student", "teacher"],
+            "text_matching": True,
+            "text_matching_parts": ["full", "step1", "step2", "step3"],
+            "seeds": [1],
+            "max_epochs": 2,
+            "dim": 16,
+            "max_len": 8,
+        },
+        "evaluation": {"sampled_negatives": 10},
+        "teacher": {
+            "backend": "openai",
+            "model": "teacher-test",
+            "base_url": fake_url,
+            "api_key_env": None,
+            "users": 8,
+            "cutoffs": ["train", "valid"],
+            "batch_size": 8,
+        },
+        "student": {
+            "base_model": str(base),
+            # Enough to memorise the loopback teacher's fixed answer, so that the student's
+            # answers have the three steps (the step-only text matching rows need them).
+            "max_steps": 60,
+            "learning_rate": 0.01,
+            "lora_r": 16,
+            "lora_targets": ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"],
+            "batch_size": 4,
+            "heldout_fraction": 0.25,
+            "min_pairs": 4,
+            "shard_users": 8,
+            "max_tokens": 48,
+        },
+    }
+    path = tmp_path / "e2e.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_whole_pipeline_then_cached_rerun(tmp_path, fake_openai, monkeypatch):
+    from flows.pipeline import slim_pipeline
+    from slim_core.llm.transformers_local import TransformersBackend
+
+    fake_openai.reset()
+    path = write_config(tmp_path, fake_openai.url, build_tiny_llm(tmp_path / "base"))
+    state = slim_pipeline(str(path), return_state=True)
+    out = state.result()
+
+    # Every stage's artifact, with its schema.
+    teacher = pq.read_table(out["teacher"].rationales)
+    assert {"user_idx", "cutoff", "step1", "step2", "step3", "tokens_in"} <= set(teacher.column_names)
+    assert teacher.num_rows == 8 * 2
+    student = pq.read_table(out["student"].rationales)
+    assert {"user_idx", "cutoff", "split", "rationale", "latency_s"} <= set(student.column_names)
+    assert set(student.column("split").to_pylist()) <= {"train", "valid", "test"}
+    sources = {v.source: v for v in out["rationale_vectors"]}
+    assert set(sources) == {"student", "teacher"}
+    for vectors in sources.values():
+        for part in ("full", "step1", "step2", "step3"):
+            assert pq.read_schema(vectors.path(part)).names == ["user_idx", "cutoff", "vector"]
+    assert (out["student_model"].folder / "adapter").is_dir()
+    assert (out["student_model"].folder / "loss.png").is_file()
+
+    # Every variant, per rationale source, and text matching per part.
+    metrics = pq.read_table(out["recommenders"].metrics).to_pylist()
+    labels = {(r["model"], r["variant"]) for r in metrics}
+    expected = {("popularity", "id")}
+    for model in ("sasrec", "gru4rec"):
+        expected |= {(model, "id"), (model, "item_text")}
+        expected |= {(model, f"{v}+{s}") for v in VARIANTS[2:] for s in ("student", "teacher")}
+    expected |= {("text_matching", s) for s in ("student", "teacher")}
+    expected |= {("text_matching", f"student:step{n}") for n in (1, 2, 3)}
+    assert labels == expected
+    assert {(r["split"], r["protocol"]) for r in metrics} == {
+        (s, p) for s in ("valid", "test") for p in ("full", "sampled")
+    }
+    assert all(len(r["ranks"]) == USERS for r in metrics)
+
+    # The report: every row, both protocols, SLIM's gain, sparsity, cost, quality, plots.
+    report = out["report"]
+    text = report.path.read_text()
+    for model, variant in expected:
+        assert f"| {model} | {variant} |" in text
+    for heading in (
+        "SLIM against the best variant without an LLM",
+        "By history length",
+        "Cost and latency",
+        "Student quality",
+        "Example rationales",
+    ):
+        assert heading in text
+    assert "| sasrec | full | " in text and "| gru4rec | sampled | " in text
+    for png in ("ndcg.png", "sparsity.png"):
+        assert (report.folder / png).read_bytes()[:4] == b"\x89PNG"
+    assert "SLIM report" in flow_run_artifact(state.state_details.flow_run_id, "slim-report")
+    calls = sum(fake_openai.calls.values())
+    assert calls >= 16
+
+    # Rerun with nothing changed: no LLM loads, no teacher call, every task cached or trivial.
+    def no_llm(self):
+        raise AssertionError("an LLM was loaded on a cached rerun")
+
+    monkeypatch.setattr(TransformersBackend, "load", no_llm)
+    again = slim_pipeline(str(path), return_state=True)
+    rerun = again.result()
+    assert sum(fake_openai.calls.values()) == calls
+    assert set(task_states(again)) <= {"Completed", "Cached"}
+    results = rerun["report"].path.read_text().split("## Cost and latency")[0]
+    assert results == text.split("## Cost and latency")[0]
