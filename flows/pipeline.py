@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from prefect import flow
+from prefect import Task, flow
 
 import tasks  # noqa: F401  (logging setup before Prefect runs anything)
 from slim_core.config import SlimConfig, load_config
@@ -33,15 +33,19 @@ from slim_core.teacher.run import TeacherReport
 from slim_core.teacher.stage import answer_cache, prompt_keys, teacher_config, teacher_prompts
 from storage import RunFolder
 from tasks.data import run_prepare_data
+from tasks.manifest import record_flow_run
 from tasks.recommend import (
     encode_items_task,
     encode_rationales_task,
     evaluate_recommenders_task,
-    run_training,
+    training_task,
 )
 from tasks.report import report_task
 from tasks.student import finetune_student_task, student_rationales_task, student_shard_task
 from tasks.teacher import backend_for, teacher_batch_task, teacher_rationales_task
+
+# Every flow run leaves a manifest (config hash, data fingerprint, seeds, versions, commit).
+TRACED = {"on_completion": [record_flow_run], "on_failure": [record_flow_run]}
 
 
 def _load(config_path: str) -> SlimConfig:
@@ -51,7 +55,7 @@ def _load(config_path: str) -> SlimConfig:
     return config
 
 
-@flow(name="slim-prepare", flow_run_name="prepare {config_path}")
+@flow(name="slim-prepare", flow_run_name="prepare {config_path}", **TRACED)
 def prepare_flow(config_path: str) -> DataStageResult:
     """Data stage only: raw files -> interactions, items, sequences."""
     return run_prepare_data(_load(config_path)).result()
@@ -62,11 +66,13 @@ def _recommenders(
 ) -> RecommenderResult:
     encoded = encode_items_task(config, data) if needs_item_text(config) else None
     specs = run_specs(config, list(user_sources(config, rationales)))
-    rows = [row for spec in specs for row in run_training(config, data, encoded, spec, rationales)]
+    arguments = [(config, data, encoded, spec, rationales) for spec in specs]
+    runs = _each(config, [(training_task(*args), args) for args in arguments])
+    rows = [row for run in runs for row in run]
     return evaluate_recommenders_task(config, data, encoded, rows, rationales)
 
 
-@flow(name="slim-train", flow_run_name="train {config_path}")
+@flow(name="slim-train", flow_run_name="train {config_path}", **TRACED)
 def train_flow(config_path: str) -> dict[str, object]:
     """Data, item encoding and every recommender run, evaluated under both protocols."""
     config = _load(config_path)
@@ -84,7 +90,7 @@ def _timed(timings: dict[str, float], stage: str, call: Callable[[], T]) -> T:
     return result
 
 
-@flow(name="slim-pipeline", flow_run_name="slim {config_path}")
+@flow(name="slim-pipeline", flow_run_name="slim {config_path}", **TRACED)
 def slim_pipeline(config_path: str) -> dict[str, object]:
     """The whole pipeline for one configuration file, from raw interactions to the report.
 
@@ -131,20 +137,37 @@ def slim_pipeline(config_path: str) -> dict[str, object]:
     return out
 
 
-def _ask_in_batches(config: SlimConfig, prompts: list[Prompt]) -> TeacherReport:
+def _each(config: SlimConfig, calls: list[tuple[Task, tuple]]) -> list:
+    """Run independent (task, arguments) calls: in order in this process (thread runner: a local
+    model is loaded once and never shared between threads), or all submitted at once (Dask)."""
+    if config.run.task_runner == "dask":
+        return [future.result() for future in [task.submit(*args) for task, args in calls]]
+    return [task(*args) for task, args in calls]
+
+
+def _ask_in_batches(
+    config: SlimConfig, prompts: list[Prompt], replay_failed: bool = False
+) -> TeacherReport:
     cfg = teacher_config(config)
+    batches = [prompts[s : s + cfg.batch_size] for s in range(0, len(prompts), cfg.batch_size)]
     report = TeacherReport()
-    for number, start in enumerate(range(0, len(prompts), cfg.batch_size), start=1):
-        remaining = None if cfg.budget_usd is None else cfg.budget_usd - report.cost_usd
-        report = report.add(
-            teacher_batch_task(config, prompts[start : start + cfg.batch_size], number, remaining)
-        )
+    if cfg.budget_usd is None:  # independent batches
+        calls = [
+            (teacher_batch_task, (config, b, n, None, replay_failed))
+            for n, b in enumerate(batches, 1)
+        ]
+        for part in _each(config, calls):
+            report = report.add(part)
+        return report
+    for number, batch in enumerate(batches, start=1):  # each batch needs what the last cost
+        remaining = cfg.budget_usd - report.cost_usd
+        report = report.add(teacher_batch_task(config, batch, number, remaining, replay_failed))
         if report.stopped_by_budget:
             break
     return report
 
 
-@flow(name="slim-teacher", flow_run_name="teacher {config_path}")
+@flow(name="slim-teacher", flow_run_name="teacher {config_path}", **TRACED)
 def teacher_flow(config_path: str) -> dict[str, object]:
     """Teacher rationales for the sampled users, batch by batch, cached per prompt."""
     config = _load(config_path)
@@ -154,7 +177,7 @@ def teacher_flow(config_path: str) -> dict[str, object]:
     return {"data": data, "teacher": teacher_rationales_task(config, prompts, report)}
 
 
-@flow(name="slim-teacher-retry-failed", flow_run_name="retry failed {config_path}")
+@flow(name="slim-teacher-retry-failed", flow_run_name="retry failed {config_path}", **TRACED)
 def retry_failed_flow(config_path: str) -> dict[str, object]:
     """Replay exactly the prompts in the dead-letter table (failed, never answered)."""
     config = _load(config_path)
@@ -163,7 +186,7 @@ def retry_failed_flow(config_path: str) -> dict[str, object]:
     dead = {row["key"] for row in answer_cache(config).dead_letters()}
     keys = prompt_keys(prompts, backend_for(config).model_id, teacher_config(config))
     failed = [prompt for prompt, key in zip(prompts, keys, strict=True) if key in dead]
-    report = _ask_in_batches(config, failed)
+    report = _ask_in_batches(config, failed, replay_failed=True)
     return {
         "data": data,
         "replayed": len(failed),
@@ -178,10 +201,14 @@ def _student_inference(
     cfg = student_config(config)
     split_prompts = student_prompts(cfg, data)
     per_shard = cfg.shard_users * len(cfg.cutoffs)
+    shards = [
+        [prompt for _, prompt in split_prompts[start : start + per_shard]]
+        for start in range(0, len(split_prompts), per_shard)
+    ]
+    calls = [(student_shard_task, (config, model, shard, n)) for n, shard in enumerate(shards, 1)]
     report = TeacherReport()
-    for number, start in enumerate(range(0, len(split_prompts), per_shard), start=1):
-        shard = [prompt for _, prompt in split_prompts[start : start + per_shard]]
-        report = report.add(student_shard_task(config, model, shard, number))
+    for part in _each(config, calls):
+        report = report.add(part)
     return student_rationales_task(config, model, split_prompts, report)
 
 
@@ -191,7 +218,7 @@ def _teacher(config: SlimConfig, data: DataStageResult):
     return teacher_rationales_task(config, prompts, report)
 
 
-@flow(name="slim-student", flow_run_name="student {config_path}")
+@flow(name="slim-student", flow_run_name="student {config_path}", **TRACED)
 def student_flow(config_path: str) -> dict[str, object]:
     """Teacher (answers come from its cache when already paid for), fine-tuning, inference."""
     config = _load(config_path)
@@ -206,7 +233,7 @@ def student_flow(config_path: str) -> dict[str, object]:
     }
 
 
-@flow(name="slim-regenerate", flow_run_name="regenerate {config_path}")
+@flow(name="slim-regenerate", flow_run_name="regenerate {config_path}", **TRACED)
 def regenerate_flow(config_path: str) -> dict[str, object]:
     """New interaction data -> rationales for the users whose prompts changed, nobody else.
 

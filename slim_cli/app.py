@@ -65,8 +65,9 @@ def run(config: ConfigOption) -> None:
     """
     try:
         from flows.pipeline import slim_pipeline
+        from flows.runners import with_task_runner
 
-        results = slim_pipeline(str(config))
+        results = with_task_runner(slim_pipeline, str(config))(str(config))
     except SlimError as error:
         raise _fail(error) from None
     _print_data_summary(results["data"].stats, results["data"].folder)
@@ -79,8 +80,9 @@ def train(config: ConfigOption) -> None:
     """Train and evaluate the configured recommenders (runs the data stage first if needed)."""
     try:
         from flows.pipeline import train_flow
+        from flows.runners import with_task_runner
 
-        results = train_flow(str(config))
+        results = with_task_runner(train_flow, str(config))(str(config))
     except SlimError as error:
         raise _fail(error) from None
     _print_results(results["recommenders"])
@@ -179,8 +181,9 @@ def teacher_run(config: ConfigOption) -> None:
     """Ask the teacher for rationales (answers already in the cache are not asked again)."""
     try:
         from flows.pipeline import teacher_flow
+        from flows.runners import with_task_runner
 
-        results = teacher_flow(str(config))
+        results = with_task_runner(teacher_flow, str(config))(str(config))
     except SlimError as error:
         raise _fail(error) from None
     _print_teacher(results["teacher"])
@@ -191,8 +194,9 @@ def teacher_retry_failed(config: ConfigOption) -> None:
     """Replay exactly the prompts in the dead-letter table."""
     try:
         from flows.pipeline import retry_failed_flow
+        from flows.runners import with_task_runner
 
-        results = retry_failed_flow(str(config))
+        results = with_task_runner(retry_failed_flow, str(config))(str(config))
     except SlimError as error:
         raise _fail(error) from None
     _print_teacher(results["teacher"], replayed=results["replayed"])
@@ -218,9 +222,10 @@ def student_run(config: ConfigOption) -> None:
     """Teacher (from its cache where paid for), LoRA fine-tuning, quality, inference."""
     try:
         from flows.pipeline import student_flow
+        from flows.runners import with_task_runner
         from slim_core.student.stage import quality_markdown
 
-        results = student_flow(str(config))
+        results = with_task_runner(student_flow, str(config))(str(config))
     except SlimError as error:
         raise _fail(error) from None
     from rich.markdown import Markdown
@@ -242,6 +247,7 @@ def regenerate(
     With --cron the flow is served as a Prefect deployment on that schedule (stop with Ctrl-C).
     """
     from flows.pipeline import regenerate_flow
+    from flows.runners import with_task_runner
 
     if cron:
         regenerate_flow.serve(
@@ -251,10 +257,82 @@ def regenerate(
         )
         return
     try:
-        results = regenerate_flow(str(config))
+        results = with_task_runner(regenerate_flow, str(config))(str(config))
     except SlimError as error:
         raise _fail(error) from None
     _print_student(results["student"])
+
+
+@app.command()
+def serve(
+    config: ConfigOption,
+    regenerate_cron: Annotated[
+        str, typer.Option(help="Schedule of the regeneration deployment (cron).")
+    ] = "0 3 * * *",
+) -> None:
+    """Serve the pipeline, scheduled regeneration and retry-failed deployments (Ctrl-C stops).
+
+    Runs start from the Prefect UI, `prefect deployment run`, or the schedule. Needs
+    PREFECT_API_URL pointing at a server (`slim server`).
+    """
+    from prefect import serve as prefect_serve
+
+    from flows.deployments import deployments
+
+    prefect_serve(*deployments(config, regenerate_cron))
+
+
+@app.command()
+def server(
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 4200,
+) -> None:
+    """Start a local Prefect server and UI on 127.0.0.1 (then export PREFECT_API_URL)."""
+    import subprocess
+    import sys
+
+    console.print(
+        f"Prefect UI: http://127.0.0.1:{port}  —  in other shells: "
+        f"export PREFECT_API_URL=http://127.0.0.1:{port}/api"
+    )
+    command = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1"]
+    # The UI's scripts call the API at this address (default: port 4200, whatever --port says).
+    env = {**os.environ, "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api"}
+    raise typer.Exit(subprocess.call([*command, "--port", str(port)], env=env))
+
+
+@app.command()
+def prune(
+    config: ConfigOption,
+    older_than_days: Annotated[
+        float, typer.Option("--older-than-days", help="Delete what is older than this.")
+    ] = 30.0,
+    dry_run: Annotated[bool, typer.Option(help="Only list what would be deleted.")] = False,
+) -> None:
+    """Delete old Prefect flow runs and artifacts, and stage folders no longer current.
+
+    Teacher answers, student generations and the current folder of every stage are kept.
+    """
+    from datetime import UTC, datetime, timedelta
+
+    from slim_core.config import load_config
+    from storage import RunFolder
+    from storage.retention import prune_stage_folders
+    from tasks.retention import prune_prefect
+
+    try:
+        settings = load_config(config)
+    except SlimError as error:
+        raise _fail(error) from None
+    before = datetime.now(UTC) - timedelta(days=older_than_days)
+    folders = prune_stage_folders(RunFolder(settings.run.output_dir), before, dry_run)
+    prefect = prune_prefect(before, dry_run)
+    verb = "would delete" if dry_run else "deleted"
+    console.print(
+        f"{verb}: {len(prefect.flow_runs)} flow run(s), {len(prefect.artifacts)} artifact(s), "
+        f"{len(folders)} stage folder(s)"
+    )
+    for folder in folders:
+        console.print(f"  {folder}")
 
 
 models_app = typer.Typer(

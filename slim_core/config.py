@@ -28,6 +28,16 @@ class RunConfig(_Strict):
     name: str = Field("slim", description="Run name, shown in Prefect and in reports.")
     output_dir: Path = Field(Path("runs/slim"), description="Folder for all artifacts of the run.")
     seed: int = Field(42, description="Seed for every random choice in the pipeline.")
+    task_runner: Literal["thread", "dask"] = Field(
+        "thread",
+        description="thread: independent tasks (teacher batches, student shards, recommender "
+        "runs) one after another in the flow's process; dask: submitted to a Dask cluster "
+        "(pip install '.[dask]').",
+    )
+    dask_address: str | None = Field(
+        None, description="Scheduler of an existing Dask cluster; None: a local one per run."
+    )
+    dask_workers: int = Field(2, ge=1, description="Worker processes of the local Dask cluster.")
 
 
 class InteractionColumns(_Strict):

@@ -8,6 +8,7 @@ from storage.catalog import open_catalog
 from storage.fingerprint import canonical_hash, file_fingerprint
 from storage.layout import RunFolder, StageFolder
 from storage.manifest import package_versions
+from storage.run_manifest import git_commit, write_run_manifest
 
 __all__ = [
     "RunFolder",
@@ -17,6 +18,8 @@ __all__ = [
     "canonical_hash",
     "file_fingerprint",
     "package_versions",
+    "git_commit",
+    "write_run_manifest",
     "write_json_atomic",
     "write_text_atomic",
 ]

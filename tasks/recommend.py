@@ -83,14 +83,14 @@ def train_recommender_task(
     return train_run(config, data, encoded, spec, rationales)
 
 
-def run_training(
+def training_task(
     config: SlimConfig,
     data: DataStageResult,
     encoded: EncodeResult | None,
     spec: RunSpec,
     rationales: tuple[RationaleVectors, ...] = (),
-) -> list[dict[str, Any]]:
-    """Call the training task, bypassing a cache entry whose files on disk are gone."""
+):
+    """The training task for `spec`, told to bypass a cache entry whose files on disk are gone."""
     folder = recommender_stage_folder(config, data, encoded, rationales)
     # Backbones leave a checkpoint; popularity and text matching only need the negatives.
     needed = (
@@ -98,9 +98,7 @@ def run_training(
         if spec.model in ("sasrec", "gru4rec")
         else folder.file("negatives.parquet")
     )
-    return train_recommender_task.with_options(refresh_cache=not needed.exists())(
-        config, data, encoded, spec, rationales
-    )
+    return train_recommender_task.with_options(refresh_cache=not needed.exists())
 
 
 @task(name="evaluate-recommenders", tags=["slim-evaluate"])

@@ -61,9 +61,17 @@ def backend_for(config: SlimConfig) -> LLMBackend:
     tags=["slim-teacher"],
 )
 def teacher_batch_task(
-    config: SlimConfig, prompts: list[Prompt], number: int, budget_usd: float | None
+    config: SlimConfig,
+    prompts: list[Prompt],
+    number: int,
+    budget_usd: float | None,
+    replay_failed: bool = False,
 ) -> TeacherReport:
-    """Ask the teacher for one batch; answers and failures are on disk when this returns."""
+    """Ask the teacher for one batch; answers and failures are on disk when this returns.
+
+    Prompts in the dead-letter table are skipped (a rerun neither pays for them again nor loads
+    a local model for them) unless `replay_failed`: the retry-failed flow replays them.
+    """
     cfg = teacher_config(config)
     return ask_teacher(
         prompts,
@@ -75,6 +83,7 @@ def teacher_batch_task(
         prices=prices(cfg),
         budget_usd=budget_usd,
         progress=f"teacher batch {number}",
+        skip_failed=not replay_failed,
     )
 
 

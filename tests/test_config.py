@@ -27,6 +27,14 @@ def test_demo_config_points_at_bundled_data():
         assert (REPO / path).is_file(), path
 
 
+@pytest.mark.parametrize("name", ["demo", "ml-100k", "scientific", "paper-scale"])
+def test_shipped_configs_run_every_stage(name):
+    config = load_config(REPO / "configs" / f"{name}.yaml")
+    if name != "paper-scale":  # the paper-scale file names the user's own data and models
+        assert config.student is not None and config.teacher is not None
+        assert "item_user_text" in config.recommender.variants
+
+
 def test_environment_overrides_yaml(monkeypatch, write):
     path = write(
         "c.yaml", "data:\n  source: {format: table, interactions: a.csv}\n  k_core_users: 4\n"

@@ -1,6 +1,7 @@
 """The whole pipeline on a real Prefect server: loopback teacher -> tiny student -> rationale
 vectors -> every recommender variant -> report; then a rerun that loads no LLM and calls no one."""
 
+import json
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -56,7 +57,7 @@ def write_config(tmp_path: Path, fake_url: str, base: Path) -> Path:
             "base_model": str(base),
             # Enough to memorise the loopback teacher's fixed answer, so that the student's
             # answers have the three steps (the step-only text matching rows need them).
-            "max_steps": 60,
+            "max_steps": 120,
             "learning_rate": 0.01,
             "lora_r": 16,
             "lora_targets": ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"],
@@ -74,17 +75,24 @@ def write_config(tmp_path: Path, fake_url: str, base: Path) -> Path:
 
 def test_whole_pipeline_then_cached_rerun(tmp_path, fake_openai, monkeypatch):
     from flows.pipeline import slim_pipeline
+    from slim_core.config import load_config
+    from slim_core.data import prepare_data
     from slim_core.llm.transformers_local import TransformersBackend
+    from slim_core.teacher.stage import teacher_prompts
 
-    fake_openai.reset()
     path = write_config(tmp_path, fake_openai.url, build_tiny_llm(tmp_path / "base"))
+    config = load_config(path)
+    hopeless = teacher_prompts(config, prepare_data(config))[0].text
+    fake_openai.reset({hopeless: ["bad_steps"] * 20})  # one prompt ends in the dead-letter table
     state = slim_pipeline(str(path), return_state=True)
     out = state.result()
 
     # Every stage's artifact, with its schema.
     teacher = pq.read_table(out["teacher"].rationales)
-    assert {"user_idx", "cutoff", "step1", "step2", "step3", "tokens_in"} <= set(teacher.column_names)
-    assert teacher.num_rows == 8 * 2
+    assert {"user_idx", "cutoff", "step1", "step2", "step3", "tokens_in"} <= set(
+        teacher.column_names
+    )
+    assert teacher.num_rows == 8 * 2 - 1 and out["teacher"].summary["dead_letters"] == 1
     student = pq.read_table(out["student"].rationales)
     assert {"user_idx", "cutoff", "split", "rationale", "latency_s"} <= set(student.column_names)
     assert set(student.column("split").to_pylist()) <= {"train", "valid", "test"}
@@ -131,7 +139,17 @@ def test_whole_pipeline_then_cached_rerun(tmp_path, fake_openai, monkeypatch):
     calls = sum(fake_openai.calls.values())
     assert calls >= 16
 
-    # Rerun with nothing changed: no LLM loads, no teacher call, every task cached or trivial.
+    # The run manifest: traceable to config, data, seeds, software and code.
+    (manifest_file,) = (tmp_path / "run" / "flow-runs").glob("*.json")
+    manifest = json.loads(manifest_file.read_text())
+    assert manifest["flow_run_id"] == str(state.state_details.flow_run_id)
+    assert manifest["state"] == "Completed" and manifest["seeds"]["recommender"] == [1]
+    assert manifest["data_fingerprint"] == out["data"].key
+    assert {"torch", "prefect", "duckdb"} <= set(manifest["versions"])
+    assert len(manifest["code"]["commit"]) == 40 and "recommenders" in manifest["stages"]
+
+    # Rerun with nothing changed: no LLM loads, no teacher call (not even for the dead letter:
+    # `slim teacher retry-failed` replays those), every task cached or trivial.
     def no_llm(self):
         raise AssertionError("an LLM was loaded on a cached rerun")
 

@@ -309,11 +309,15 @@ def train_text_matching(
         (row, cutoff) for (row, cutoff) in users.rows if 0 < cutoff < data.cutoff(row, "valid")
     ]
     if not pairs:
-        raise DataError(
+        message = (
             f"text matching needs user vectors at training cutoffs (before each user's "
-            f"validation item); {source!r} has only validation/test cutoffs (add 'train' to "
-            "student.cutoffs / teacher.cutoffs)"
+            f"validation item); {source!r} has none (add 'train' to student.cutoffs / "
+            "teacher.cutoffs; for a single step: answers with the three steps)"
         )
+        if source == FILE_SOURCE:
+            raise DataError(message)
+        log.warning("%s: skipped", message)  # one missing row, not a failed pipeline
+        return []
     text = torch.as_tensor(users.matrix[[users.rows[p] for p in pairs]])
     targets = torch.as_tensor([int(data.sequences[row][cutoff]) for row, cutoff in pairs])
     set_seed(seed)
@@ -360,7 +364,11 @@ def run_recommenders(
     item_vectors: Path | None = None,
     user_vectors: Path | None = None,
 ) -> list[dict[str, Any]]:
-    """Train and evaluate everything configured; write and return the metric rows."""
+    """Train and evaluate everything configured; write and return the metric rows.
+
+    The library entry point for your own vector files (no LLM stages); `slim run` goes through
+    the per-run tasks instead.
+    """
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out_folder.mkdir(parents=True, exist_ok=True)
@@ -379,6 +387,7 @@ def run_recommenders(
                     ev,
                     inputs,
                     checkpoint=out_folder / "checkpoints" / f"{kind}-{variant}-{seed}.pt",
+                    source=FILE_SOURCE if VARIANTS[variant][1] else None,
                 )
     if cfg.text_matching:
         for seed in cfg.seeds:

@@ -1,0 +1,29 @@
+# A GPU worker for the student (fine-tuning and vLLM inference), work pool `slim-gpu`. The base
+# image brings CUDA, PyTorch and vLLM matched to each other; SLIM installs on top without
+# touching them. Build from the repository root:
+#   docker build -f docker/gpu.Dockerfile -t slim-gpu .
+FROM vllm/vllm-openai:v0.33.0
+
+ENV PIP_NO_CACHE_DIR=1 \
+    PYTHONUNBUFFERED=1 \
+    PREFECT_SERVER_ANALYTICS_ENABLED=false \
+    SLIM_HOME=/opt/slim \
+    SLIM_MODEL_CACHE=/models
+
+WORKDIR /opt/slim
+COPY pyproject.toml README.md ./
+COPY slim_core ./slim_core
+COPY storage ./storage
+COPY tasks ./tasks
+COPY flows ./flows
+COPY slim_cli ./slim_cli
+COPY configs ./configs
+COPY prefect.yaml ./
+# The project itself (its dependency ranges are in pyproject.toml), with the Dask runner.
+# hadolint ignore=DL3013
+RUN pip install ".[dask]"
+
+VOLUME ["/models", "/opt/slim/runs"]
+# The base image's entrypoint starts vLLM's server; this image is a Prefect worker instead.
+ENTRYPOINT []
+CMD ["prefect", "worker", "start", "--pool", "slim-gpu", "--type", "process"]

@@ -1,0 +1,38 @@
+"""A flow-run hook that writes the run manifest (storage/run_manifest.py) when a flow ends.
+
+Declared on every flow as `on_completion` and `on_failure`: a failed run is traceable too.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+
+from slim_core.config import load_config
+from slim_core.errors import SlimError
+from storage import RunFolder, write_run_manifest
+
+log = logging.getLogger("slim_core.manifest")
+
+
+def record_flow_run(flow, flow_run, state) -> None:
+    """Hook: write `<output_dir>/flow-runs/<started>-<id>.json` for this flow run."""
+    path = flow_run.parameters.get("config_path")
+    if path is None:
+        return
+    try:
+        config = load_config(path)
+    except SlimError:  # the run failed on its configuration: nothing to trace it to
+        return
+    run_folder = RunFolder(config.run.output_dir)
+    written = write_run_manifest(
+        run_folder,
+        flow=flow.name,
+        flow_run_id=str(flow_run.id),
+        started=flow_run.start_time or datetime.now(UTC),
+        config=config.model_dump(mode="json"),
+        seeds={"run": config.run.seed, "recommender": config.recommender.seeds},
+        data_key=run_folder.read_manifest().get("stages", {}).get("data"),
+        state=state.name,
+    )
+    log.info("run manifest: %s", written)

@@ -1,0 +1,67 @@
+"""Scale-out: teacher batches and recommender runs on a real local Dask cluster (two worker
+processes) give the same outputs as the default runner."""
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from tests.test_flow_and_cli import task_states
+from tests.test_pipeline_e2e import write_config
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+
+def teacher_and_recommenders(tmp_path, fake_url, runner: str):
+    tmp_path.mkdir(parents=True)
+    path = write_config(tmp_path, fake_url, tmp_path / "no-student")
+    config = yaml.safe_load(path.read_text())
+    del config["student"]
+    config["run"]["task_runner"] = runner
+    config["teacher"]["batch_size"] = 4  # four batches: work for both workers
+    config["recommender"].update(
+        variants=["id", "item_text", "item_user_text"],
+        rationales=["teacher"],
+        text_matching=True,
+        text_matching_parts=["full"],
+    )
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_dask_runner_gives_the_default_runners_outputs(tmp_path, fake_openai):
+    from flows.pipeline import slim_pipeline
+    from flows.runners import with_task_runner
+
+    fake_openai.reset()
+    default = teacher_and_recommenders(tmp_path / "thread", fake_openai.url, "thread")
+    dask = teacher_and_recommenders(tmp_path / "dask", fake_openai.url, "dask")
+    flow = with_task_runner(slim_pipeline, str(dask))
+    assert type(flow.task_runner).__name__ == "DaskTaskRunner"
+    assert flow.task_runner.cluster_kwargs["n_workers"] == 2
+
+    state = flow(str(dask), return_state=True)
+    on_dask = state.result()
+    on_thread = with_task_runner(slim_pipeline, str(default))(str(default))
+    assert set(task_states(state)) <= {"Completed", "Cached"}
+
+    def answers(out):
+        rows = pq.read_table(out["teacher"].rationales).to_pylist()
+        return sorted((r["user_idx"], r["cutoff"], r["rationale"]) for r in rows)
+
+    def metrics(out):
+        rows = pq.read_table(out["recommenders"].metrics).to_pylist()
+        return sorted(
+            (
+                r["model"],
+                r["variant"],
+                r["split"],
+                r["protocol"],
+                round(r["ndcg@10"], 6),
+                r["ranks"],
+            )
+            for r in rows
+        )
+
+    assert answers(on_dask) == answers(on_thread) and len(answers(on_dask)) == 16
+    assert metrics(on_dask) == metrics(on_thread)
+    assert {("sasrec", "item_user_text+teacher")} <= {m[:2] for m in metrics(on_dask)}

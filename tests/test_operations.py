@@ -1,0 +1,213 @@
+"""Operations: `slim server` as a real process that flows report to, deployments registered on
+a real server, the work-pool `prefect.yaml`, and retention of old runs and stage folders."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from tests.test_flow_and_cli import REPO, demo_config
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+SLIM = str(Path(sys.executable).parent / "slim")
+
+
+@pytest.fixture(scope="module")
+def slim_server(tmp_path_factory):
+    """`slim server` as a real process on a free loopback port; yields (api url, environment)."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = free_port()
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    server = subprocess.Popen(
+        [SLIM, "server", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    api = f"http://127.0.0.1:{port}/api"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{api}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "the server did not start within 120 s"
+            assert server.poll() is None, "slim server exited"
+            time.sleep(1)
+        yield api, {**env, "PREFECT_API_URL": api}
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
+
+
+def run_cli(env: dict, *args: str) -> None:
+    run = subprocess.run([SLIM, *args], env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def flow_run_named(api: str, prefix: str) -> dict:
+    runs = httpx.post(f"{api}/flow_runs/filter", json={}, timeout=10).json()
+    (run,) = [r for r in runs if r["name"].startswith(prefix)]
+    return run
+
+
+def artifacts_of(api: str, flow_run_id: str) -> list[dict]:
+    return httpx.post(
+        f"{api}/artifacts/filter",
+        json={"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}},
+        timeout=10,
+    ).json()
+
+
+def test_slim_server_receives_a_flow_run_with_its_task_runs_and_artifacts(tmp_path, slim_server):
+    api, env = slim_server
+    run_cli(env, "prepare", "--config", str(demo_config(tmp_path)))
+    flow_run = flow_run_named(api, "prepare ")
+    assert flow_run["state"]["type"] == "COMPLETED"
+    task_runs = httpx.post(
+        f"{api}/task_runs/filter",
+        json={"flow_runs": {"id": {"any_": [flow_run["id"]]}}},
+        timeout=10,
+    ).json()
+    assert [t["state"]["type"] for t in task_runs] == ["COMPLETED"]
+    artifacts = artifacts_of(api, flow_run["id"])
+    assert [a["key"] for a in artifacts] == ["data-summary"]
+    assert "| users |" in artifacts[0]["data"]
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+BROWSER_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+
+def browse(url: str, *extra: str, cwd: Path) -> str:
+    """The DOM of `url` after the UI's scripts ran (or a screenshot, with --screenshot=...)."""
+    run = subprocess.run(
+        [
+            CHROMIUM,
+            *BROWSER_FLAGS,
+            "--virtual-time-budget=20000",
+            "--window-size=1400,1000",
+            *extra,
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=cwd,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    return run.stdout
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium not installed (apt-get install chromium)")
+def test_ui_shows_the_run_and_its_results_artifact(tmp_path, slim_server):
+    api, env = slim_server
+    quick = {"variants": ["id"], "models": ["gru4rec"], "seeds": [1], "max_epochs": 2}
+    run_cli(env, "train", "--config", str(demo_config(tmp_path, recommender=quick)))
+    flow_run = flow_run_named(api, "train ")
+    (results,) = [a for a in artifacts_of(api, flow_run["id"]) if a["key"] == "recommender-results"]
+    ui = api.removesuffix("/api")
+
+    page = browse(f"{ui}/runs/flow-run/{flow_run['id']}", "--dump-dom", cwd=tmp_path)
+    assert flow_run["name"] in page
+    artifact_url = f"{ui}/artifacts/artifact/{results['id']}"
+    page = browse(artifact_url, "--dump-dom", cwd=tmp_path)
+    assert "Recommenders: test split" in page and "gru4rec" in page
+    browse(artifact_url, f"--screenshot={tmp_path / 'artifact.png'}", cwd=tmp_path)
+    shot = (tmp_path / "artifact.png").read_bytes()
+    assert shot[:4] == b"\x89PNG" and len(shot) > 10_000
+    if os.environ.get("UPDATE_DOCS_SCREENSHOTS"):
+        (REPO / "docs" / "ui-results-artifact.png").write_bytes(shot)
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_deployments_register_with_schedule_and_parameters(tmp_path):
+    from prefect.client.orchestration import get_client
+
+    from flows.deployments import deployments
+
+    path = demo_config(tmp_path, "ops.yaml")
+    with get_client(sync_client=True) as client:
+        for deployment in deployments(path, "15 4 * * *"):
+            deployment.apply()
+        pipeline = client.read_deployment_by_name("slim-pipeline/pipeline-ops")
+        regenerate = client.read_deployment_by_name("slim-regenerate/regenerate-ops")
+        retry = client.read_deployment_by_name("slim-teacher-retry-failed/retry-failed-ops")
+    assert pipeline.parameters == {"config_path": str(path.resolve())}
+    assert [s.schedule.cron for s in regenerate.schedules] == ["15 4 * * *"]
+    assert retry.schedules == [] and pipeline.schedules == []
+
+
+def test_prefect_yaml_names_real_flows_and_parameters():
+    import importlib
+    import inspect
+
+    spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    names = set()
+    for deployment in spec["deployments"]:
+        module_path, function = deployment["entrypoint"].split(":")
+        module = importlib.import_module(module_path.removesuffix(".py").replace("/", "."))
+        flow = getattr(module, function)
+        assert set(deployment["parameters"]) <= set(inspect.signature(flow.fn).parameters)
+        assert (REPO / deployment["parameters"]["config_path"]).is_file()
+        names.add(deployment["name"])
+    assert names == {"pipeline", "regenerate", "retry-failed"}
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_prune_old_runs_artifacts_and_stage_folders(tmp_path):
+    from prefect.client.orchestration import get_client
+    from typer.testing import CliRunner
+
+    from flows.pipeline import prepare_flow
+    from slim_cli.app import app
+    from storage import RunFolder
+
+    first = demo_config(tmp_path, "a.yaml")
+    old = prepare_flow(str(first), return_state=True)
+    changed = demo_config(tmp_path, "a.yaml", k_core_items=2)  # a new data folder is current
+    prepare_flow(str(changed), return_state=True)
+    run = RunFolder(tmp_path / "run")
+    folders = sorted((run.root / "data").iterdir())
+    assert len(folders) == 2
+    current = run.read_manifest()["stages"]["data"]
+    paid = run.root / "teacher" / "cache" / "answers" / "batch.parquet"
+    paid.parent.mkdir(parents=True)
+    paid.write_bytes(b"paid for")
+    old_time = (datetime.now(UTC) - timedelta(days=40)).timestamp()
+    for folder in folders:
+        os.utime(folder / "manifest.json", (old_time, old_time))
+
+    dry = CliRunner().invoke(
+        app, ["prune", "-c", str(changed), "--older-than-days", "0", "--dry-run"]
+    )
+    assert dry.exit_code == 0, dry.output
+    assert "would delete" in dry.output and len(list((run.root / "data").iterdir())) == 2
+
+    done = CliRunner().invoke(app, ["prune", "-c", str(changed), "--older-than-days", "0"])
+    assert done.exit_code == 0, done.output
+    assert [p.name for p in (run.root / "data").iterdir()] == [current]
+    assert paid.read_bytes() == b"paid for"
+    with get_client(sync_client=True) as client:
+        from prefect.exceptions import ObjectNotFound
+
+        with pytest.raises(ObjectNotFound):
+            client.read_flow_run(old.state_details.flow_run_id)

@@ -1,0 +1,197 @@
+"""Rationale vectors: as-of lookup (no later rationale is ever read), parts, encoding stage,
+train-cutoff prompts, and the report's SLIM-gain and history-length tables."""
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from slim_core.rec.data import SequenceData, UserVectorIndex
+from slim_core.teacher.stage import history_prompts
+
+
+def sequences(lengths: list[int]) -> SequenceData:
+    return SequenceData(
+        n_items=50,
+        user_idx=np.arange(1, len(lengths) + 1),
+        sequences=[np.arange(1, n + 1) + 10 * u for u, n in enumerate(lengths)],
+    )
+
+
+def test_lookup_reads_the_latest_rationale_at_or_before_each_cutoff():
+    data = sequences([8, 6])
+    vectors = {(1, 3): np.full(2, 3.0), (1, 5): np.full(2, 5.0)}  # user_idx 1 = row 0
+    index = UserVectorIndex(data, vectors, dim=2)
+    cutoffs = np.array([[1, 2, 3, 4, 5, 7]])
+    rows = index.lookup(np.array([0]), cutoffs)
+    assert index.matrix[rows][0, :, 0].tolist() == [0, 0, 3, 3, 5, 5]
+    assert index.lookup(np.array([1]), np.array([[3, 5]])).tolist() == [[0, 0]]  # none: zeros
+    assert index.users == 1
+
+
+def test_train_cutoff_prompts_hold_only_earlier_items():
+    data = sequences([6, 3])
+    items = {i: {"item_id": f"i{i}", "title": f"Item {i}"} for i in range(1, 60)}
+    prompts = history_prompts(
+        data,
+        items,
+        [0, 1],
+        ["train", "valid", "test"],
+        version="student-v3",
+        max_items=20,
+        token_budget=None,
+    )
+    by_key = {(p.user_idx, split): p for split, p in prompts}
+    assert (2, "train") not in by_key  # a 3-item user has nothing before its last training item
+    train = by_key[(1, "train")]
+    assert train.cutoff == 3 and train.history_items == (1, 2, 3)
+    for _, prompt in prompts:
+        row = int(prompt.user_idx) - 1
+        target = int(data.sequences[row][prompt.cutoff])
+        assert f"Item {target}\n" not in prompt.text and target not in prompt.history_items
+
+
+def rationale_file(path: Path) -> Path:
+    rows = [
+        {
+            "user_idx": 1,
+            "cutoff": 5,
+            "rationale": "Step 1: a\nStep 2: b\nStep 3: c",
+            "step1": "likes glass",
+            "step2": "Lab brands",
+            "step3": "Flask 9",
+        },
+        {
+            "user_idx": 2,
+            "cutoff": 4,
+            "rationale": "just some words",
+            "step1": "",
+            "step2": "",
+            "step3": "",
+        },
+    ]
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+def test_part_texts(tmp_path):
+    from slim_core.rationale_vectors import part_texts
+
+    rows = pq.read_table(rationale_file(tmp_path / "r.parquet")).to_pylist()
+    assert part_texts(rows[0]) == {
+        "full": "Step 1: likes glass\nStep 2: Lab brands\nStep 3: Flask 9",
+        "step1": "likes glass",
+        "step2": "Lab brands",
+        "step3": "Flask 9",
+    }
+    assert part_texts(rows[1]) == {
+        "full": "just some words",
+        "step1": None,
+        "step2": None,
+        "step3": None,
+    }
+
+
+def test_encode_rationales_once_per_text_and_encoder(tmp_path):
+    from slim_core.encoding import TextEncoder
+    from slim_core.rationale_vectors import encode_rationales
+    from slim_core.vectors import read_user_vectors
+    from storage import RunFolder
+
+    source = rationale_file(tmp_path / "student_rationales.parquet")
+    encoder = TextEncoder()
+    first = encode_rationales("student", source, RunFolder(tmp_path / "run"), encoder)
+    full = read_user_vectors(first.path("full"))
+    step1 = read_user_vectors(first.path("step1"))
+    assert set(full.index) == {(1, 5), (2, 4)} and set(step1.index) == {(1, 5)}  # NULL: left out
+    assert full.dim == encoder.dim and first.facts["encoded"]["step2"] == 1
+    stamp = first.path("full").stat().st_mtime_ns
+    again = encode_rationales("student", source, RunFolder(tmp_path / "run"), encoder)
+    assert again.key == first.key and again.path("full").stat().st_mtime_ns == stamp
+
+
+def test_missing_rationale_file_is_a_clear_error(tmp_path):
+    from slim_core.errors import DataError
+    from slim_core.rationale_vectors import read_rationales
+
+    with pytest.raises(DataError, match="rationale file not found"):
+        read_rationales(tmp_path / "nope.parquet")
+    pq.write_table(pa.table({"user_idx": [1]}), tmp_path / "bad.parquet")
+    with pytest.raises(DataError, match="columns missing: cutoff"):
+        read_rationales(tmp_path / "bad.parquet")
+
+
+def metric_rows(model: str, variant: str, ndcg: float, ranks: list[int]) -> list[dict]:
+    return [
+        {
+            "model": model,
+            "variant": variant,
+            "seed": 1,
+            "split": "test",
+            "protocol": protocol,
+            "ndcg@10": ndcg,
+            "hit@10": ndcg,
+            "hit@20": ndcg,
+            "mrr": ndcg,
+            "ranks": ranks,
+        }
+        for protocol in ("full", "sampled")
+    ]
+
+
+def test_report_tables_slim_gain_and_history_groups():
+    from slim_core.report import history_groups, improvement_table, sparsity_rows
+
+    data = sequences([3, 4, 5, 6, 7, 8, 9, 10, 11, 12])
+    rows = (
+        metric_rows("sasrec", "id", 0.10, [0] * 10)
+        + metric_rows("sasrec", "item_text", 0.20, [20] * 10)
+        + metric_rows("sasrec", "item_user_text+student", 0.25, [0] * 5 + [20] * 5)
+        + metric_rows("sasrec", "item_user_text+teacher", 0.15, [20] * 10)
+    )
+    table = improvement_table(rows)
+    assert (
+        "| sasrec | full | item_text | 20.00 | item_user_text+student | 25.00 | +25.0% |" in table
+    )
+    assert "item_user_text+teacher | 15.00 |" in table
+    groups = history_groups(data)
+    assert [len(g) for g in groups] == [2] * 5 and groups[0].tolist() == [0, 1]
+    labels, series = sparsity_rows(rows, data)
+    assert labels[0] == "2-3" and labels[-1] == "10-11"  # items before the test item
+    slim = dict(series)["sasrec item_user_text+student"]
+    assert slim[:3] == [1.0, 1.0, 0.5] and slim[3:] == [0.0, 0.0]
+
+
+def test_run_specs_one_run_per_source_and_no_text_matching_without_train_rationales():
+    from slim_core.config import config_from_dict
+    from slim_core.errors import ConfigError
+    from slim_core.rec.pipeline import run_specs
+
+    values = {
+        "data": {"source": {"format": "table", "interactions": "x.csv"}},
+        "recommender": {
+            "models": ["sasrec"],
+            "variants": ["id", "item_user_text"],
+            "rationales": ["student", "teacher"],
+            "text_matching": True,
+            "text_matching_parts": ["full", "step2"],
+            "seeds": [1],
+        },
+        "teacher": {"model": "m", "cutoffs": ["valid"]},
+        "student": {"base_model": "b", "cutoffs": ["train", "valid", "test"]},
+    }
+    config = config_from_dict(values)
+    specs = run_specs(config, ["student", "teacher", "student:step2"])
+    names = [s.name for s in specs]
+    assert names == [
+        "popularity-id-None",
+        "sasrec-id-1",
+        "sasrec-item_user_text-student-1",
+        "sasrec-item_user_text-teacher-1",
+        "text_matching-rationale-student-1",
+        "text_matching-rationale-student-step2-1",
+    ]  # teacher text matching needs teacher rationales at the train cutoff
+    with pytest.raises(ConfigError, match="need rationale vectors"):
+        run_specs(config, [])
