@@ -191,33 +191,41 @@ def _short(text: str, limit: int = 300) -> str:
     return text if len(text) <= limit else text[:limit] + " ..."
 
 
+def _steps_text(row: dict[str, Any]) -> str:
+    if row["step1"]:
+        return "<br>".join(f"{n}. {_short(row[f'step{n}'], 200)}" for n in (1, 2, 3))
+    return f"(no three steps) {_short(row['rationale'])}"
+
+
 def examples_markdown(teacher_file: Path | None, student_file: Path | None, count: int = 3) -> str:
-    """Teacher and student rationales side by side for users that have both (same cutoff)."""
-    if teacher_file is None or student_file is None:
-        return ""
-    if not (Path(teacher_file).is_file() and Path(student_file).is_file()):
-        return ""
+    """Teacher and student rationales side by side for users that have both (same cutoff); else
+    a few of each (the student may cover other users than the teacher's sample)."""
     columns = ["user_idx", "cutoff", "step1", "step2", "step3", "rationale"]
-    teacher = {
-        (r["user_idx"], r["cutoff"]): r
-        for r in pq.read_table(teacher_file, columns=columns).to_pylist()
-    }
-    student = {
-        (r["user_idx"], r["cutoff"]): r
-        for r in pq.read_table(student_file, columns=columns).to_pylist()
-    }
+
+    def read(path: Path | None) -> dict[tuple[int, int], dict[str, Any]]:
+        if path is None or not Path(path).is_file():
+            return {}
+        rows = pq.read_table(path, columns=columns).to_pylist()
+        return {(r["user_idx"], r["cutoff"]): r for r in rows}
+
+    teacher, student = read(teacher_file), read(student_file)
     shared = sorted(set(teacher) & set(student))[:count]
     out = []
-    for key in shared:
-        out.append(f"**User {key[0]}, history before position {key[1]}**\n")
-        for name, row in (("teacher", teacher[key]), ("student", student[key])):
-            if row["step1"]:
-                steps = "<br>".join(f"{n}. {_short(row[f'step{n}'], 200)}" for n in (1, 2, 3))
-            else:
-                steps = f"(no three steps) {_short(row['rationale'])}"
-            out.append(f"- {name}: {steps}")
-        out.append("")
-    return "\n".join(out)
+    if shared:
+        for key in shared:
+            out.append(f"**User {key[0]}, history before position {key[1]}**\n")
+            out += [
+                f"- {name}: {_steps_text(rows[key])}"
+                for name, rows in (("teacher", teacher), ("student", student))
+            ]
+            out.append("")
+        return "\n".join(out)
+    for name, rows in (("teacher", teacher), ("student", student)):
+        for key in sorted(rows)[:count]:
+            out.append(
+                f"- {name}, user {key[0]}, before position {key[1]}: {_steps_text(rows[key])}"
+            )
+    return "\n".join(out) + "\n" if out else ""
 
 
 def write_report(

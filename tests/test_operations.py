@@ -211,3 +211,37 @@ def test_prune_old_runs_artifacts_and_stage_folders(tmp_path):
 
         with pytest.raises(ObjectNotFound):
             client.read_flow_run(old.state_details.flow_run_id)
+
+
+def test_docker_files_lint_and_compose_is_consistent():
+    """Docker cannot run here: lint the Dockerfiles, check the compose file's structure and that
+    every path an image copies exists."""
+    hadolint = Path(sys.executable).parent / "hadolint"
+    dockerfiles = sorted((REPO / "docker").glob("*.Dockerfile"))
+    assert [p.name for p in dockerfiles] == ["cpu.Dockerfile", "gpu.Dockerfile"]
+    lint = subprocess.run(
+        [str(hadolint), "--no-color", *map(str, dockerfiles)], capture_output=True, text=True
+    )
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    for dockerfile in dockerfiles:
+        for line in dockerfile.read_text().splitlines():
+            if line.startswith("COPY "):
+                for source in line.split()[1:-1]:
+                    assert (REPO / source).exists(), f"{dockerfile.name}: {source}"
+
+    compose = yaml.safe_load((REPO / "docker" / "compose.yaml").read_text())
+    services = compose["services"]
+    assert {"postgres", "prefect-server", "worker-cpu", "vllm", "worker-gpu"} <= set(services)
+    for name, service in services.items():
+        for dependency in service.get("depends_on", {}):
+            assert dependency in services, f"{name} depends on unknown {dependency}"
+        build = service.get("build")
+        if build:
+            assert (REPO / "docker" / build["context"] / build["dockerfile"]).is_file()
+        for volume in service.get("volumes", []):
+            assert volume.split(":")[0] in compose["volumes"]
+    server_env = services["prefect-server"]["environment"]
+    assert server_env["PREFECT_API_DATABASE_CONNECTION_URL"].startswith("postgresql+asyncpg://")
+    assert (
+        services["worker-cpu"]["environment"]["PREFECT_API_URL"] == "http://prefect-server:4200/api"
+    )
