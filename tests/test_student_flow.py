@@ -46,6 +46,7 @@ def write_config(tmp_path: Path, fake_url: str, base: Path) -> Path:
             "heldout_fraction": 0.25,
             "shard_users": 4,
             "max_tokens": 8,
+            "cutoffs": ["valid", "test"],
         },
     }
     path = tmp_path / "student.yaml"
