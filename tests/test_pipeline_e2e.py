@@ -73,6 +73,24 @@ def write_config(tmp_path: Path, fake_url: str, base: Path) -> Path:
     return path
 
 
+def named_states(flow_state) -> dict[str, set[str]]:
+    """Task run state names by task kind ('train', 'prepare-data', ...) of one flow run."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(
+                id=FlowRunFilterId(any_=[flow_state.state_details.flow_run_id])
+            )
+        )
+    out: dict[str, set[str]] = {}
+    for run in runs:
+        kind = "train" if run.name.startswith("train ") else run.name.rsplit("-", 1)[0]
+        out.setdefault(kind, set()).add(run.state.name)
+    return out
+
+
 def test_whole_pipeline_then_cached_rerun(tmp_path, fake_openai, monkeypatch):
     from flows.pipeline import slim_pipeline
     from slim_core.config import load_config
@@ -160,3 +178,15 @@ def test_whole_pipeline_then_cached_rerun(tmp_path, fake_openai, monkeypatch):
     assert set(task_states(again)) <= {"Completed", "Cached"}
     results = rerun["report"].path.read_text().split("## Cost and latency")[0]
     assert results == text.split("## Cost and latency")[0]
+    states = named_states(again)
+    assert states["prepare-data"] == {"Cached"} and states["train"] == {"Cached"}
+
+    # A recommender setting changes: the recommenders train again, nothing before them does.
+    changed = yaml.safe_load(path.read_text())
+    changed["recommender"]["max_epochs"] = 1
+    path.write_text(yaml.safe_dump(changed))
+    third = slim_pipeline(str(path), return_state=True)
+    assert third.is_completed() and sum(fake_openai.calls.values()) == calls
+    states = named_states(third)
+    assert states["prepare-data"] == {"Cached"} and states["train"] == {"Completed"}
+    assert third.result()["recommenders"].folder != out["recommenders"].folder

@@ -133,3 +133,54 @@ def teacher_config_json(path: Path) -> str:
     from slim_core.teacher.stage import teacher_config as resolved
 
     return resolved(load_config(path)).model_dump_json()
+
+
+def test_killed_teacher_flow_then_retry_failed_empties_the_dead_letters(
+    tmp_path, fake, monkeypatch
+):
+    """`slim teacher run` in a real process, killed with SIGKILL mid-flow after a batch left two
+    dead letters; `retry-failed` replays exactly those, a rerun finishes the rest, and no prompt
+    is paid for twice beyond the batch in flight at the kill."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from flows.pipeline import retry_failed_flow, teacher_flow
+    from slim_core.config import load_config
+    from slim_core.data import prepare_data
+    from slim_core.teacher.stage import answer_cache, teacher_prompts
+
+    monkeypatch.setenv("SLIM_TEST_TEACHER_KEY", SECRET)
+    path = teacher_config(tmp_path, fake)
+    config = load_config(path)
+    prompts = teacher_prompts(config, prepare_data(config))
+    hopeless = [p.text for p in prompts[:2]]  # both in the first batch of 8
+    fake.reset({text: ["500"] * 50 for text in hopeless}, latency_s=1.0)
+    cache = answer_cache(config)
+    env = dict(os.environ)
+    env.pop("PREFECT_API_URL", None)  # the child runs its own temporary server
+    slim = str(Path(sys.executable).parent / "slim")
+    child = subprocess.Popen(
+        [slim, "teacher", "run", "-c", str(path)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 180
+    while len(cache.answered_keys()) < 6 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    answered = len(cache.answered_keys())
+    assert 6 <= answered < 18, "the kill should land after the first batch, mid-flow"
+    assert {row["key"] for row in cache.dead_letters()} and len(cache.dead_letters()) == 2
+
+    with fake.lock:  # the endpoint recovers; its memory of what it answered stays
+        fake.plan.clear()
+        fake.latency_s = 0.0
+    replay = retry_failed_flow(str(path))
+    assert replay["replayed"] == 2 and cache.dead_letters() == []
+    final = teacher_flow(str(path))["teacher"]
+    assert final.summary["answered"] == 20 and final.summary["dead_letters"] == 0
+    assert fake.after_answer <= 8  # at most the batch in flight at the kill was asked again
