@@ -48,9 +48,23 @@ from tasks.teacher import backend_for, teacher_batch_task, teacher_rationales_ta
 TRACED = {"on_completion": [record_flow_run], "on_failure": [record_flow_run]}
 
 
-def _load(config_path: str) -> SlimConfig:
-    """Validate the configuration and save it, resolved, beside the run's outputs."""
+def _load(
+    config_path: str,
+    teacher_users: int | None = None,
+    student_users: int | None = None,
+    budget_usd: float | None = None,
+) -> SlimConfig:
+    """Validate the configuration, apply the run's parameters (what deployments let users change
+    per run), and save it, resolved, beside the run's outputs."""
     config = load_config(config_path)
+    teacher = {"users": teacher_users, "budget_usd": budget_usd}
+    for section, values in (("teacher", teacher), ("student", {"users": student_users})):
+        values = {k: v for k, v in values.items() if v is not None}
+        current = getattr(config, section)
+        if values and current is None:
+            raise ConfigError(f"{', '.join(values)} given, but the configuration has no {section}")
+        if values:
+            setattr(config, section, type(current).model_validate(current.model_dump() | values))
     RunFolder(config.run.output_dir).save_config(config.to_yaml())
     return config
 
@@ -91,23 +105,29 @@ def _timed(timings: dict[str, float], stage: str, call: Callable[[], T]) -> T:
 
 
 @flow(name="slim-pipeline", flow_run_name="slim {config_path}", **TRACED)
-def slim_pipeline(config_path: str) -> dict[str, object]:
+def slim_pipeline(
+    config_path: str,
+    teacher_users: int | None = None,
+    student_users: int | None = None,
+    budget_usd: float | None = None,
+) -> dict[str, object]:
     """The whole pipeline for one configuration file, from raw interactions to the report.
 
     Without a teacher section it trains and evaluates the recommenders without rationales; a
-    student section needs the teacher's rationales to learn from.
+    student section needs the teacher's rationales to learn from. The optional parameters
+    override teacher.users, student.users and teacher.budget_usd for this run.
     """
-    config = _load(config_path)
+    config = _load(config_path, teacher_users, student_users, budget_usd)
     timings: dict[str, float] = {}
     out: dict[str, object] = {}
     data = _timed(timings, "data", lambda: run_prepare_data(config).result())
     wanted = set(config.recommender.rationales) if needs_user_text(config) else set()
-    vectors: list[RationaleVectors] = []
+    encodings: list[tuple[Task, tuple]] = []
     teacher = model = student = None
     if config.teacher is not None:
         teacher = _timed(timings, "teacher", lambda: _teacher(config, data))
         if "teacher" in wanted:
-            vectors.append(encode_rationales_task(config, "teacher", teacher.rationales))
+            encodings.append((encode_rationales_task, (config, "teacher", teacher.rationales)))
     if config.student is not None:
         if teacher is None:
             raise ConfigError("the student section needs a teacher section to learn from")
@@ -120,7 +140,8 @@ def slim_pipeline(config_path: str) -> dict[str, object]:
             timings, "student inference", lambda: _student_inference(config, data, model)
         )
         if "student" in wanted:
-            vectors.append(encode_rationales_task(config, "student", student.rationales))
+            encodings.append((encode_rationales_task, (config, "student", student.rationales)))
+    vectors = _each(config, encodings)  # one encoding task per source
     recommenders = _timed(
         timings, "encoding and recommenders", lambda: _recommenders(config, data, tuple(vectors))
     )
@@ -168,9 +189,11 @@ def _ask_in_batches(
 
 
 @flow(name="slim-teacher", flow_run_name="teacher {config_path}", **TRACED)
-def teacher_flow(config_path: str) -> dict[str, object]:
+def teacher_flow(
+    config_path: str, teacher_users: int | None = None, budget_usd: float | None = None
+) -> dict[str, object]:
     """Teacher rationales for the sampled users, batch by batch, cached per prompt."""
-    config = _load(config_path)
+    config = _load(config_path, teacher_users=teacher_users, budget_usd=budget_usd)
     data = run_prepare_data(config).result()
     prompts = teacher_prompts(config, data)
     report = _ask_in_batches(config, prompts)
@@ -178,9 +201,9 @@ def teacher_flow(config_path: str) -> dict[str, object]:
 
 
 @flow(name="slim-teacher-retry-failed", flow_run_name="retry failed {config_path}", **TRACED)
-def retry_failed_flow(config_path: str) -> dict[str, object]:
+def retry_failed_flow(config_path: str, budget_usd: float | None = None) -> dict[str, object]:
     """Replay exactly the prompts in the dead-letter table (failed, never answered)."""
-    config = _load(config_path)
+    config = _load(config_path, budget_usd=budget_usd)
     data = run_prepare_data(config).result()
     prompts = teacher_prompts(config, data)
     dead = {row["key"] for row in answer_cache(config).dead_letters()}
@@ -234,7 +257,7 @@ def student_flow(config_path: str) -> dict[str, object]:
 
 
 @flow(name="slim-regenerate", flow_run_name="regenerate {config_path}", **TRACED)
-def regenerate_flow(config_path: str) -> dict[str, object]:
+def regenerate_flow(config_path: str, student_users: int | None = None) -> dict[str, object]:
     """New interaction data -> rationales for the users whose prompts changed, nobody else.
 
     Reads the configuration's data again (a changed file makes a new data stage), reuses the
@@ -242,7 +265,7 @@ def regenerate_flow(config_path: str) -> dict[str, object]:
     an answer on disk. Deploy it on a schedule with
     `slim regenerate --config F --cron "0 3 * * *"`.
     """
-    config = _load(config_path)
+    config = _load(config_path, student_users=student_users)
     data = run_prepare_data(config).result()
     model = current_student(config)
     return {"data": data, "student": _student_inference(config, data, model)}

@@ -51,6 +51,7 @@ def write_run_manifest(
     seeds: dict[str, Any],
     data_key: str | None,
     state: str,
+    parameters: dict[str, Any] | None = None,
 ) -> Path:
     """Write this flow run's manifest; returns its path."""
     finished = datetime.now(UTC)
@@ -65,6 +66,7 @@ def write_run_manifest(
             "started": started.isoformat(timespec="seconds"),
             "finished": finished.isoformat(timespec="seconds"),
             "seconds": round((finished - started).total_seconds(), 3),
+            "parameters": parameters or {},
             "config_hash": canonical_hash(config),
             "data_fingerprint": data_key,
             "seeds": seeds,

@@ -8,6 +8,8 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 
+import yaml
+
 from slim_core.config import load_config
 from slim_core.errors import SlimError
 from storage import RunFolder, write_run_manifest
@@ -25,14 +27,19 @@ def record_flow_run(flow, flow_run, state) -> None:
     except SlimError:  # the run failed on its configuration: nothing to trace it to
         return
     run_folder = RunFolder(config.run.output_dir)
+    saved = run_folder.root / "config.yaml"  # as the run resolved it, with its parameters
+    resolved = (
+        yaml.safe_load(saved.read_text()) if saved.is_file() else config.model_dump(mode="json")
+    )
     written = write_run_manifest(
         run_folder,
         flow=flow.name,
         flow_run_id=str(flow_run.id),
         started=flow_run.start_time or datetime.now(UTC),
-        config=config.model_dump(mode="json"),
+        config=resolved,
         seeds={"run": config.run.seed, "recommender": config.recommender.seeds},
         data_key=run_folder.read_manifest().get("stages", {}).get("data"),
+        parameters={k: v for k, v in flow_run.parameters.items() if v is not None},
         state=state.name,
     )
     log.info("run manifest: %s", written)

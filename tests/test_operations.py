@@ -152,6 +152,11 @@ def test_deployments_register_with_schedule_and_parameters(tmp_path):
         regenerate = client.read_deployment_by_name("slim-regenerate/regenerate-ops")
         retry = client.read_deployment_by_name("slim-teacher-retry-failed/retry-failed-ops")
     assert pipeline.parameters == {"config_path": str(path.resolve())}
+    # What users change per run in the UI besides the file: users and budget.
+    assert {"config_path", "teacher_users", "student_users", "budget_usd"} <= set(
+        pipeline.parameter_openapi_schema["properties"]
+    )
+    assert "budget_usd" in retry.parameter_openapi_schema["properties"]
     assert [s.schedule.cron for s in regenerate.schedules] == ["15 4 * * *"]
     assert retry.schedules == [] and pipeline.schedules == []
 
@@ -245,3 +250,21 @@ def test_docker_files_lint_and_compose_is_consistent():
     assert (
         services["worker-cpu"]["environment"]["PREFECT_API_URL"] == "http://prefect-server:4200/api"
     )
+
+
+def test_run_parameters_override_the_configuration_and_are_saved(tmp_path):
+    from flows.pipeline import _load
+    from slim_core.config import load_config
+    from slim_core.errors import ConfigError
+
+    path = demo_config(tmp_path)  # no teacher or student sections
+    with pytest.raises(ConfigError, match="no teacher"):
+        _load(str(path), teacher_users=5)
+    values = yaml.safe_load(path.read_text())
+    values["teacher"] = {"model": "m", "users": 100}
+    values["student"] = {"base_model": "b"}
+    path.write_text(yaml.safe_dump(values))
+    config = _load(str(path), teacher_users=5, student_users=7, budget_usd=1.5)
+    assert (config.teacher.users, config.teacher.budget_usd, config.student.users) == (5, 1.5, 7)
+    saved = load_config(tmp_path / "run" / "config.yaml")
+    assert (saved.teacher.users, saved.student.users) == (5, 7)
