@@ -31,6 +31,7 @@ from slim_core.rec.pipeline import (
     train_run,
 )
 from storage import RunFolder
+from tasks.report import embed_images
 
 
 def _encode_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
@@ -114,7 +115,8 @@ def evaluate_recommenders_task(
     create_markdown_artifact(
         key="recommender-results",
         markdown=f"# Recommenders: test split, mean ± std over seeds\n\n{protocol_note(config)}\n\n"
-        f"{result.table}\n\nFolder: `{result.folder}`\n",
+        f"{result.table}\n\n{embed_images('![NDCG@10](ndcg.png)', result.folder)}\n\n"
+        f"Folder: `{result.folder}`\n",
         description="NDCG@10, Hit@10, Hit@20, MRR per model and variant, both protocols",
     )
     return result

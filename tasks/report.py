@@ -6,6 +6,10 @@ cached: a rerun's report always shows the run's current results.
 
 from __future__ import annotations
 
+import base64
+import re
+from pathlib import Path
+
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
@@ -17,6 +21,20 @@ from slim_core.report import Report, write_report
 from slim_core.student.inference import StudentInferenceResult
 from slim_core.student.stage import StudentModel, quality_markdown
 from slim_core.teacher.stage import TeacherStageResult
+
+
+def embed_images(markdown: str, folder: Path) -> str:
+    """Inline the PNGs a markdown file links (`![x](name.png)`) as data URIs: the Prefect UI
+    then shows the plots in the artifact itself, with no file server."""
+
+    def inline(match: re.Match[str]) -> str:
+        path = folder / match.group(2)
+        if not path.is_file():
+            return match.group(0)
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
+        return f"![{match.group(1)}](data:image/png;base64,{data})"
+
+    return re.sub(r"!\[([^\]]*)\]\(([^)\s]+\.png)\)", inline, markdown)
 
 
 @task(name="report", tags=["slim-report"])
@@ -45,7 +63,7 @@ def report_task(
     )
     create_markdown_artifact(
         key="slim-report",
-        markdown=report.markdown + f"\n\nFolder (with the plots): `{report.folder}`\n",
+        markdown=embed_images(report.markdown, report.folder) + f"\n\nFolder: `{report.folder}`\n",
         description="Every variant under both protocols, SLIM's gain, sparsity, cost, examples",
     )
     return report

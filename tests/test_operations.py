@@ -131,6 +131,7 @@ def test_ui_shows_the_run_and_its_results_artifact(tmp_path, slim_server):
     artifact_url = f"{ui}/artifacts/artifact/{results['id']}"
     page = browse(artifact_url, "--dump-dom", cwd=tmp_path)
     assert "Recommenders: test split" in page and "gru4rec" in page
+    assert '<img src="data:image/png;base64,' in page  # the NDCG@10 chart, in the artifact
     browse(artifact_url, f"--screenshot={tmp_path / 'artifact.png'}", cwd=tmp_path)
     shot = (tmp_path / "artifact.png").read_bytes()
     assert shot[:4] == b"\x89PNG" and len(shot) > 10_000
