@@ -1,5 +1,5 @@
-"""Scale-out: teacher batches and recommender runs on a real local Dask cluster (two worker
-processes) give the same outputs as the default runner."""
+"""Scale-out: teacher batches, student shards, rationale encodings and recommender runs on a
+real local Dask cluster (two worker processes) give the same outputs as the default runner."""
 
 import pyarrow.parquet as pq
 import pytest
@@ -7,20 +7,21 @@ import yaml
 
 from tests.test_flow_and_cli import task_states
 from tests.test_pipeline_e2e import write_config
+from tests.tiny_llm import build_tiny_llm
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
 
-def teacher_and_recommenders(tmp_path, fake_url, runner: str):
+def whole_pipeline(tmp_path, fake_url, base, runner: str):
     tmp_path.mkdir(parents=True)
-    path = write_config(tmp_path, fake_url, tmp_path / "no-student")
+    path = write_config(tmp_path, fake_url, base)
     config = yaml.safe_load(path.read_text())
-    del config["student"]
+    config["student"]["shard_users"] = 4  # four shards: work for both workers
     config["run"]["task_runner"] = runner
     config["teacher"]["batch_size"] = 4  # four batches: work for both workers
     config["recommender"].update(
         variants=["id", "item_text", "item_user_text"],
-        rationales=["teacher"],
+        rationales=["student", "teacher"],
         text_matching=True,
         text_matching_parts=["full"],
     )
@@ -33,8 +34,9 @@ def test_dask_runner_gives_the_default_runners_outputs(tmp_path, fake_openai):
     from flows.runners import with_task_runner
 
     fake_openai.reset()
-    default = teacher_and_recommenders(tmp_path / "thread", fake_openai.url, "thread")
-    dask = teacher_and_recommenders(tmp_path / "dask", fake_openai.url, "dask")
+    base = build_tiny_llm(tmp_path / "base")
+    default = whole_pipeline(tmp_path / "thread", fake_openai.url, base, "thread")
+    dask = whole_pipeline(tmp_path / "dask", fake_openai.url, base, "dask")
     flow = with_task_runner(slim_pipeline, str(dask))
     assert type(flow.task_runner).__name__ == "DaskTaskRunner"
     assert flow.task_runner.cluster_kwargs["n_workers"] == 2
@@ -44,8 +46,8 @@ def test_dask_runner_gives_the_default_runners_outputs(tmp_path, fake_openai):
     on_thread = with_task_runner(slim_pipeline, str(default))(str(default))
     assert set(task_states(state)) <= {"Completed", "Cached"}
 
-    def answers(out):
-        rows = pq.read_table(out["teacher"].rationales).to_pylist()
+    def answers(out, stage="teacher"):
+        rows = pq.read_table(out[stage].rationales).to_pylist()
         return sorted((r["user_idx"], r["cutoff"], r["rationale"]) for r in rows)
 
     def metrics(out):
@@ -63,5 +65,8 @@ def test_dask_runner_gives_the_default_runners_outputs(tmp_path, fake_openai):
         )
 
     assert answers(on_dask) == answers(on_thread) and len(answers(on_dask)) == 16
+    assert answers(on_dask, "student") == answers(on_thread, "student")
+    summary = on_dask["student"].summary
+    assert summary["rationales"] + summary["failed"] == 16 * 3
     assert metrics(on_dask) == metrics(on_thread)
     assert {("sasrec", "item_user_text+teacher")} <= {m[:2] for m in metrics(on_dask)}
