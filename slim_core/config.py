@@ -340,6 +340,12 @@ class StudentConfig(_Strict):
     repetition_penalty: float = Field(1.0, ge=1.0, description="> 1 discourages loops.")
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="vLLM GPU memory share.")
     max_model_len: int = Field(2048, ge=64, description="vLLM context length.")
+    tensor_parallel_size: int = Field(
+        1,
+        ge=1,
+        description="vLLM: GPUs one student is split across (for a model larger than one GPU). "
+        "For throughput, run one shard per GPU instead (docs/operations.md).",
+    )
 
 
 class SlimConfig(BaseSettings):

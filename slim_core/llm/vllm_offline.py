@@ -26,6 +26,7 @@ class VLLMBackend:
     gpu_memory_utilization: float = 0.85
     max_model_len: int = 2048
     dtype: str = "auto"
+    tensor_parallel_size: int = 1  # GPUs one model is split across (models larger than a GPU)
     _llm: Any = field(default=None, init=False, repr=False)
     _lora: Any = field(default=None, init=False, repr=False)
 
@@ -53,6 +54,7 @@ class VLLMBackend:
             gpu_memory_utilization=self.gpu_memory_utilization,
             max_model_len=self.max_model_len,
             dtype=self.dtype,
+            tensor_parallel_size=self.tensor_parallel_size,
         )
         if self.adapter:
             self._lora = LoRARequest("student", 1, str(self.adapter))

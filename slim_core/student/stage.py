@@ -203,6 +203,7 @@ def make_student_backend(cfg: StudentConfig, model: StudentModel) -> LLMBackend:
             adapter=str(model.adapter),
             gpu_memory_utilization=cfg.gpu_memory_utilization,
             max_model_len=cfg.max_model_len,
+            tensor_parallel_size=cfg.tensor_parallel_size,
         )
     return TransformersBackend(
         str(model.merged), batch_size=cfg.inference_batch_size, label=f"student-{model.folder.name}"
