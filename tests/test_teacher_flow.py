@@ -166,11 +166,12 @@ def test_killed_teacher_flow_then_retry_failed_empties_the_dead_letters(
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        start_new_session=True,  # so that the kill also takes its temporary Prefect server
     )
     deadline = time.monotonic() + 180
     while len(cache.answered_keys()) < 6 and time.monotonic() < deadline:
         time.sleep(0.05)
-    child.send_signal(signal.SIGKILL)
+    os.killpg(child.pid, signal.SIGKILL)
     child.wait()
     answered = len(cache.answered_keys())
     assert 6 <= answered < 18, "the kill should land after the first batch, mid-flow"
