@@ -162,29 +162,32 @@ class UserVectorIndex:
         position = {int(u): row for row, u in enumerate(data.user_idx)}
         self.matrix = np.zeros((len(keys) + 1, dim), dtype=np.float32)
         self.rows: dict[tuple[int, int], int] = {}
-        per_user: dict[int, list[tuple[int, int]]] = {}
         for n, ((user, cutoff), vector) in enumerate(sorted(keys.items()), start=1):
             if user in position:
                 self.matrix[n] = vector
                 self.rows[(position[user], cutoff)] = n
-                per_user.setdefault(position[user], []).append((cutoff, n))
-        self._cutoffs = {u: np.array([c for c, _ in v]) for u, v in per_user.items()}
-        self._row_of = {u: np.array([n for _, n in v]) for u, v in per_user.items()}
+        # (user row, cutoff) as one sortable int64 key, so that a lookup is one searchsorted.
+        ordered = sorted(self.rows.items())
+        self._key_users = np.array([u for (u, _), _ in ordered], dtype=np.int64)
+        self._keys = self._key_users * _KEY_STRIDE + np.array(
+            [c for (_, c), _ in ordered], dtype=np.int64
+        )
+        self._key_rows = np.array([n for _, n in ordered], dtype=np.int64)
 
     @property
     def users(self) -> int:
         """How many users have at least one vector."""
-        return len(self._cutoffs)
+        return len(np.unique(self._key_users))
 
     def lookup(self, users: np.ndarray, cutoffs: np.ndarray) -> np.ndarray:
         """Row of the latest vector at or before each (user row, cutoff); 0 where none."""
-        users = np.broadcast_to(users, cutoffs.shape)
-        out = np.zeros(cutoffs.shape, dtype=np.int64)
-        for u in np.unique(users):
-            have = self._cutoffs.get(int(u))
-            if have is None:
-                continue
-            mask = users == u
-            pos = np.searchsorted(have, cutoffs[mask], side="right") - 1
-            out[mask] = np.where(pos >= 0, self._row_of[int(u)][np.maximum(pos, 0)], 0)
-        return out
+        if not len(self._keys):
+            return np.zeros(cutoffs.shape, dtype=np.int64)
+        users = np.broadcast_to(users, cutoffs.shape).astype(np.int64)
+        pos = np.searchsorted(self._keys, users * _KEY_STRIDE + cutoffs, side="right") - 1
+        found = np.maximum(pos, 0)
+        same_user = (pos >= 0) & (self._key_users[found] == users)
+        return np.where(same_user, self._key_rows[found], 0)
+
+
+_KEY_STRIDE = 1 << 32  # above any cutoff; a cutoff of -1 (no target) sorts before the user's keys
