@@ -2,8 +2,8 @@
 teacher prompts. `slim serve -c CONFIG` serves all three from one process; `prefect.yaml`
 declares the same three for a work pool and its workers.
 
-Parameters users change per run (in the UI or `prefect deployment run`): `config_path`; other
-settings (users, budget, ...) are configuration fields, overridable per deployment through
+Parameters users change per run (in the UI or `prefect deployment run`): `config_path`, and the
+flows' optional `teacher_users`, `student_users`, `budget_usd`; any other setting through
 `SLIM_*` environment variables in the work pool's job variables.
 """
 
@@ -24,25 +24,33 @@ def deployments(
     """The three deployments for one configuration file (names carry the file's stem)."""
     config_path = str(Path(config_path).resolve())
     stem = Path(config_path).stem
-    parameters = {"config_path": config_path}
+    flows = [
+        (
+            slim_pipeline,
+            "pipeline",
+            None,
+            "The whole pipeline, data to report; cached stages are reused.",
+        ),
+        (
+            regenerate_flow,
+            "regenerate",
+            regenerate_cron,
+            "Rationales only for users whose history changed (scheduled).",
+        ),
+        (
+            retry_failed_flow,
+            "retry-failed",
+            None,
+            "Replay exactly the teacher prompts in the dead-letter table.",
+        ),
+    ]
     return [
-        slim_pipeline.to_deployment(
-            name=f"pipeline-{stem}",
-            parameters=parameters,
-            description="The whole pipeline, data to report; cached stages are reused.",
+        flow.to_deployment(
+            name=f"{name}-{stem}",
+            parameters={"config_path": config_path},
+            cron=cron,
+            description=description,
             tags=["slim"],
-        ),
-        regenerate_flow.to_deployment(
-            name=f"regenerate-{stem}",
-            parameters=parameters,
-            cron=regenerate_cron,
-            description="Rationales only for users whose history changed (scheduled).",
-            tags=["slim"],
-        ),
-        retry_failed_flow.to_deployment(
-            name=f"retry-failed-{stem}",
-            parameters=parameters,
-            description="Replay exactly the teacher prompts in the dead-letter table.",
-            tags=["slim"],
-        ),
+        )
+        for flow, name, cron, description in flows
     ]

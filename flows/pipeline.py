@@ -119,7 +119,6 @@ def slim_pipeline(
     """
     config = _load(config_path, teacher_users, student_users, budget_usd)
     timings: dict[str, float] = {}
-    out: dict[str, object] = {}
     data = _timed(timings, "data", lambda: run_prepare_data(config).result())
     wanted = set(config.recommender.rationales) if needs_user_text(config) else set()
     encodings: list[tuple[Task, tuple]] = []
@@ -145,17 +144,15 @@ def slim_pipeline(
     recommenders = _timed(
         timings, "encoding and recommenders", lambda: _recommenders(config, data, tuple(vectors))
     )
-    report = report_task(config, data, recommenders, teacher, model, student, timings)
-    out.update(
-        data=data,
-        teacher=teacher,
-        student_model=model,
-        student=student,
-        rationale_vectors=vectors,
-        recommenders=recommenders,
-        report=report,
-    )
-    return out
+    return {
+        "data": data,
+        "teacher": teacher,
+        "student_model": model,
+        "student": student,
+        "rationale_vectors": vectors,
+        "recommenders": recommenders,
+        "report": report_task(config, data, recommenders, teacher, model, student, timings),
+    }
 
 
 def _each(config: SlimConfig, calls: list[tuple[Task, tuple]]) -> list:

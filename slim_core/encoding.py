@@ -23,6 +23,8 @@ from storage import canonical_hash
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
+    from slim_core.config import EncoderConfig
+
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
 BUNDLED_NAMES = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
 
@@ -87,6 +89,11 @@ class TextEncoder:
         self.normalize = normalize
         self._model: SentenceTransformer | None = None
         self._model_id: str | None = None
+
+    @classmethod
+    def from_config(cls, cfg: EncoderConfig) -> TextEncoder:
+        """The encoder the configuration's `encoder` section names."""
+        return cls(cfg.model, device=cfg.device, batch_size=cfg.batch_size)
 
     @property
     def model(self) -> SentenceTransformer:

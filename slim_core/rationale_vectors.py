@@ -59,8 +59,10 @@ def part_texts(row: dict[str, Any]) -> dict[str, str | None]:
     return {"full": full or None} | {f"step{n}": text or None for n, text in enumerate(steps, 1)}
 
 
-def rationale_vectors_key(rows: list[dict[str, Any]], encoder: TextEncoder) -> str:
-    content = [(r["user_idx"], r["cutoff"], part_texts(r)) for r in rows]
+def rationale_vectors_key(
+    rows: list[dict[str, Any]], texts: list[dict[str, str | None]], encoder: TextEncoder
+) -> str:
+    content = [(r["user_idx"], r["cutoff"], t) for r, t in zip(rows, texts, strict=True)]
     return canonical_hash({"version": STAGE_VERSION, "rows": content, "model": encoder.model_id})
 
 
@@ -69,7 +71,8 @@ def encode_rationales(
 ) -> RationaleVectors:
     """Encode every part once per (rationale text, encoder): a rerun reuses the folder."""
     rows = read_rationales(rationales)
-    key = rationale_vectors_key(rows, encoder)
+    texts = [part_texts(r) for r in rows]
+    key = rationale_vectors_key(rows, texts, encoder)
     folder = run_folder.stage(f"rationale-vectors-{source}", key)
     if not folder.is_complete():
         started = time.perf_counter()
@@ -77,7 +80,6 @@ def encode_rationales(
             "user_idx": np.array([r["user_idx"] for r in rows], dtype=np.int64),
             "cutoff": np.array([r["cutoff"] for r in rows], dtype=np.int64),
         }
-        texts = [part_texts(r) for r in rows]
         counts = {}
         for part in PARTS:
             present = [n for n, t in enumerate(texts) if t[part]]

@@ -52,9 +52,7 @@ def encode_items_task(config: SlimConfig, data: DataStageResult) -> EncodeResult
 )
 def encode_rationales_task(config: SlimConfig, source: str, rationales: Path) -> RationaleVectors:
     """Rationale text -> vectors per (user, cutoff), full and per step (reused while unchanged)."""
-    encoder = TextEncoder(
-        config.encoder.model, device=config.encoder.device, batch_size=config.encoder.batch_size
-    )
+    encoder = TextEncoder.from_config(config.encoder)
     return encode_rationales(source, rationales, RunFolder(config.run.output_dir), encoder)
 
 

@@ -36,12 +36,17 @@ def items_file(folder: Path) -> Path:
     return path
 
 
-def prepare(folder: Path, extra: dict[int, int] | None = None):
+def data_section(folder: Path, extra: dict[int, int] | None = None) -> dict:
+    """The `data` configuration of the small fixture, its files written into `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
     log = folder / "log.csv"
     log.write_text(interaction_log(extra))
     source = {"format": "table", "interactions": str(log), "items": str(items_file(folder))}
-    return run_stage(folder / "out", source, k_core_users=1, k_core_items=1)
+    return {"source": source, "k_core_users": 1, "k_core_items": 1}
+
+
+def prepare(folder: Path, extra: dict[int, int] | None = None):
+    return run_stage(folder / "out", **data_section(folder, extra))
 
 
 def teacher_file(folder: Path, data, users: int = USERS) -> Path:

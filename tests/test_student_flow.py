@@ -10,26 +10,16 @@ from typer.testing import CliRunner
 
 from tests.helpers import flow_run_artifact
 from tests.test_flow_and_cli import task_states
-from tests.test_student import USERS, interaction_log, items_file
+from tests.test_student import USERS, data_section, interaction_log
 from tests.tiny_llm import build_tiny_llm
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
 
 def write_config(tmp_path: Path, fake_url: str, base: Path) -> Path:
-    log = tmp_path / "log.csv"
-    log.write_text(interaction_log())
     config = {
         "run": {"name": "student-test", "output_dir": str(tmp_path / "run")},
-        "data": {
-            "source": {
-                "format": "table",
-                "interactions": str(log),
-                "items": str(items_file(tmp_path)),
-            },
-            "k_core_users": 1,
-            "k_core_items": 1,
-        },
+        "data": data_section(tmp_path),
         "teacher": {
             "backend": "openai",
             "model": "teacher-test",

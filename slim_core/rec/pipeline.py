@@ -26,6 +26,8 @@ from slim_core.rec.stage import (
     popularity_rows,
     train_sequential,
     train_text_matching,
+    uses_item_vectors,
+    uses_user_vectors,
     write_metrics,
 )
 from storage import (
@@ -89,18 +91,15 @@ def user_sources(
 
 
 def needs_item_text(config: SlimConfig) -> bool:
-    rec = config.recommender
-    return rec.text_matching or any(VARIANTS[v][0] for v in rec.variants)
+    return uses_item_vectors(config.recommender)
 
 
 def needs_user_text(config: SlimConfig) -> bool:
-    rec = config.recommender
-    return rec.text_matching or any(VARIANTS[v][1] for v in rec.variants)
+    return uses_user_vectors(config.recommender)
 
 
 def _encoder(config: SlimConfig) -> TextEncoder:
-    enc = config.encoder
-    return TextEncoder(enc.model, device=enc.device, batch_size=enc.batch_size)
+    return TextEncoder.from_config(config.encoder)
 
 
 def encode_stage_key(config: SlimConfig, data: DataStageResult) -> str:
@@ -138,8 +137,7 @@ def run_specs(config: SlimConfig, sources: Sequence[str] = ()) -> list[RunSpec]:
     rationale source), and text matching per source and rationale part."""
     rec = config.recommender
     full = [s for s in sources if ":" not in s]
-    wants_users = rec.text_matching or any(VARIANTS[v][1] for v in rec.variants)
-    if wants_users and not full:
+    if uses_user_vectors(rec) and not full:
         raise ConfigError(
             "the user_text variants and text matching need rationale vectors: configure the "
             "teacher and student sections (and recommender.rationales), or set "

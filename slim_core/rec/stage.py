@@ -92,6 +92,14 @@ def load_negatives(data: SequenceData, cfg: EvalConfig, path: Path) -> dict[str,
 FILE_SOURCE = "file"
 
 
+def uses_item_vectors(cfg: RecommenderConfig) -> bool:
+    return cfg.text_matching or any(VARIANTS[v][0] for v in cfg.variants)
+
+
+def uses_user_vectors(cfg: RecommenderConfig) -> bool:
+    return cfg.text_matching or any(VARIANTS[v][1] for v in cfg.variants)
+
+
 def load_inputs(
     cfg: RecommenderConfig,
     ev: EvalConfig,
@@ -109,14 +117,12 @@ def load_inputs(
     data = load_sequence_data(data_folder)
     item_text = None
     sources = {FILE_SOURCE: user_vectors} if isinstance(user_vectors, Path) else user_vectors or {}
-    needs_items = cfg.text_matching or any(VARIANTS[v][0] for v in cfg.variants)
-    needs_users = cfg.text_matching or any(VARIANTS[v][1] for v in cfg.variants)
-    if needs_items:
+    if uses_item_vectors(cfg):
         if item_vectors is None:
             raise ConfigError("the item_text variants and text matching need item text vectors")
         matrix, _ = read_item_vectors(item_vectors, data.n_items, require_all=True)
         item_text = torch.as_tensor(matrix)
-    if needs_users and not sources:
+    if uses_user_vectors(cfg) and not sources:
         raise ConfigError(
             "the user_text variants and text matching need rationale vectors: run the whole "
             "pipeline (teacher and student sections), or set recommender.user_vectors to a "

@@ -128,7 +128,7 @@ def finetune_student(
     if not quality_file.is_file():
         result = finetune(pairs, cfg, base, folder, gguf_file=gguf_file, seed=config.run.seed)
         heldout = [p for p in pairs if p.heldout]
-        encoder = TextEncoder(config.encoder.model, device=config.encoder.device)
+        encoder = TextEncoder.from_config(config.encoder)
         params = decoding(cfg)
         before, _ = student_quality(
             TransformersBackend(str(base), gguf_file, batch_size=cfg.inference_batch_size),
