@@ -5,8 +5,10 @@ speed is bounded by latency and the concurrency we keep in flight, so the HTTP b
 turn concurrency into throughput with little overhead; a local model must use batching to be
 worth running at all.
 
-(a) HTTP: a real OpenAI-compatible server on loopback (the test suite's fault-injecting server,
-    faults off) answers every request after a fixed 200 ms. For concurrency 1..64 the whole
+(a) HTTP: a real OpenAI-compatible server on loopback answers every request after a fixed
+    200 ms: by default the lean asyncio server in `benchmarks/openai_loopback.py`, or with
+    `--server threaded` the test suite's fault-injecting server (faults off), which costs about
+    as much CPU per request as the client it serves. For concurrency 1..64 the whole
     teacher path runs (`ask_teacher`: cache lookup, backend, parsing, one cache file per batch
     of 4 x concurrency prompts) on `rounds` x concurrency distinct prompts. Target: throughput
     >= 90% of concurrency / latency.
@@ -54,14 +56,24 @@ while True:
 
 
 def http_benchmark(
-    concurrencies: list[int], latency_s: float, rounds: int, batch_rounds: int
+    concurrencies: list[int], latency_s: float, rounds: int, batch_rounds: int, server_kind: str
 ) -> list[dict]:
     from slim_core.llm.openai_http import OpenAICompatibleBackend
 
     # The server runs in its own process: in this one it would share the GIL with the client
     # and measure Python's HTTP server instead of the teacher client.
+    command = (
+        [sys.executable, "-c", SERVER.format(latency=latency_s)]
+        if server_kind == "threaded"
+        else [
+            sys.executable,
+            str(ROOT / "benchmarks" / "openai_loopback.py"),
+            "--latency",
+            str(latency_s),
+        ]
+    )
     server = subprocess.Popen(
-        [sys.executable, "-c", SERVER.format(latency=latency_s)],
+        command,
         stdout=subprocess.PIPE,
         text=True,
         cwd=ROOT,
@@ -174,6 +186,12 @@ def main() -> None:
     parser.add_argument(
         "--batch-rounds", type=int, default=4, help="batch size = batch-rounds x concurrency"
     )
+    parser.add_argument(
+        "--server",
+        choices=["lean", "threaded"],
+        default="lean",
+        help="loopback server: lean asyncio (default) or the tests' threaded fault injector",
+    )
     parser.add_argument("--skip-local", action="store_true")
     parser.add_argument("--local-model", default="qwen2.5-coder-0.5b-instruct")
     parser.add_argument("--local-prompts", type=int, default=8)
@@ -181,8 +199,13 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    print(f"(a) HTTP backend, {args.latency * 1000:.0f} ms per request on loopback")
-    http = http_benchmark(args.concurrency, args.latency, args.rounds, args.batch_rounds)
+    print(
+        f"(a) HTTP backend, {args.latency * 1000:.0f} ms per request on loopback "
+        f"({args.server} server)"
+    )
+    http = http_benchmark(
+        args.concurrency, args.latency, args.rounds, args.batch_rounds, args.server
+    )
     verdicts = []
     worst = min(http, key=lambda r: r["efficiency"])
     verdicts.append(
@@ -219,6 +242,7 @@ def main() -> None:
             "platform": platform.platform(),
         },
         "latency_s": args.latency,
+        "server": args.server,
         "http": http,
         "local": local,
         "verdicts": verdicts,

@@ -31,6 +31,9 @@ class FakeOpenAI:
         self.answered: set[str] = set()
         self.after_answer = 0
         self.authorizations: list[str] = []
+        self.connections: set[tuple[str, int]] = set()  # client (host, port): one per connection
+        self.in_flight = 0
+        self.peak_in_flight = 0
         self.lock = threading.Lock()
         # socketserver's default listen backlog is 5: a burst of 64 new connections would
         # overflow it and stall clients for a SYN retry (1 s), which no real server does.
@@ -58,6 +61,8 @@ class FakeOpenAI:
             self.answered.clear()
             self.after_answer = 0
             self.authorizations.clear()
+            self.connections.clear()
+            self.peak_in_flight = 0
             self.latency_s = latency_s
 
     def _next(self, prompt: str) -> str:
@@ -102,10 +107,15 @@ class FakeOpenAI:
                 request = json.loads(self.rfile.read(length))
                 with fake.lock:
                     fake.authorizations.append(self.headers.get("Authorization", ""))
+                    fake.connections.add(self.client_address)
+                    fake.in_flight += 1
+                    fake.peak_in_flight = max(fake.peak_in_flight, fake.in_flight)
                 prompt = request["messages"][-1]["content"]
                 action = fake._next(prompt)
                 if fake.latency_s:
                     time.sleep(fake.latency_s)
+                with fake.lock:
+                    fake.in_flight -= 1
                 if action == "429":
                     return self._reply(429, b'{"error": "rate limited"}', {"Retry-After": "0.05"})
                 if action == "400":

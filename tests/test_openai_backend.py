@@ -38,6 +38,18 @@ def test_answers_every_prompt_in_order(server):
     assert set(server.authorizations) == {f"Bearer {SECRET}"}
 
 
+def test_high_concurrency_keeps_its_connections_and_its_limit(server):
+    """Concurrency 40 runs in three connection pools (14 + 13 + 13 requests): connections are
+    kept alive and reused, and no more than 40 requests are ever in flight."""
+    server.reset(latency_s=0.05)
+    prompts = [f"prompt {n}" for n in range(160)]
+    results = backend(server, max_concurrency=40).generate(prompts, Decoding(max_tokens=64))
+    assert all(isinstance(r, Generation) for r in results)
+    assert all(server.calls[p] == 1 for p in prompts)
+    assert 16 < server.peak_in_flight <= 40  # more than one pool's share ran at once
+    assert len(server.connections) <= 40  # connections reused, not reopened per request
+
+
 @pytest.mark.parametrize("fault", ["429", "500", "slow", "drop", "malformed"])
 def test_transient_faults_are_retried_until_answered(server, fault):
     server.reset({"p0": [fault, fault], "p1": [fault]})

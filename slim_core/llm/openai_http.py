@@ -9,9 +9,12 @@ at call time (or handed over by the caller, e.g. from a Prefect Secret block) an
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import os
 import random
+import ssl
 import time
 from dataclasses import dataclass, field
 
@@ -22,6 +25,7 @@ from slim_core.llm.base import Decoding, Generation, GenerationFailure
 
 log = logging.getLogger("slim_core.llm")
 
+CONNECTIONS_PER_POOL = 16
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
 
@@ -62,14 +66,36 @@ class OpenAICompatibleBackend:
     async def agenerate(
         self, prompts: list[str], decoding: Decoding
     ) -> list[Generation | GenerationFailure]:
-        limit = asyncio.Semaphore(self.max_concurrency)
         headers = self._headers()
-        async with httpx.AsyncClient(
-            base_url=self.base_url.rstrip("/"),
-            headers=headers,
-            timeout=httpx.Timeout(self.timeout_s),
-        ) as client:
-            return await asyncio.gather(*(self._one(client, limit, p, decoding) for p in prompts))
+        ssl_context = _ssl_context()
+        # httpx's connection pool does work per request that grows with its number of open
+        # connections: one pool of 64 kept-alive connections spent more CPU than the requests
+        # themselves (28% of the ideal throughput). Pools of at most 16 connections each, with
+        # their own share of the concurrency, keep that cost flat.
+        groups = -(-self.max_concurrency // CONNECTIONS_PER_POOL)
+        shares = [len(range(n, self.max_concurrency, groups)) for n in range(groups)]
+        async with contextlib.AsyncExitStack() as stack:
+            pools = [
+                (
+                    await stack.enter_async_context(
+                        httpx.AsyncClient(
+                            base_url=self.base_url.rstrip("/"),
+                            headers=headers,
+                            timeout=httpx.Timeout(self.timeout_s),
+                            verify=ssl_context,
+                            # every concurrent request keeps its connection between requests
+                            limits=httpx.Limits(
+                                max_connections=share, max_keepalive_connections=share
+                            ),
+                        )
+                    ),
+                    asyncio.Semaphore(share),
+                )
+                for share in shares
+            ]
+            return await asyncio.gather(
+                *(self._one(*pools[n % groups], p, decoding) for n, p in enumerate(prompts))
+            )
 
     async def _one(
         self, client: httpx.AsyncClient, limit: asyncio.Semaphore, prompt: str, decoding: Decoding
@@ -115,6 +141,13 @@ class OpenAICompatibleBackend:
                 log.info("retrying in %.2f s after: %s", delay, error)
                 await asyncio.sleep(delay)
         return GenerationFailure(error, self.max_retries + 1)
+
+
+@functools.cache
+def _ssl_context() -> ssl.SSLContext:
+    """One verifying TLS context for every client: httpx builds a new one per client otherwise,
+    loading the CA bundle each time (~20 ms, before the first request of every batch)."""
+    return httpx.create_ssl_context()
 
 
 def _retry_after(response: httpx.Response) -> float | None:
