@@ -32,7 +32,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--teacher-users", type=int, default=64)
     parser.add_argument("--heldout", type=float, default=0.25)
-    parser.add_argument("--epochs", type=float, default=3.0)
+    parser.add_argument("--epochs", type=float, help="override student.epochs of the config")
     parser.add_argument("--output-dir", default="runs/distillation-bench")
     args = parser.parse_args()
 
@@ -41,10 +41,11 @@ def main() -> None:
         "SLIM_RUN__OUTPUT_DIR": args.output_dir,
         "SLIM_TEACHER__USERS": str(args.teacher_users),
         "SLIM_STUDENT__HELDOUT_FRACTION": str(args.heldout),
-        "SLIM_STUDENT__EPOCHS": str(args.epochs),
         "SLIM_STUDENT__USERS": "1",  # quality is measured on held-out pairs; skip bulk inference
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     }
+    if args.epochs is not None:
+        env["SLIM_STUDENT__EPOCHS"] = str(args.epochs)
     slim = str(Path(sys.executable).parent / "slim")
     started = time.perf_counter()
     run = subprocess.run(

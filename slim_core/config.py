@@ -277,6 +277,11 @@ class TeacherConfig(_Strict):
         "max_concurrency, so that the batch keeps every request slot busy.",
     )
     max_concurrency: int = Field(8, ge=1, description="Requests in flight at once (HTTP).")
+    dtype: Literal["float32", "bfloat16"] = Field(
+        "float32",
+        description="Weights of a local model (transformers): bfloat16 is faster on CPUs with "
+        "AVX512-BF16 / AMX and on GPUs.",
+    )
     timeout_s: float = Field(60.0, gt=0, description="Per-request timeout (HTTP).")
     max_retries: int = Field(4, ge=0, description="Retries on 429 / 5xx / timeouts (HTTP).")
     malformed_retries: int = Field(
@@ -318,6 +323,13 @@ class StudentConfig(_Strict):
     heldout_fraction: float = Field(
         0.1, ge=0, lt=1, description="Share of teacher pairs (by user) held out for evaluation."
     )
+    step_words: int | None = Field(
+        None,
+        ge=1,
+        description="Cut each teacher step to its first N words for the student to learn, so a "
+        "small student writes all three steps within max_tokens and then stops (None: whole "
+        "steps). Quality is measured against the same cut rationales.",
+    )
     min_pairs: int = Field(8, ge=1, description="Fewest teacher pairs worth training on.")
     save_steps: int = Field(20, ge=1, description="Checkpoint every N steps (resume after a kill).")
     # Inference for every user.
@@ -335,6 +347,11 @@ class StudentConfig(_Strict):
     users: int | None = Field(None, ge=1, description="Only the first N users (None: all).")
     shard_users: int = Field(64, ge=1, description="Users per shard (one Parquet file each).")
     inference_batch_size: int = Field(8, ge=1, description="Prompts per generate() call.")
+    dtype: Literal["float32", "bfloat16"] = Field(
+        "float32",
+        description="Weights for inference and quality scoring with transformers (fine-tuning "
+        "is float32): bfloat16 is faster on CPUs with AVX512-BF16 / AMX and on GPUs.",
+    )
     max_tokens: int = Field(192, ge=1, description="Longest rationale.")
     temperature: float = Field(0.0, ge=0, description="Sampling temperature (0: greedy).")
     repetition_penalty: float = Field(1.0, ge=1.0, description="> 1 discourages loops.")

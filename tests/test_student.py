@@ -113,6 +113,23 @@ def test_pairs_use_the_student_prompt_and_hold_out_whole_users(tmp_path, tiny):
     assert [p.heldout for p in again] == [p.heldout for p in pairs]  # stable split
 
 
+def test_step_words_cut_each_teacher_step_and_the_parser_reads_the_cut_answer(tmp_path, tiny):
+    from slim_core.prompts import parse_rationale
+    from slim_core.student.pairs import distillation_pairs, first_words, rationale_text
+
+    assert first_words("  one two,\nthree four five ", 3) == "one two,\nthree"
+    assert first_words("one two", 5) == "one two"
+    assert first_words("one, two, three", 2) == "one, two"  # no dangling comma
+    long_step = " ".join(f"w{n}" for n in range(50))
+    text = rationale_text(long_step, "brief", long_step, step_words=10)
+    steps = parse_rationale(text)
+    assert steps is not None
+    assert [len(s.split()) for s in steps] == [10, 1, 10]
+    data = prepare(tmp_path)
+    cut = distillation_pairs(student_cfg(tiny, step_words=2), data, teacher_file(tmp_path, data))
+    assert all(p.completion.startswith("Step 1: likes lab\nStep 2:") for p in cut)
+
+
 def test_missing_or_too_few_rationales_are_clear(tmp_path, tiny):
     from slim_core.student.pairs import distillation_pairs
 
@@ -201,6 +218,36 @@ def test_quality_scores():
     assert scores["three_steps"] == pytest.approx(1 / 3)
     assert scores["rouge_l"] == pytest.approx((1 + rouge_l("no steps here", teacher)) / 3)
     assert 0.33 < scores["cosine"] < 0.67  # one perfect, one partial, the empty one scores 0
+
+
+def test_new_scoring_settings_rescore_the_student_without_training_it_again(
+    tmp_path, tiny, monkeypatch
+):
+    from slim_core.config import config_from_dict
+    from slim_core.data import prepare_data
+    from slim_core.student import stage
+
+    values = {
+        "run": {"output_dir": str(tmp_path / "run")},
+        "data": data_section(tmp_path),
+        "student": student_cfg(tiny, max_steps=2).model_dump(mode="json"),
+    }
+    config = config_from_dict(values)
+    data = prepare_data(config)
+    teacher = teacher_file(tmp_path, data)
+    first = stage.finetune_student(config, data, teacher)
+    assert first.quality["scored_with"]["dtype"] == "float32"
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the student was fine-tuned again")
+
+    monkeypatch.setattr(stage, "finetune", no_training)
+    assert stage.finetune_student(config, data, teacher).quality == first.quality
+    values["student"]["dtype"] = "bfloat16"
+    rescored = stage.finetune_student(config_from_dict(values), data, teacher)
+    assert rescored.folder == first.folder  # same adapter, scored again in bfloat16
+    assert rescored.quality["scored_with"]["dtype"] == "bfloat16"
+    assert set(rescored.quality["after"]) == {"pairs", "three_steps", "rouge_l", "cosine"}
 
 
 def test_inference_is_sharded_resumable_and_regenerates_only_changed_users(tmp_path, tiny):

@@ -48,3 +48,15 @@ def test_repetition_penalty_is_applied_and_keys_stay_stable(tiny_model):
     a = [r.text for r in backend.generate(prompts, plain)]
     b = [r.text for r in backend.generate(prompts, penalised)]
     assert all(b) and a != b  # the penalty reaches generate()
+
+
+def test_bfloat16_weights_generate_and_get_their_own_model_id(tiny_model):
+    import torch
+
+    fp32 = TransformersBackend(str(tiny_model))
+    bf16 = TransformersBackend(str(tiny_model), batch_size=2, dtype="bfloat16")
+    assert fp32.model_id.count(":") == 2  # float32 ids keep their old form (cached answers)
+    assert bf16.model_id == fp32.model_id + ":bfloat16"  # answers differ: not the same cache key
+    results = bf16.generate(["Step 1: the customer", "Step 3: a"], Decoding(max_tokens=8))
+    assert all(isinstance(r, Generation) and r.tokens_out > 0 for r in results)
+    assert next(bf16._model.parameters()).dtype == torch.bfloat16

@@ -26,6 +26,9 @@ class TransformersBackend:
     device: str = "cpu"
     batch_size: int = 8
     label: str | None = None  # the name in model ids (default: the folder's name)
+    # bfloat16 reads prompts ~1.8x and decodes ~1.3x faster than float32 on CPUs with AVX512-BF16
+    # or AMX (and on GPUs); answers differ slightly, so the dtype is part of the model id.
+    dtype: str = "float32"
     _model: Any = field(default=None, init=False, repr=False)
     _tokenizer: Any = field(default=None, init=False, repr=False)
 
@@ -39,7 +42,8 @@ class TransformersBackend:
             else []
         )
         name = self.label or folder.name
-        return f"transformers:{name}:{canonical_hash([files, self.gguf_file], 12)}"
+        dtype = "" if self.dtype == "float32" else f":{self.dtype}"  # float32 ids stay as they were
+        return f"transformers:{name}:{canonical_hash([files, self.gguf_file], 12)}{dtype}"
 
     def load(self) -> None:
         if self._model is not None:
@@ -52,7 +56,9 @@ class TransformersBackend:
         tokenizer.padding_side = "left"  # generation continues from the right edge
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
-        model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch.float32, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(
+            self.model_path, dtype=getattr(torch, self.dtype), **kwargs
+        )
         quantizer = getattr(model, "hf_quantizer", None)
         if quantizer is not None:  # GGUF weights arrive dequantised; drop the leftover config
             quantizer.remove_quantization_config(model)

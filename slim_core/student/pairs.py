@@ -9,6 +9,7 @@ student before and after fine-tuning.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -22,6 +23,8 @@ from slim_core.rec.data import load_sequence_data
 from slim_core.teacher.stage import item_table
 from storage import canonical_hash
 
+WORD = re.compile(r"\S+")
+
 
 @dataclass(frozen=True)
 class Pair:
@@ -32,9 +35,19 @@ class Pair:
     heldout: bool
 
 
-def rationale_text(step1: str, step2: str, step3: str) -> str:
+def first_words(text: str, limit: int | None) -> str:
+    """The text up to and including its `limit`-th word, line breaks kept (None: all of it)."""
+    text = text.strip()
+    if limit is None:
+        return text
+    words = list(WORD.finditer(text))
+    return text if len(words) <= limit else text[: words[limit - 1].end()].rstrip(",;:")
+
+
+def rationale_text(step1: str, step2: str, step3: str, step_words: int | None = None) -> str:
     """The one answer format the student learns (and its parser reads back)."""
-    return f"Step 1: {step1.strip()}\nStep 2: {step2.strip()}\nStep 3: {step3.strip()}"
+    step1, step2, step3 = (first_words(s, step_words) for s in (step1, step2, step3))
+    return f"Step 1: {step1}\nStep 2: {step2}\nStep 3: {step3}"
 
 
 def is_heldout(user_idx: int, fraction: float) -> bool:
@@ -87,7 +100,7 @@ def distillation_pairs(
                 user_idx,
                 cutoff,
                 prompt.text,
-                rationale_text(step1, step2, step3),
+                rationale_text(step1, step2, step3, cfg.step_words),
                 is_heldout(user_idx, cfg.heldout_fraction),
             )
         )

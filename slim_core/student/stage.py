@@ -125,19 +125,30 @@ def finetune_student(
     )
     folder = student_folder(config) / "sft" / key
     quality_file = folder / "quality.json"
-    if not quality_file.is_file():
-        result = finetune(pairs, cfg, base, folder, gguf_file=gguf_file, seed=config.run.seed)
+    params = decoding(cfg)
+    # Scoring settings are not part of the key: changing them rescores, it does not retrain.
+    scoring = {"dtype": cfg.dtype, **params.as_dict()}
+    stale = (
+        not quality_file.is_file()
+        or json.loads(quality_file.read_text(encoding="utf-8")).get("scored_with") != scoring
+    )
+    if stale:
+        if not (folder / "training.json").is_file():  # written last by a finished fine-tuning
+            finetune(pairs, cfg, base, folder, gguf_file=gguf_file, seed=config.run.seed)
         heldout = [p for p in pairs if p.heldout]
         encoder = TextEncoder.from_config(config.encoder)
-        params = decoding(cfg)
         before, _ = student_quality(
-            TransformersBackend(str(base), gguf_file, batch_size=cfg.inference_batch_size),
+            TransformersBackend(
+                str(base), gguf_file, batch_size=cfg.inference_batch_size, dtype=cfg.dtype
+            ),
             heldout,
             params,
             encoder,
         )
         after, answers = student_quality(
-            TransformersBackend(str(result.merged), batch_size=cfg.inference_batch_size),
+            TransformersBackend(
+                str(folder / "merged"), batch_size=cfg.inference_batch_size, dtype=cfg.dtype
+            ),
             heldout,
             params,
             encoder,
@@ -150,6 +161,7 @@ def finetune_student(
             {
                 "before": before,
                 "after": after,
+                "scored_with": scoring,
                 "examples": [
                     {"prompt": p.prompt, "teacher": p.completion, "student": a}
                     for p, a in list(zip(heldout, answers, strict=True))[:5]
@@ -206,7 +218,10 @@ def make_student_backend(cfg: StudentConfig, model: StudentModel) -> LLMBackend:
             tensor_parallel_size=cfg.tensor_parallel_size,
         )
     return TransformersBackend(
-        str(model.merged), batch_size=cfg.inference_batch_size, label=f"student-{model.folder.name}"
+        str(model.merged),
+        batch_size=cfg.inference_batch_size,
+        label=f"student-{model.folder.name}",
+        dtype=cfg.dtype,
     )
 
 

