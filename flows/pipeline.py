@@ -35,8 +35,8 @@ from storage import RunFolder
 from tasks.data import run_prepare_data
 from tasks.manifest import record_flow_run
 from tasks.recommend import (
-    encode_items_task,
     encode_rationales_task,
+    encoding_task,
     evaluate_recommenders_task,
     training_task,
 )
@@ -78,7 +78,7 @@ def prepare_flow(config_path: str) -> DataStageResult:
 def _recommenders(
     config: SlimConfig, data: DataStageResult, rationales: tuple[RationaleVectors, ...] = ()
 ) -> RecommenderResult:
-    encoded = encode_items_task(config, data) if needs_item_text(config) else None
+    encoded = encoding_task(config, data)(config, data) if needs_item_text(config) else None
     specs = run_specs(config, list(user_sources(config, rationales)))
     arguments = [(config, data, encoded, spec, rationales) for spec in specs]
     runs = _each(config, [(training_task(*args), args) for args in arguments])

@@ -45,6 +45,12 @@ def encode_items_task(config: SlimConfig, data: DataStageResult) -> EncodeResult
     return encode_stage(config, data)
 
 
+def encoding_task(config: SlimConfig, data: DataStageResult):
+    """The item encoding task, told to bypass a cache entry whose stage folder is gone."""
+    folder = RunFolder(config.run.output_dir).stage("encode", encode_stage_key(config, data))
+    return encode_items_task.with_options(refresh_cache=not folder.is_complete())
+
+
 @task(
     name="encode-rationales",
     task_run_name="encode {source} rationales",

@@ -1,5 +1,6 @@
 """The data stage through Prefect (a real temporary server) and through the `slim` CLI."""
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -126,6 +127,11 @@ def test_cli_reports_errors_without_traceback(tmp_path):
     assert "gone.csv" in outcome.output and "file not found" in outcome.output
 
 
+def scores(rows: list[dict]) -> list[dict]:
+    """The rows without their timings."""
+    return [{k: v for k, v in r.items() if "seconds" not in k} for r in rows]
+
+
 def test_train_flow_trains_evaluates_and_caches(tmp_path):
     from flows.pipeline import train_flow
 
@@ -153,6 +159,12 @@ def test_train_flow_trains_evaluates_and_caches(tmp_path):
     third = train_flow(str(path), return_state=True)
     assert task_states(third).count("Cached") == 4
     assert (result.folder / "checkpoints" / "sasrec-id-1.pt").is_file()
+
+    # The whole output folder deleted: every stage is computed again, none trusts its cache.
+    shutil.rmtree(tmp_path / "run")
+    fourth = train_flow(str(path), return_state=True)
+    assert "Cached" not in task_states(fourth)
+    assert scores(fourth.result()["recommenders"].rows) == scores(result.rows)  # same seeds
 
 
 def test_cli_train_and_evaluate(tmp_path):
