@@ -128,11 +128,8 @@ def finetune_student(
     params = decoding(cfg)
     # Scoring settings are not part of the key: changing them rescores, it does not retrain.
     scoring = {"dtype": cfg.dtype, **params.as_dict()}
-    stale = (
-        not quality_file.is_file()
-        or json.loads(quality_file.read_text(encoding="utf-8")).get("scored_with") != scoring
-    )
-    if stale:
+    quality = json.loads(quality_file.read_text(encoding="utf-8")) if quality_file.is_file() else {}
+    if quality.get("scored_with") != scoring:
         if not (folder / "training.json").is_file():  # written last by a finished fine-tuning
             finetune(pairs, cfg, base, folder, gguf_file=gguf_file, seed=config.run.seed)
         heldout = [p for p in pairs if p.heldout]
@@ -156,19 +153,16 @@ def finetune_student(
         log.info(
             "student quality on %d held-out pairs: before %s, after %s", len(heldout), before, after
         )
-        write_json_atomic(
-            quality_file,
-            {
-                "before": before,
-                "after": after,
-                "scored_with": scoring,
-                "examples": [
-                    {"prompt": p.prompt, "teacher": p.completion, "student": a}
-                    for p, a in list(zip(heldout, answers, strict=True))[:5]
-                ],
-            },
-        )
-    quality = json.loads(quality_file.read_text(encoding="utf-8"))
+        quality = {
+            "before": before,
+            "after": after,
+            "scored_with": scoring,
+            "examples": [
+                {"prompt": p.prompt, "teacher": p.completion, "student": a}
+                for p, a in list(zip(heldout, answers, strict=True))[:5]
+            ],
+        }
+        write_json_atomic(quality_file, quality)
     model = StudentModel(folder, folder / "merged", folder / "adapter", base, quality)
     write_json_atomic(
         student_folder(config) / "current.json", {"folder": str(folder), "base": str(base)}
