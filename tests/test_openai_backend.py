@@ -50,6 +50,36 @@ def test_high_concurrency_keeps_its_connections_and_its_limit(server):
     assert len(server.connections) <= 40  # connections reused, not reopened per request
 
 
+def test_connections_outlive_a_batch_and_close_ends_them(server):
+    """Batches reuse the connections of the batches before them (a new event loop per batch
+    reopened them all), also when called from inside a running event loop; `close` ends them
+    and a later batch opens new ones. A pickled copy starts afresh."""
+    import asyncio
+    import pickle
+
+    server.reset(latency_s=0.02)
+    teacher = backend(server, max_concurrency=6)
+    for batch in range(3):
+        results = teacher.generate([f"b{batch} p{n}" for n in range(12)], Decoding())
+        assert all(isinstance(r, Generation) for r in results)
+
+    async def inside_a_loop():
+        return teacher.generate(["from a loop"], Decoding())
+
+    assert isinstance(asyncio.run(inside_a_loop())[0], Generation)
+    assert len(server.connections) <= 6
+    copy = pickle.loads(pickle.dumps(teacher))
+    assert isinstance(copy.generate(["copied"], Decoding())[0], Generation)
+    copy.close()
+    loop_thread = teacher._runner.thread
+    teacher.close()
+    assert not loop_thread.is_alive()
+    before = set(server.connections)
+    assert isinstance(teacher.generate(["after close"], Decoding())[0], Generation)
+    assert set(server.connections) - before  # a new connection
+    teacher.close()
+
+
 @pytest.mark.parametrize("fault", ["429", "500", "slow", "drop", "malformed"])
 def test_transient_faults_are_retried_until_answered(server, fault):
     server.reset({"p0": [fault, fault], "p1": [fault]})

@@ -9,14 +9,17 @@ at call time (or handed over by the caller, e.g. from a Prefect Secret block) an
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import os
 import random
 import ssl
+import threading
 import time
+import weakref
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 
@@ -58,44 +61,76 @@ class OpenAICompatibleBackend:
             )
         return {"Authorization": f"Bearer {key}"}
 
+    # Runtime state, not a setting: an event loop in a daemon thread with its connection pools,
+    # kept from one batch to the next (see `generate`).
+    _runner: _LoopRunner | None = field(default=None, init=False, repr=False, compare=False)
+    _lock: threading.Lock = field(
+        default_factory=threading.Lock, init=False, repr=False, compare=False
+    )
+
     def generate(
         self, prompts: list[str], decoding: Decoding
     ) -> list[Generation | GenerationFailure]:
-        return asyncio.run(self.agenerate(prompts, decoding))
+        """Answer one batch. The event loop and its kept-alive connections outlive the batch:
+        a new loop per batch opened `max_concurrency` new connections every time. Callers in
+        several threads share one bounded concurrency; a caller inside a running event loop
+        works too (the requests run on the backend's own loop)."""
+        with self._lock:
+            if self._runner is None:
+                self._runner = _LoopRunner()
+                # stops the thread and closes the connections once the backend is collected
+                weakref.finalize(self, self._runner.shutdown)
+            runner = self._runner
+        return runner.run(self._agenerate(runner, prompts, decoding))
 
-    async def agenerate(
-        self, prompts: list[str], decoding: Decoding
+    def close(self) -> None:
+        """Close the connections and stop the loop thread (a later `generate` starts anew)."""
+        with self._lock:
+            runner, self._runner = self._runner, None
+        if runner is not None:
+            runner.shutdown()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A pickled copy (e.g. sent to a Dask worker) starts without loop, connections or lock.
+        state = dict(self.__dict__)
+        state.update(_runner=None, _lock=None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, _lock=threading.Lock())
+
+    async def _agenerate(
+        self, runner: _LoopRunner, prompts: list[str], decoding: Decoding
     ) -> list[Generation | GenerationFailure]:
+        if runner.pools is None:
+            runner.pools = self._connection_pools()
+        pools = runner.pools
+        return await asyncio.gather(
+            *(self._one(*pools[n % len(pools)], p, decoding) for n, p in enumerate(prompts))
+        )
+
+    def _connection_pools(self) -> list[tuple[httpx.AsyncClient, asyncio.Semaphore]]:
         headers = self._headers()
-        ssl_context = _ssl_context()
         # httpx's connection pool does work per request that grows with its number of open
         # connections: one pool of 64 kept-alive connections spent more CPU than the requests
-        # themselves (28% of the ideal throughput). Pools of at most 16 connections each, with
-        # their own share of the concurrency, keep that cost flat.
+        # themselves (28% of the ideal throughput). Pools of at most 16 connections, each with
+        # its own share of the concurrency, keep that cost flat.
         groups = -(-self.max_concurrency // CONNECTIONS_PER_POOL)
         shares = [len(range(n, self.max_concurrency, groups)) for n in range(groups)]
-        async with contextlib.AsyncExitStack() as stack:
-            pools = [
-                (
-                    await stack.enter_async_context(
-                        httpx.AsyncClient(
-                            base_url=self.base_url.rstrip("/"),
-                            headers=headers,
-                            timeout=httpx.Timeout(self.timeout_s),
-                            verify=ssl_context,
-                            # every concurrent request keeps its connection between requests
-                            limits=httpx.Limits(
-                                max_connections=share, max_keepalive_connections=share
-                            ),
-                        )
-                    ),
-                    asyncio.Semaphore(share),
-                )
-                for share in shares
-            ]
-            return await asyncio.gather(
-                *(self._one(*pools[n % groups], p, decoding) for n, p in enumerate(prompts))
+        return [
+            (
+                httpx.AsyncClient(
+                    base_url=self.base_url.rstrip("/"),
+                    headers=headers,
+                    timeout=httpx.Timeout(self.timeout_s),
+                    verify=_ssl_context(),
+                    # every concurrent request keeps its connection between requests
+                    limits=httpx.Limits(max_connections=share, max_keepalive_connections=share),
+                ),
+                asyncio.Semaphore(share),
             )
+            for share in shares
+        ]
 
     async def _one(
         self, client: httpx.AsyncClient, limit: asyncio.Semaphore, prompt: str, decoding: Decoding
@@ -141,6 +176,37 @@ class OpenAICompatibleBackend:
                 log.info("retrying in %.2f s after: %s", delay, error)
                 await asyncio.sleep(delay)
         return GenerationFailure(error, self.max_retries + 1)
+
+
+class _LoopRunner:
+    """An asyncio event loop in a daemon thread, and the connection pools that live on it."""
+
+    def __init__(self) -> None:
+        self.pools: list[tuple[httpx.AsyncClient, asyncio.Semaphore]] | None = None
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(
+            target=self.loop.run_forever, name="slim-openai-http", daemon=True
+        )
+        self.thread.start()
+
+    def run(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
+
+    def shutdown(self) -> None:
+        if self.loop.is_closed():
+            return
+        if threading.current_thread() is self.thread:  # collected on its own loop: cannot wait
+            self.loop.call_soon(self.loop.stop)
+            return
+        self.run(self._close_pools())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join()
+        self.loop.close()
+
+    async def _close_pools(self) -> None:
+        pools, self.pools = self.pools, None
+        for client, _ in pools or []:
+            await client.aclose()
 
 
 @functools.cache
