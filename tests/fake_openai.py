@@ -10,6 +10,7 @@ prompt it already answered.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -97,7 +98,9 @@ class FakeOpenAI:
                 for name, value in (headers or {}).items():
                     self.send_header(name, value)
                 self.end_headers()
-                self.wfile.write(body)
+                # the client may have given up first (a "slow" reply past its timeout)
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    self.wfile.write(body)
 
             def do_POST(self):  # noqa: N802 (http.server's naming)
                 length = int(self.headers.get("Content-Length", 0))

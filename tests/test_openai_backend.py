@@ -39,7 +39,7 @@ def test_answers_every_prompt_in_order(server):
 
 
 def test_high_concurrency_keeps_its_connections_and_its_limit(server):
-    """Concurrency 40 runs in three connection pools (14 + 13 + 13 requests): connections are
+    """Concurrency 40 runs on 40 one-connection clients: connections are
     kept alive and reused, and no more than 40 requests are ever in flight."""
     server.reset(latency_s=0.05)
     prompts = [f"prompt {n}" for n in range(160)]
