@@ -46,7 +46,7 @@ def test_high_concurrency_keeps_its_connections_and_its_limit(server):
     results = backend(server, max_concurrency=40).generate(prompts, Decoding(max_tokens=64))
     assert all(isinstance(r, Generation) for r in results)
     assert all(server.calls[p] == 1 for p in prompts)
-    assert 16 < server.peak_in_flight <= 40  # more than one pool's share ran at once
+    assert 16 < server.peak_in_flight <= 40  # many clients at once, never more than the bound
     assert len(server.connections) <= 40  # connections reused, not reopened per request
 
 

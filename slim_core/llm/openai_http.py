@@ -102,13 +102,14 @@ class OpenAICompatibleBackend:
         self, runner: _LoopRunner, prompts: list[str], decoding: Decoding
     ) -> list[Generation | GenerationFailure]:
         if runner.idle is None:
-            runner.clients = [self._client() for _ in range(self.max_concurrency)]
+            headers = self._headers()
+            runner.clients = [self._client(headers) for _ in range(self.max_concurrency)]
             runner.idle = asyncio.Queue()
             for client in runner.clients:
                 runner.idle.put_nowait(client)
         return await asyncio.gather(*(self._one(runner.idle, p, decoding) for p in prompts))
 
-    def _client(self) -> httpx.AsyncClient:
+    def _client(self, headers: dict[str, str]) -> httpx.AsyncClient:
         """A client that keeps one connection. httpx's connection pool scans all its connections
         on every request and every reply, in Python: with 64 connections in one pool the scans
         cost more CPU than the requests (28% of the ideal throughput at concurrency 64; 16 per
@@ -116,7 +117,7 @@ class OpenAICompatibleBackend:
         and the queue of idle clients is the concurrency bound."""
         return httpx.AsyncClient(
             base_url=self.base_url.rstrip("/"),
-            headers=self._headers(),
+            headers=headers,
             timeout=httpx.Timeout(self.timeout_s),
             verify=_ssl_context(),
             limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
