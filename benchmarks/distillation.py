@@ -8,8 +8,10 @@ answers are cached in the output folder, so a rerun pays only for new prompts) a
 held-out share, through the real CLI (`slim student run`), with inference limited to one user.
 
     python benchmarks/distillation.py --teacher-users 64 --heldout 0.25
+    python benchmarks/distillation.py --config configs/ml-100k.yaml --output-dir runs/distill-ml
 
-Writes `benchmarks/results/distillation.json`.
+Writes `benchmarks/results/distillation.json` (`distillation_<config name>.json` for another
+config).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ METRICS = ("three_steps", "rouge_l", "cosine")
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=str(ROOT / "configs" / "demo.yaml"))
     parser.add_argument("--teacher-users", type=int, default=64)
     parser.add_argument("--heldout", type=float, default=0.25)
     parser.add_argument("--epochs", type=float, help="override student.epochs of the config")
@@ -49,7 +52,7 @@ def main() -> None:
     slim = str(Path(sys.executable).parent / "slim")
     started = time.perf_counter()
     run = subprocess.run(
-        [slim, "student", "run", "-c", str(ROOT / "configs" / "demo.yaml")],
+        [slim, "student", "run", "-c", args.config],
         env=env,
         cwd=ROOT,
         capture_output=True,
@@ -76,7 +79,9 @@ def main() -> None:
     verdict = all(d > 0 for *_, d in rows)
     print(("PASS" if verdict else "FAIL") + ": fine-tuning improves all three metrics")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "distillation.json").write_text(
+    name = Path(args.config).stem
+    result = RESULTS / ("distillation.json" if name == "demo" else f"distillation_{name}.json")
+    result.write_text(
         json.dumps(
             {
                 "created": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -49,7 +49,7 @@ def demo_prompts(count: int) -> list[str]:
     config = config_from_dict(values)
     data = prepare_data(config)
     cfg = StudentConfig(**{**values["student"], "users": count, "cutoffs": ["valid"]})
-    return [prompt.text for _, prompt in student_prompts(cfg, data)]
+    return [prompt.text for _, prompt in student_prompts(cfg, data, config.data.domain)]
 
 
 def run_backend(

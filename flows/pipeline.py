@@ -219,7 +219,7 @@ def _student_inference(
 ) -> StudentInferenceResult:
     """One task per shard of `shard_users` users; each writes its answers when it finishes."""
     cfg = student_config(config)
-    split_prompts = student_prompts(cfg, data)
+    split_prompts = student_prompts(cfg, data, config.data.domain)
     per_shard = cfg.shard_users * len(cfg.cutoffs)
     shards = [
         [prompt for _, prompt in split_prompts[start : start + per_shard]]

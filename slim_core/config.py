@@ -147,6 +147,11 @@ class DataConfig(_Strict):
     tie_break: Literal["item_id", "source_order"] = Field(
         "item_id", description="Order of a user's interactions that share a timestamp."
     )
+    domain: Literal["products", "movies"] = Field(
+        "products",
+        description="What the items are; sets the words of the teacher and student prompts "
+        "(products: customer, categories and brands; movies: viewer, genres).",
+    )
     duckdb_threads: int | None = Field(None, ge=1, description="DuckDB threads (default: all).")
     duckdb_memory_limit: str | None = Field(None, description="DuckDB memory limit, e.g. '1GB'.")
 

@@ -19,24 +19,70 @@ TEACHER_VERSION = "teacher-v2"
 STUDENT_VERSION = "student-v3"
 
 TEACHER_TEMPLATE = """\
-Here is a customer's purchase history, oldest first:
-{history}
+Here is a {person}'s {history_name}, oldest first:
+{{history}}
 
 Think step by step, from the general to the specific, and answer in three numbered steps:
-Step 1: Summarize the customer's preferences based on the history.
-Step 2: Recommend product categories and brands that fit these preferences.
-Step 3: Recommend specific products within those categories and brands, and say why.
+Step 1: Summarize the {person}'s preferences based on the history.
+Step 2: Recommend {groups} that fit these preferences.
+Step 3: Recommend specific {items} within those {short_groups}, and say why.
 Keep each step to one or two sentences and do not repeat the history.
 """
 
 STUDENT_TEMPLATE = """\
-Purchase history, oldest first:
-{history}
+{History_name}, oldest first:
+{{history}}
 
-Step 1: the customer's preferences. Step 2: fitting categories and brands. Step 3: specific products.
+Step 1: the {person}'s preferences. Step 2: fitting {short_groups}. Step 3: specific {items}.
 """
 
 TEMPLATES = {TEACHER_VERSION: TEACHER_TEMPLATE, STUDENT_VERSION: STUDENT_TEMPLATE}
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """The words a domain's prompts use: a prompt that speaks of brands confuses a small model
+    on movie data (it lists genres until it runs out of tokens)."""
+
+    person: str
+    history_name: str
+    items: str
+    groups: str  # step 2 of the teacher prompt
+    short_groups: str  # step 3 of the teacher prompt, step 2 of the student prompt
+    category_label: str  # label of an item's category field in the history
+
+
+VOCABULARIES = {
+    "products": Vocabulary(
+        person="customer",
+        history_name="purchase history",
+        items="products",
+        groups="product categories and brands",
+        short_groups="categories and brands",
+        category_label="category",
+    ),
+    "movies": Vocabulary(
+        person="viewer",
+        history_name="watch history",
+        items="movies",
+        groups="genres",
+        short_groups="genres",
+        category_label="genres",
+    ),
+}
+DOMAINS = tuple(VOCABULARIES)
+
+
+def versioned(version: str, domain: str) -> str:
+    """The template version a prompt records: the domain is part of it (answers are cached by
+    version), and the default domain keeps the bare name so existing caches stay valid."""
+    return version if domain == "products" else f"{version}-{domain}"
+
+
+def template(version: str, domain: str = "products") -> str:
+    """The template text of `version` in `domain`'s words, with a `{history}` slot."""
+    words = VOCABULARIES[domain]
+    return TEMPLATES[version].format(**vars(words), History_name=words.history_name.capitalize())
 
 
 @dataclass(frozen=True)
@@ -66,6 +112,7 @@ def describe_item(
     item: Mapping[str, object],
     title_words: int = MAX_TITLE_WORDS,
     category_words: int = MAX_CATEGORY_WORDS,
+    category_label: str = "category",
 ) -> str:
     """'Title (category: ...; brand: ...)' from whichever fields the item has.
 
@@ -76,7 +123,9 @@ def describe_item(
     title = _words(str(item.get("title") or f"item {item.get('item_id', '?')}"), title_words)
     details = []
     if item.get("category"):
-        details.append(f"category: {_words(str(item['category']), category_words, keep_end=True)}")
+        details.append(
+            f"{category_label}: {_words(str(item['category']), category_words, keep_end=True)}"
+        )
     if item.get("brand"):
         details.append(f"brand: {item['brand']}")
     return f"{title} ({'; '.join(details)})" if details else title
@@ -89,6 +138,7 @@ def build_prompt(
     items: Mapping[int, Mapping[str, object]],
     *,
     version: str = TEACHER_VERSION,
+    domain: str = "products",
     max_items: int = 20,
     token_budget: int | None = None,
     count_tokens: Callable[[str], int] | None = None,
@@ -96,24 +146,30 @@ def build_prompt(
     """The prompt for predicting `sequence[cutoff]`: at most `max_items` items before it, newest kept.
 
     With `token_budget`, the oldest items are dropped until the history fits (`count_tokens`
-    defaults to a whitespace word count; pass a tokenizer's for exact budgets).
+    defaults to a whitespace word count; pass a tokenizer's for exact budgets). `domain` picks
+    the prompt's words (`VOCABULARIES`).
     """
     if not 0 < cutoff <= len(sequence):
         raise ValueError(f"cutoff {cutoff} outside 1..{len(sequence)} for user {user_idx}")
-    template = TEMPLATES[version]
+    if domain not in VOCABULARIES:
+        raise ValueError(f"unknown prompt domain {domain!r}; expected one of {DOMAINS}")
+    text = template(version, domain)
+    label = VOCABULARIES[domain].category_label
     title_words, category_words = ITEM_WORDS[version]
     shown = list(sequence[max(0, cutoff - max_items) : cutoff])
     count = count_tokens or (lambda text: len(text.split()))
     while True:
         lines = [
-            f"{n}. {describe_item(items[i], title_words, category_words)}"
+            f"{n}. {describe_item(items[i], title_words, category_words, label)}"
             for n, i in enumerate(shown, start=1)
         ]
         history = "\n".join(lines)
         if token_budget is None or len(shown) <= 1 or count(history) <= token_budget:
             break
         shown = shown[1:]
-    return Prompt(user_idx, cutoff, version, template.format(history=history), tuple(shown))
+    return Prompt(
+        user_idx, cutoff, versioned(version, domain), text.format(history=history), tuple(shown)
+    )
 
 
 STEP_MARK = re.compile(r"(?im)^\W*step\s*([123])\s*[:.)\-]\s*")

@@ -65,6 +65,28 @@ def test_item_description_uses_known_fields():
     )
 
 
+def test_domain_words_and_versions():
+    """The default domain keeps the template versions (and so the cached answers) unchanged;
+    another domain's prompts speak its words and carry their own versions."""
+    sequence = [1, 2, 3, 4]
+    products = build_prompt(1, sequence, 3, ITEMS, version=TEACHER_VERSION)
+    movies = build_prompt(1, sequence, 3, ITEMS, version=TEACHER_VERSION, domain="movies")
+    assert products.version == TEACHER_VERSION and movies.version == f"{TEACHER_VERSION}-movies"
+    assert "customer's purchase history" in products.text and "brands" in products.text
+    assert "viewer's watch history" in movies.text
+    assert "Recommend genres that fit" in movies.text and "specific movies" in movies.text
+    assert "(genres: ... Lab > Glassware" not in movies.text  # 3 words fit: no ellipsis
+    assert "(genres: Lab > Glassware; brand: Brand1)" in movies.text
+    assert "customer" not in movies.text and "product" not in movies.text
+    student = build_prompt(1, sequence, 3, ITEMS, version=STUDENT_VERSION, domain="movies")
+    assert student.version == f"{STUDENT_VERSION}-movies"
+    assert student.text.startswith("Watch history, oldest first:\n1. Widget number 1")
+    assert student.text.endswith("Step 2: fitting genres. Step 3: specific movies.\n")
+    assert student.history_items == products.history_items == (1, 2, 3)
+    with pytest.raises(ValueError, match="unknown prompt domain 'books'"):
+        build_prompt(1, sequence, 3, ITEMS, domain="books")
+
+
 def test_cutoff_must_leave_history():
     with pytest.raises(ValueError, match="cutoff 0"):
         build_prompt(1, [1, 2, 3], 0, ITEMS)
@@ -99,3 +121,30 @@ def test_malformed_answers_are_rejected(answer):
 def test_numbered_list_inside_a_step_stays_in_it():
     answer = "Step 1: glass.\nStep 2: glassware.\nStep 3: Try these:\n1. Widget 9\n2. Widget 12"
     assert parse_rationale(answer)[2] == "Try these:\n1. Widget 9\n2. Widget 12"
+
+
+def test_data_domain_reaches_teacher_and_student_prompts_without_recomputing_data(tmp_path):
+    import yaml
+
+    from slim_core.config import StudentConfig, load_config
+    from slim_core.data import prepare_data
+    from slim_core.data.stage import data_stage_key
+    from slim_core.student.inference import student_prompts
+    from slim_core.teacher.stage import teacher_prompts
+    from tests.test_flow_and_cli import demo_config
+
+    path = demo_config(tmp_path, domain="movies")
+    values = yaml.safe_load(path.read_text())
+    values["teacher"] = {"model": "unused", "users": 5}
+    path.write_text(yaml.safe_dump(values))
+    movies = load_config(path)
+    (tmp_path / "p").mkdir()
+    products = load_config(demo_config(tmp_path / "p"))
+    assert data_stage_key(movies.data) == data_stage_key(products.data)  # only prompts change
+    data = prepare_data(movies)
+    teacher = teacher_prompts(movies, data)
+    assert len(teacher) == 5
+    assert {p.version for p in teacher} == {f"{TEACHER_VERSION}-movies"}
+    assert all("viewer's watch history" in p.text for p in teacher)
+    student = student_prompts(StudentConfig(base_model="unused", users=3), data, movies.data.domain)
+    assert {p.version for _, p in student} == {f"{STUDENT_VERSION}-movies"}

@@ -34,7 +34,8 @@ log = logging.getLogger("slim_core.data")
 DATA_STAGE_VERSION = 1
 ARTIFACTS = ("interactions", "items", "sequences")
 # Settings that change speed, not output: left out of the cache key.
-NON_OUTPUT_SETTINGS = {"duckdb_threads", "duckdb_memory_limit"}
+# Settings that do not change the stage's output (domain: only the prompts read it).
+NON_OUTPUT_SETTINGS = {"duckdb_threads", "duckdb_memory_limit", "domain"}
 
 
 @dataclass(frozen=True)

@@ -55,8 +55,11 @@ def decoding(cfg: StudentConfig) -> Decoding:
     )
 
 
-def student_prompts(cfg: StudentConfig, data: DataStageResult) -> list[tuple[str, Prompt]]:
-    """(split, prompt) for every user (or the first `cfg.users`) at each configured cutoff."""
+def student_prompts(
+    cfg: StudentConfig, data: DataStageResult, domain: str = "products"
+) -> list[tuple[str, Prompt]]:
+    """(split, prompt) for every user (or the first `cfg.users`) at each configured cutoff,
+    in `domain`'s words (`data.domain`)."""
     sequences = load_sequence_data(data.folder)
     users = sequences.n_users if cfg.users is None else min(cfg.users, sequences.n_users)
     return history_prompts(
@@ -67,6 +70,7 @@ def student_prompts(cfg: StudentConfig, data: DataStageResult) -> list[tuple[str
         version=STUDENT_VERSION,
         max_items=cfg.max_history_items,
         token_budget=cfg.token_budget,
+        domain=domain,
     )
 
 

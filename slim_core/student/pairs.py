@@ -56,9 +56,13 @@ def is_heldout(user_idx: int, fraction: float) -> bool:
 
 
 def distillation_pairs(
-    cfg: StudentConfig, data: DataStageResult, teacher_rationales: Path
+    cfg: StudentConfig,
+    data: DataStageResult,
+    teacher_rationales: Path,
+    domain: str = "products",
 ) -> list[Pair]:
-    """One pair per parsed teacher answer; raises when there are too few to train on."""
+    """One pair per parsed teacher answer (student prompts in `domain`'s words); raises when
+    there are too few to train on."""
     if not Path(teacher_rationales).is_file():
         raise DataError(
             "no teacher rationales: run the teacher stage first (`slim teacher run`)",
@@ -92,6 +96,7 @@ def distillation_pairs(
             cutoff,
             items,
             version=STUDENT_VERSION,
+            domain=domain,
             max_items=cfg.max_history_items,
             token_budget=cfg.token_budget,
         )

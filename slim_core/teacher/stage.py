@@ -117,6 +117,7 @@ def history_prompts(
     version: str,
     max_items: int,
     token_budget: int | None,
+    domain: str = "products",
 ) -> list[tuple[str, Prompt]]:
     """(split, prompt) for each sequence row at each cutoff, from the history before it.
 
@@ -131,6 +132,7 @@ def history_prompts(
                 sequences.cutoff(row, split),
                 items,
                 version=version,
+                domain=domain,
                 max_items=max_items,
                 token_budget=token_budget,
             ),
@@ -154,6 +156,7 @@ def teacher_prompts(config: SlimConfig, data: DataStageResult) -> list[Prompt]:
         version=TEACHER_VERSION,
         max_items=cfg.max_history_items,
         token_budget=cfg.token_budget,
+        domain=config.data.domain,
     )
     return [prompt for _, prompt in prompts]
 
