@@ -282,10 +282,11 @@ class TeacherConfig(_Strict):
         "max_concurrency, so that the batch keeps every request slot busy.",
     )
     max_concurrency: int = Field(8, ge=1, description="Requests in flight at once (HTTP).")
-    dtype: Literal["float32", "bfloat16"] = Field(
+    dtype: Literal["float32", "bfloat16", "auto"] = Field(
         "float32",
         description="Weights of a local model (transformers): bfloat16 is faster on CPUs with "
-        "AVX512-BF16 / AMX and on GPUs.",
+        "AVX512-BF16 / AMX and on GPUs, much slower on other CPUs; auto picks it only where "
+        "the hardware has it.",
     )
     timeout_s: float = Field(60.0, gt=0, description="Per-request timeout (HTTP).")
     max_retries: int = Field(4, ge=0, description="Retries on 429 / 5xx / timeouts (HTTP).")
@@ -352,10 +353,12 @@ class StudentConfig(_Strict):
     users: int | None = Field(None, ge=1, description="Only the first N users (None: all).")
     shard_users: int = Field(64, ge=1, description="Users per shard (one Parquet file each).")
     inference_batch_size: int = Field(8, ge=1, description="Prompts per generate() call.")
-    dtype: Literal["float32", "bfloat16"] = Field(
+    dtype: Literal["float32", "bfloat16", "auto"] = Field(
         "float32",
-        description="Weights for inference and quality scoring with transformers (fine-tuning "
-        "is float32): bfloat16 is faster on CPUs with AVX512-BF16 / AMX and on GPUs.",
+        description="Weights for inference and quality scoring with transformers: bfloat16 is "
+        "faster on CPUs with AVX512-BF16 / AMX and on GPUs, much slower on other CPUs; auto "
+        "picks it only where the hardware has it. Fine-tuning keeps float32 weights and uses "
+        "bfloat16 mixed precision only where the hardware has it.",
     )
     max_tokens: int = Field(192, ge=1, description="Longest rationale.")
     temperature: float = Field(0.0, ge=0, description="Sampling temperature (0: greedy).")

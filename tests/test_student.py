@@ -111,6 +111,9 @@ def test_pairs_use_the_student_prompt_and_hold_out_whole_users(tmp_path, tiny):
     assert 0 < len(heldout) < USERS
     again = distillation_pairs(student_cfg(tiny), data, teacher_file(tmp_path, data))
     assert [p.heldout for p in again] == [p.heldout for p in pairs]  # stable split
+    movies = distillation_pairs(student_cfg(tiny), data, teacher_file(tmp_path, data), "movies")
+    assert all(p.prompt.startswith("Watch history") for p in movies)  # data.domain's words
+    assert [p.completion for p in movies] == [p.completion for p in pairs]
 
 
 def test_step_words_cut_each_teacher_step_and_the_parser_reads_the_cut_answer(tmp_path, tiny):
@@ -145,15 +148,19 @@ def test_finetune_loss_falls_resumes_after_a_kill_and_the_adapter_reloads(tmp_pa
     from transformers import TrainerCallback
 
     from slim_core.llm import Decoding, Generation
-    from slim_core.llm.transformers_local import TransformersBackend
+    from slim_core.llm.transformers_local import TransformersBackend, native_bfloat16
     from slim_core.student.pairs import distillation_pairs
     from slim_core.student.sft import finetune, load_adapter, read_training
 
     data = prepare(tmp_path)
     cfg = student_cfg(tiny)
     pairs = distillation_pairs(cfg, data, teacher_file(tmp_path, data))
+    mixed_precision = []
 
     class Kill(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            mixed_precision.append(args.bf16)
+
         def on_step_end(self, args, state, control, **kwargs):
             if state.global_step == 6:  # after the checkpoint at step 4
                 raise KeyboardInterrupt
@@ -163,6 +170,9 @@ def test_finetune_loss_falls_resumes_after_a_kill_and_the_adapter_reloads(tmp_pa
         finetune(pairs, cfg, tiny, out, callbacks=[Kill()])
     assert (out / "checkpoints" / "checkpoint-4").is_dir()
     assert not (out / "adapter").exists()
+    # bfloat16 autocast (TRL's default) only where the CPU computes in it: emulated, it is ~10x
+    # slower than float32
+    assert mixed_precision == [native_bfloat16("cpu")]
 
     import json
 

@@ -1,5 +1,7 @@
 """The in-process transformers backend on a tiny random model."""
 
+from pathlib import Path
+
 import pytest
 
 from slim_core.llm import Decoding, Generation
@@ -33,6 +35,27 @@ def test_batched_generation_matches_one_by_one(tiny_model):
 def test_model_id_is_stable_and_names_the_model(tiny_model):
     a, b = TransformersBackend(str(tiny_model)), TransformersBackend(str(tiny_model))
     assert a.model_id == b.model_id and tiny_model.name in a.model_id
+
+
+def test_auto_dtype_is_bfloat16_only_where_the_hardware_has_it(tiny_model, monkeypatch):
+    from slim_core.llm import transformers_local
+
+    for native, expected in ((True, "bfloat16"), (False, "float32")):
+        monkeypatch.setattr(
+            transformers_local, "native_bfloat16", lambda device="cpu", native=native: native
+        )
+        assert transformers_local.resolve_dtype("auto") == expected
+        assert transformers_local.resolve_dtype("float32") == "float32"  # explicit wins
+        backend = TransformersBackend(str(tiny_model), dtype="auto")
+        assert backend.dtype == expected
+        # the id names the dtype actually used: answers cached on one machine are not taken for
+        # another dtype's on the next
+        assert backend.model_id.endswith(":bfloat16") == (expected == "bfloat16")
+    cpu_flags = Path("/proc/cpuinfo").read_text().split()
+    monkeypatch.undo()
+    assert transformers_local.native_bfloat16("cpu") == (
+        "avx512_bf16" in cpu_flags or "amx_bf16" in cpu_flags
+    )
 
 
 def test_repetition_penalty_is_applied_and_keys_stay_stable(tiny_model):

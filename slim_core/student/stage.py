@@ -20,7 +20,7 @@ from slim_core.data import DataStageResult
 from slim_core.encoding import TextEncoder
 from slim_core.errors import ConfigError
 from slim_core.llm.base import LLMBackend
-from slim_core.llm.transformers_local import TransformersBackend
+from slim_core.llm.transformers_local import TransformersBackend, resolve_dtype
 from slim_core.student.inference import (
     StudentInferenceResult,
     decoding,
@@ -112,7 +112,7 @@ def finetune_student(
 ) -> StudentModel:
     """LoRA fine-tuning plus before/after quality on the held-out pairs (cached on disk)."""
     cfg = student_config(config)
-    pairs = distillation_pairs(cfg, data, teacher_rationales)
+    pairs = distillation_pairs(cfg, data, teacher_rationales, config.data.domain)
     base, gguf_file = base_model(cfg)
     key = canonical_hash(
         {
@@ -127,7 +127,7 @@ def finetune_student(
     quality_file = folder / "quality.json"
     params = decoding(cfg)
     # Scoring settings are not part of the key: changing them rescores, it does not retrain.
-    scoring = {"dtype": cfg.dtype, **params.as_dict()}
+    scoring = {"dtype": resolve_dtype(cfg.dtype), **params.as_dict()}
     quality = json.loads(quality_file.read_text(encoding="utf-8")) if quality_file.is_file() else {}
     if quality.get("scored_with") != scoring:
         if not (folder / "training.json").is_file():  # written last by a finished fine-tuning
@@ -227,7 +227,7 @@ def student_rationales(
 ) -> StudentInferenceResult:
     cfg = student_config(config)
     backend = backend or make_student_backend(cfg, model)
-    split_prompts = student_prompts(cfg, data)
+    split_prompts = student_prompts(cfg, data, config.data.domain)
     folder = student_folder(config)
     report = generate_rationales([p for _, p in split_prompts], backend, folder, cfg)
     return write_student_rationales(split_prompts, backend.model_id, folder, cfg, report)
