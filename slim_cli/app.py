@@ -21,6 +21,11 @@ from rich.table import Table
 
 from slim_core.errors import SlimError
 
+# Without PREFECT_API_URL every command starts a temporary Prefect server; Prefect gives it 20 s,
+# which a loaded 2-core machine can pass on a fresh database (the command then fails before any
+# work). Read by Prefect when it starts that server; the user's own setting wins.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
 app = typer.Typer(help=__doc__.split("\n")[0], no_args_is_help=True, add_completion=False)
 console = Console()
 

@@ -141,6 +141,7 @@ def test_killed_teacher_flow_then_retry_failed_empties_the_dead_letters(
     """`slim teacher run` in a real process, killed with SIGKILL mid-flow after a batch left two
     dead letters; `retry-failed` replays exactly those, a rerun finishes the rest, and no prompt
     is paid for twice beyond the batch in flight at the kill."""
+    import contextlib
     import signal
     import subprocess
     import sys
@@ -159,22 +160,30 @@ def test_killed_teacher_flow_then_retry_failed_empties_the_dead_letters(
     fake.reset({text: ["500"] * 50 for text in hopeless}, latency_s=1.0)
     cache = answer_cache(config)
     env = dict(os.environ)
-    env.pop("PREFECT_API_URL", None)  # the child runs its own temporary server
+    env.pop("PREFECT_API_URL", None)  # the child runs its own temporary server,
+    env["PREFECT_HOME"] = str(tmp_path / "child-prefect")  # on a database of its own
     slim = str(Path(sys.executable).parent / "slim")
-    child = subprocess.Popen(
-        [slim, "teacher", "run", "-c", str(path)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,  # so that the kill also takes its temporary Prefect server
-    )
+    child_log = tmp_path / "child.log"
+    with child_log.open("w") as log:
+        child = subprocess.Popen(
+            [slim, "teacher", "run", "-c", str(path)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # so that the kill also takes its temporary Prefect server
+        )
     deadline = time.monotonic() + 180
-    while len(cache.answered_keys()) < 6 and time.monotonic() < deadline:
+    while len(cache.answered_keys()) < 6 and time.monotonic() < deadline and child.poll() is None:
         time.sleep(0.05)
-    os.killpg(child.pid, signal.SIGKILL)
+    # the child and its group may have ended already (the assert below says why)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(child.pid, signal.SIGKILL)
     child.wait()
     answered = len(cache.answered_keys())
-    assert 6 <= answered < 18, "the kill should land after the first batch, mid-flow"
+    assert 6 <= answered < 18, (
+        "the kill should land after the first batch, mid-flow; the child's output ends with:\n"
+        + child_log.read_text()[-3000:]
+    )
     assert {row["key"] for row in cache.dead_letters()} and len(cache.dead_letters()) == 2
 
     with fake.lock:  # the endpoint recovers; its memory of what it answered stays
