@@ -117,3 +117,99 @@ def test_the_key_never_appears_in_failures(server):
     server.reset({"p0": ["500"] * 10})
     results = backend(server, max_retries=1).generate(["p0"], Decoding())
     assert SECRET not in repr(results)
+
+
+def test_answers_stream_back_and_closing_early_cancels_the_rest(server):
+    """`generate_each` yields each answer as it arrives; a caller that stops (an error, a kill)
+    cancels the requests not yet answered instead of paying for all of them."""
+    import contextlib
+    import time
+
+    server.reset(latency_s=0.05)
+    client = backend(server, max_concurrency=4)
+    prompts = [f"prompt {n}" for n in range(60)]
+    seen = {}
+    with contextlib.closing(client.generate_each(prompts, Decoding(max_tokens=64))) as results:
+        for index, result in results:
+            seen[index] = result
+            if len(seen) == 6:
+                break
+    assert all(isinstance(r, Generation) for r in seen.values()) and len(seen) == 6
+    calls = -1
+    while calls != sum(server.calls.values()):  # let requests already sent reach the server
+        calls = sum(server.calls.values())
+        time.sleep(0.3)
+    # At most 2 x max_concurrency run ahead of the caller: answered-but-untaken or in flight.
+    assert 6 <= calls <= 6 + 2 * 4
+    # The backend still works after an early stop.
+    assert all(isinstance(r, Generation) for r in client.generate(prompts[:5], Decoding()))
+
+
+def test_requests_go_through_the_proxy_the_environment_names(server, monkeypatch):
+    """HTTP_PROXY is honoured (with NO_PROXY unset for loopback): a real forwarding proxy on
+    loopback sees every request, and its credentials never reach the endpoint."""
+    import asyncio
+    import base64
+    import threading
+
+    seen: list[tuple[str, str]] = []
+
+    async def relay(reader, writer):
+        upstream = None
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                method, target, version = lines[0].split(" ")
+                headers = dict(line.split(": ", 1) for line in lines[1:] if line)
+                body = await reader.readexactly(int(headers.get("Content-Length", 0)))
+                seen.append((target, headers.pop("Proxy-Authorization", "")))
+                host_port = target.split("/")[2]
+                path = "/" + target.split("/", 3)[3]
+                if upstream is None:
+                    host, port = host_port.split(":")
+                    upstream = await asyncio.open_connection(host, int(port))
+                up_reader, up_writer = upstream
+                request = f"{method} {path} {version}\r\n" + "".join(
+                    f"{k}: {v}\r\n" for k, v in headers.items()
+                )
+                up_writer.write(request.encode("latin-1") + b"\r\n" + body)
+                reply_head = await up_reader.readuntil(b"\r\n\r\n")
+                length = next(
+                    int(line.split(b":")[1])
+                    for line in reply_head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length")
+                )
+                writer.write(reply_head + await up_reader.readexactly(length))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    loop = asyncio.new_event_loop()
+    proxy_server = loop.run_until_complete(asyncio.start_server(relay, "127.0.0.1", 0))
+    port = proxy_server.sockets[0].getsockname()[1]
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        for name in ("NO_PROXY", "no_proxy", "http_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("HTTP_PROXY", f"http://user:p%40ss@127.0.0.1:{port}")
+        prompts = [f"prompt {n}" for n in range(6)]
+        results = backend(server, max_concurrency=2).generate(prompts, Decoding())
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+    assert all(isinstance(r, Generation) for r in results)
+    assert len(seen) == 6
+    assert all(target == f"{server.url}/chat/completions" for target, _ in seen)
+    credentials = base64.b64encode(b"user:p@ss").decode()
+    assert {auth for _, auth in seen} == {f"Basic {credentials}"}
+    assert all(calls == 1 for calls in server.calls.values()) and len(server.calls) == 6
+
+
+def test_an_unsupported_proxy_scheme_is_a_clear_error(server, monkeypatch):
+    for name in ("NO_PROXY", "no_proxy", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", "socks5://127.0.0.1:1080")
+    with pytest.raises(ConfigError, match="proxy scheme 'socks5'"):
+        backend(server).generate(["prompt"], Decoding())

@@ -3,24 +3,37 @@
 Async with bounded concurrency; every request has a timeout; 429, 5xx, timeouts and dropped
 connections are retried with exponential backoff and jitter, honouring `Retry-After`. Other 4xx
 answers are not retried (they will not get better). The API key is read from the environment
-at call time (or handed over by the caller, e.g. from a Prefect Secret block) and never logged, stored or put in an error message.
+at call time (or handed over by the caller, e.g. from a Prefect Secret block) and never logged,
+stored or put in an error message. HTTP(S)_PROXY / NO_PROXY from the environment are honoured.
+
+The requests go through httpcore (httpx's transport layer) on plain asyncio streams. At a
+concurrency of 32-64 the client's CPU per request decides whether it keeps up with the
+endpoint: httpx's request and response models and httpcore's anyio streams (a cancel scope
+and a timer per read and per write) cost about 1.4 ms a request on 2 cores, this path about
+0.7 ms (`benchmarks/teacher.py`, docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
 import os
+import queue
 import random
 import ssl
 import threading
 import time
+import urllib.parse
+import urllib.request
 import weakref
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable, Iterator
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from typing import Any
 
+import httpcore
 import httpx
 
 from slim_core.errors import ConfigError
@@ -29,6 +42,7 @@ from slim_core.llm.base import Decoding, Generation, GenerationFailure
 log = logging.getLogger("slim_core.llm")
 
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+_FINISHED = object()  # put after the last answer of a `generate_each` call, or on its error
 
 
 @dataclass
@@ -48,17 +62,22 @@ class OpenAICompatibleBackend:
     def model_id(self) -> str:
         return f"openai-compatible:{self.model}"
 
-    def _headers(self) -> dict[str, str]:
-        if self.api_key:
-            return {"Authorization": f"Bearer {self.api_key}"}
-        if self.api_key_env is None:
-            return {}
-        key = os.environ.get(self.api_key_env)
-        if not key:
-            raise ConfigError(
-                f"teacher: environment variable {self.api_key_env} is not set (the API key)"
-            )
-        return {"Authorization": f"Bearer {key}"}
+    def _headers(self) -> list[tuple[bytes, bytes]]:
+        headers = [
+            (b"Accept", b"application/json"),
+            (b"Content-Type", b"application/json"),
+            (b"User-Agent", f"slim-rec/{_package_version()}".encode()),
+        ]
+        key = self.api_key
+        if not key and self.api_key_env is not None:
+            key = os.environ.get(self.api_key_env)
+            if not key:
+                raise ConfigError(
+                    f"teacher: environment variable {self.api_key_env} is not set (the API key)"
+                )
+        if key:
+            headers.append((b"Authorization", f"Bearer {key}".encode()))
+        return headers
 
     # Runtime state, not a setting: an event loop in a daemon thread with its HTTP clients,
     # kept from one batch to the next (see `generate`).
@@ -70,17 +89,59 @@ class OpenAICompatibleBackend:
     def generate(
         self, prompts: list[str], decoding: Decoding
     ) -> list[Generation | GenerationFailure]:
-        """Answer one batch. The event loop and its kept-alive connections outlive the batch:
-        a new loop per batch opened `max_concurrency` new connections every time. Callers in
-        several threads share one bounded concurrency; a caller inside a running event loop
-        works too (the requests run on the backend's own loop)."""
+        """Answer one batch, results in prompt order (see `generate_each`)."""
+        results: list[Generation | GenerationFailure | None] = [None] * len(prompts)
+        for index, result in self.generate_each(prompts, decoding):
+            results[index] = result
+        return results  # type: ignore[return-value]  # every index was filled
+
+    def generate_each(
+        self, prompts: list[str], decoding: Decoding
+    ) -> Iterator[tuple[int, Generation | GenerationFailure]]:
+        """(index in `prompts`, result) as each answer arrives, `max_concurrency` requests in
+        flight: a caller can write answers while the next requests already run, instead of
+        letting the connections idle at the end of every batch. A request starts only while
+        fewer than 2 x `max_concurrency` are in flight or answered but not yet taken: a caller
+        busy writing is not outrun, and one that is merely slow to wake up (another thread)
+        does not hold the next requests back. Closing the iterator early cancels the requests
+        still running.
+
+        The event loop and its kept-alive connections outlive the call: a new loop per batch
+        opened `max_concurrency` new connections every time. Callers in several threads share
+        one bounded concurrency; a caller inside a running event loop works too (the requests
+        run on the backend's own loop)."""
         with self._lock:
             if self._runner is None:
                 self._runner = _LoopRunner()
                 # stops the thread and closes the connections once the backend is collected
                 weakref.finalize(self, self._runner.shutdown)
             runner = self._runner
-        return runner.run(self._agenerate(runner, prompts, decoding))
+        arrived: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        credits = asyncio.Semaphore(2 * self.max_concurrency)  # one back per result taken
+
+        async def ask_all() -> None:
+            self._connect(runner)
+
+            params = decoding.as_dict()  # once, not once per request
+
+            async def ask(index: int, prompt: str) -> None:
+                await credits.acquire()
+                arrived.put((index, await self._one(runner, prompt, params)))
+
+            await asyncio.gather(*(ask(i, p) for i, p in enumerate(prompts)))
+
+        future = asyncio.run_coroutine_threadsafe(ask_all(), runner.loop)
+        future.add_done_callback(lambda _: arrived.put(_FINISHED))
+        try:
+            for _ in prompts:
+                item = arrived.get()
+                if item is _FINISHED:  # the loop stopped before every answer came back
+                    future.result()  # raises its error
+                    raise RuntimeError("the HTTP client stopped before every prompt was answered")
+                runner.loop.call_soon_threadsafe(credits.release)
+                yield item
+        finally:
+            future.cancel()  # no-op when done; otherwise the requests in flight stop
 
     def close(self) -> None:
         """Close the connections and stop the loop thread (a later `generate` starts anew)."""
@@ -98,52 +159,64 @@ class OpenAICompatibleBackend:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state, _lock=threading.Lock())
 
-    async def _agenerate(
-        self, runner: _LoopRunner, prompts: list[str], decoding: Decoding
-    ) -> list[Generation | GenerationFailure]:
+    def _connect(self, runner: _LoopRunner) -> None:
+        """Create the connection pools on the runner's loop, once."""
         if runner.idle is None:
-            headers = self._headers()
-            runner.clients = [self._client(headers) for _ in range(self.max_concurrency)]
+            runner.headers = self._headers()
+            runner.url = httpcore.URL(self.base_url.rstrip("/") + "/chat/completions")
+            runner.clients = [self._pool(runner.url) for _ in range(self.max_concurrency)]
             runner.idle = asyncio.Queue()
             for client in runner.clients:
                 runner.idle.put_nowait(client)
-        return await asyncio.gather(*(self._one(runner.idle, p, decoding) for p in prompts))
 
-    def _client(self, headers: dict[str, str]) -> httpx.AsyncClient:
-        """A client that keeps one connection. httpx's connection pool scans all its connections
-        on every request and every reply, in Python: with 64 connections in one pool the scans
-        cost more CPU than the requests (28% of the ideal throughput at concurrency 64; 16 per
-        pool still spent a quarter of the client's CPU there). A pool of one has nothing to scan,
-        and the queue of idle clients is the concurrency bound."""
-        return httpx.AsyncClient(
-            base_url=self.base_url.rstrip("/"),
-            headers=headers,
-            timeout=httpx.Timeout(self.timeout_s),
-            verify=_ssl_context(),
-            limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
-        )
+    def _pool(self, url: httpcore.URL) -> httpcore.AsyncConnectionPool:
+        """A pool of one connection. A pool scans all its connections on every request and
+        every reply, in Python: with 64 connections in one pool the scans cost more CPU than
+        the requests (28% of the ideal throughput at concurrency 64). A pool of one has nothing
+        to scan, and the queue of idle pools is the concurrency bound."""
+        common: dict[str, Any] = {
+            "ssl_context": _ssl_context(),
+            "max_connections": 1,
+            "max_keepalive_connections": 1,
+            "keepalive_expiry": 5.0,  # as httpx: servers drop idle connections
+            "network_backend": _ASYNCIO_BACKEND,
+        }
+        proxy = _proxy_for(url)
+        if proxy is None:
+            return httpcore.AsyncConnectionPool(**common)
+        proxy_url, proxy_auth = proxy
+        return httpcore.AsyncHTTPProxy(proxy_url=proxy_url, proxy_auth=proxy_auth, **common)
 
     async def _one(
-        self, idle: asyncio.Queue[httpx.AsyncClient], prompt: str, decoding: Decoding
+        self, runner: _LoopRunner, prompt: str, params: dict[str, float | int]
     ) -> Generation | GenerationFailure:
-        body = {
-            "model": self.model,
-            "messages": [{"role": "user", "content": prompt}],
-            **decoding.as_dict(),
-        }
+        assert runner.idle is not None
+        content = json.dumps(
+            {
+                "model": self.model,
+                "messages": [{"role": "user", "content": prompt}],
+                **params,
+            }
+        ).encode()
         error = "not attempted"
         for attempt in range(1, self.max_retries + 2):
             wait: float | None = None
-            client = await idle.get()  # waiting for a free connection is not timed
+            client = await runner.idle.get()  # waiting for a free connection is not timed
             try:
                 started = time.perf_counter()
                 try:
-                    response = await client.post("/chat/completions", json=body)
-                except (httpx.TimeoutException, httpx.TransportError) as exc:
-                    error = f"{type(exc).__name__}: request failed or timed out after {self.timeout_s} s"
+                    # One timeout for the whole request: connecting, sending, waiting, reading.
+                    async with asyncio.timeout(self.timeout_s):
+                        response = await client.request(
+                            "POST", runner.url, headers=runner.headers, content=content
+                        )
+                except (TimeoutError, httpcore.TimeoutException):
+                    error = f"TimeoutError: no complete reply within {self.timeout_s} s"
+                except (httpcore.NetworkError, httpcore.ProtocolError, OSError) as exc:
+                    error = f"{type(exc).__name__}: request failed ({exc})"
                 else:
-                    if response.status_code == 200:
-                        parsed = _parse(response)
+                    if response.status == 200:
+                        parsed = _parse(response.content)
                         if isinstance(parsed, str):
                             error = parsed
                         else:
@@ -152,12 +225,12 @@ class OpenAICompatibleBackend:
                                 text, tokens_in, tokens_out, time.perf_counter() - started, attempt
                             )
                     else:
-                        error = f"HTTP {response.status_code}: {response.text[:200]}"
-                        if response.status_code not in RETRYABLE_STATUS:
+                        error = f"HTTP {response.status}: {_text(response.content)}"
+                        if response.status not in RETRYABLE_STATUS:
                             return GenerationFailure(error, attempt)
-                        wait = _retry_after(response)
+                        wait = _retry_after(response.headers)
             finally:
-                idle.put_nowait(client)  # the connection is free while this prompt backs off
+                runner.idle.put_nowait(client)  # the connection is free while this prompt backs off
             if attempt <= self.max_retries:
                 delay = (
                     wait
@@ -176,8 +249,10 @@ class _LoopRunner:
     """An asyncio event loop in a daemon thread, and the HTTP clients that live on it."""
 
     def __init__(self) -> None:
-        self.clients: list[httpx.AsyncClient] = []
-        self.idle: asyncio.Queue[httpx.AsyncClient] | None = None  # clients not in a request
+        self.clients: list[httpcore.AsyncConnectionPool] = []
+        self.idle: asyncio.Queue[httpcore.AsyncConnectionPool] | None = None  # not in a request
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.url = httpcore.URL("http://localhost/")
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(
             target=self.loop.run_forever, name="slim-openai-http", daemon=True
@@ -204,6 +279,108 @@ class _LoopRunner:
             await client.aclose()
 
 
+class _AsyncioStream(httpcore.AsyncNetworkStream):
+    """httpcore's network stream on asyncio's streams. httpcore's own backend goes through
+    anyio and opens a cancel scope per read and per write; timeouts here are one per request
+    (`asyncio.timeout` in `_one`), so the per-operation ones httpcore passes are not needed."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader, self._writer = reader, writer
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        try:
+            return await self._reader.read(max_bytes)
+        except OSError as exc:
+            raise httpcore.ReadError(str(exc)) from exc
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        if not buffer:
+            return
+        try:
+            self._writer.write(buffer)
+            await self._writer.drain()
+        except OSError as exc:
+            raise httpcore.WriteError(str(exc)) from exc
+
+    async def aclose(self) -> None:
+        self._writer.close()
+
+    async def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        try:
+            await self._writer.start_tls(ssl_context, server_hostname=server_hostname)
+        except (OSError, ssl.SSLError) as exc:
+            self._writer.close()
+            raise httpcore.ConnectError(f"TLS handshake failed: {exc}") from exc
+        return self
+
+    def get_extra_info(self, info: str) -> Any:
+        if info == "is_readable":  # an idle kept-alive connection the server has closed
+            return self._reader.at_eof() or self._writer.is_closing()
+        names = {"client_addr": "sockname", "server_addr": "peername"}
+        return self._writer.get_extra_info(names.get(info, info))
+
+
+class _AsyncioBackend(httpcore.AsyncNetworkBackend):
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        try:
+            reader, writer = await asyncio.open_connection(
+                host, port, local_addr=(local_address, 0) if local_address else None
+            )
+        except OSError as exc:
+            raise httpcore.ConnectError(str(exc)) from exc
+        sock = writer.get_extra_info("socket")
+        for option in socket_options or ():
+            sock.setsockopt(*option)
+        return _AsyncioStream(reader, writer)
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+_ASYNCIO_BACKEND = _AsyncioBackend()
+
+
+def _proxy_for(url: httpcore.URL) -> tuple[str, tuple[str, str] | None] | None:
+    """(proxy URL, credentials) from HTTP_PROXY / HTTPS_PROXY unless NO_PROXY exempts the host."""
+    host = url.host.decode("ascii")
+    proxy = urllib.request.getproxies().get(url.scheme.decode("ascii"))
+    if not proxy or urllib.request.proxy_bypass(host):
+        return None
+    parts = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    if parts.scheme not in ("http", "https"):
+        raise ConfigError(
+            f"teacher: proxy scheme {parts.scheme!r} is not supported (use an http:// or "
+            "https:// proxy in HTTP_PROXY / HTTPS_PROXY)"
+        )
+    auth = None
+    if parts.username:
+        auth = (urllib.parse.unquote(parts.username), urllib.parse.unquote(parts.password or ""))
+    netloc = parts.hostname or ""
+    if parts.port:
+        netloc = f"{netloc}:{parts.port}"
+    return f"{parts.scheme}://{netloc}", auth
+
+
+@functools.cache
+def _package_version() -> str:
+    try:
+        return version("slim-rec")
+    except Exception:  # running from a source tree that is not installed
+        return "dev"
+
+
 @functools.cache
 def _ssl_context() -> ssl.SSLContext:
     """One verifying TLS context for every client: httpx builds a new one per client otherwise,
@@ -211,22 +388,28 @@ def _ssl_context() -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None
+def _text(content: bytes) -> str:
+    return content[:200].decode("utf-8", errors="replace")
 
 
-def _parse(response: httpx.Response) -> tuple[str, int, int] | str:
+def _retry_after(headers: list[tuple[bytes, bytes]]) -> float | None:
+    for name, value in headers:
+        if name.lower() == b"retry-after":
+            try:
+                return max(0.0, float(value))
+            except ValueError:
+                return None  # an HTTP date: fall back to our own backoff
+    return None
+
+
+def _parse(content: bytes) -> tuple[str, int, int] | str:
     """(text, prompt tokens, completion tokens), or an error message for a malformed reply."""
     try:
-        data = response.json()
+        data = json.loads(content)
         text = data["choices"][0]["message"]["content"]
         usage = data.get("usage") or {}
-    except (ValueError, KeyError, IndexError, TypeError):
-        return f"malformed reply: {response.text[:200]!r}"
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        return f"malformed reply: {_text(content)!r}"
     if not isinstance(text, str):
         return f"malformed reply: content is {type(text).__name__}"
     return text, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)

@@ -2,16 +2,20 @@
 
     report = ask_teacher(prompts, backend, AnswerCache(folder), decoding, batch_size=32)
 
-For each batch: prompts already answered (same model, template, prompt and decoding) are
-skipped; the rest go to the backend; answers without the three steps are asked again up to
-`malformed_retries` times; then answers and failures are written, one file each per batch.
-Before a batch would push the estimated cost over `budget_usd`, the run stops cleanly.
+Prompts already answered (same model, template, prompt and decoding) are skipped; the rest go
+to the backend; answers without the three steps are asked again up to `malformed_retries`
+times; answers and failures are written `batch_size` at a time, one file each, so a kill loses
+at most one batch of answers. A backend that streams its answers (`generate_each`: the HTTP
+client) gets every prompt at once and keeps its connections busy while a batch is written;
+others (local models) get one batch per call. With `budget_usd`, prompts go batch by batch and
+the run stops cleanly before a batch would push the estimated cost over the budget.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -103,8 +107,9 @@ def ask_teacher(
     if skip_failed:
         done |= cache.failed_keys()
     todo = []
+    params = decoding.as_dict()
     for prompt in prompts:
-        key = answer_key(backend.model_id, prompt.version, prompt.text, decoding.as_dict())
+        key = answer_key(backend.model_id, prompt.version, prompt.text, params)
         if key in done:
             report.cached += 1
         else:
@@ -112,6 +117,14 @@ def ask_teacher(
     bar = tqdm(
         total=len(todo), desc=progress, unit="prompt", disable=True if progress is None else None
     )
+    stream = getattr(backend, "generate_each", None)
+    if stream is not None and budget_usd is None:
+        _ask_streaming(
+            todo, stream, backend.model_id, cache, decoding, batch_size,
+            malformed_retries, report, prices, require_steps, bar, progress,
+        )  # fmt: skip
+        bar.close()
+        return report
     for start in range(0, len(todo), batch_size):
         batch = todo[start : start + batch_size]
         if budget_usd is not None:
@@ -144,6 +157,126 @@ def ask_teacher(
     return report
 
 
+def _ask_streaming(
+    todo: list[tuple[str, Prompt]],
+    stream: Callable[[list[str], Decoding], Iterator[tuple[int, Generation | GenerationFailure]]],
+    model_id: str,
+    cache: AnswerCache,
+    decoding: Decoding,
+    batch_size: int,
+    malformed_retries: int,
+    report: TeacherReport,
+    prices: Prices,
+    require_steps: bool,
+    bar: tqdm,
+    progress: str | None,
+) -> None:
+    """Every prompt to a streaming backend at once; results written `batch_size` at a time."""
+    answers: list[dict] = []
+    failures: list[dict] = []
+    attempts = {key: 0 for key, _ in todo}
+    written = 0
+
+    def write() -> None:
+        nonlocal written
+        if not answers and not failures:
+            return
+        cache.write_answers(answers)
+        cache.write_failures(failures)
+        report.answered += len(answers)
+        report.failed += len(failures)
+        bar.update(len(answers) + len(failures))
+        written += 1
+        log.info(
+            "%s batch %d: %d answered, %d failed",
+            progress or "teacher",
+            written,
+            len(answers),
+            len(failures),
+        )
+        answers.clear()
+        failures.clear()
+
+    pending = todo
+    try:
+        for round_ in range(malformed_retries + 1):
+            again = []
+            # closing: an error or interrupt here must cancel the requests in flight at once,
+            # not when the traceback that holds the iterator is gone
+            with contextlib.closing(stream([p.text for _, p in pending], decoding)) as results:
+                for index, result in results:
+                    key, prompt = pending[index]
+                    attempts[key] += result.attempts
+                    outcome = _settle(
+                        key, prompt, result, model_id, attempts[key], report, prices, require_steps,
+                        last_round=round_ == malformed_retries,
+                    )  # fmt: skip
+                    if outcome is None:
+                        again.append((key, prompt))
+                    else:
+                        (answers if "answer" in outcome else failures).append(outcome)
+                    if len(answers) + len(failures) >= batch_size:
+                        write()
+            pending = again
+            if not pending:
+                break
+    finally:
+        write()  # on an error or an interrupt too: what was paid for stays
+
+
+def _settle(
+    key: str,
+    prompt: Prompt,
+    result: Generation | GenerationFailure,
+    model_id: str,
+    attempts: int,
+    report: TeacherReport,
+    prices: Prices,
+    require_steps: bool,
+    last_round: bool,
+) -> dict | None:
+    """An answer row, a failure row, or None when a malformed answer is to be asked again."""
+    common = {
+        "key": key,
+        "user_idx": prompt.user_idx,
+        "cutoff": prompt.cutoff,
+        "model": model_id,
+        "template_version": prompt.version,
+    }
+    report.calls += result.attempts
+    if isinstance(result, GenerationFailure):
+        return {
+            **common,
+            "error": result.error,
+            "raw_answer": result.raw,
+            "attempts": attempts,
+            "failed_at": _now(),
+        }
+    report.tokens_in += result.tokens_in
+    report.tokens_out += result.tokens_out
+    report.cost_usd += prices.cost(result.tokens_in, result.tokens_out)
+    report.latencies_s.append(result.latency_s)
+    if not require_steps or parse_rationale(result.text) is not None:
+        return {
+            **common,
+            "answer": result.text,
+            "tokens_in": result.tokens_in,
+            "tokens_out": result.tokens_out,
+            "latency_s": result.latency_s,
+            "attempts": attempts,
+            "created_at": _now(),
+        }
+    if not last_round:
+        return None
+    return {
+        **common,
+        "error": "answer lacks the three steps",
+        "raw_answer": result.text,
+        "attempts": attempts,
+        "failed_at": _now(),
+    }
+
+
 def _ask_batch(
     batch,
     backend: LLMBackend,
@@ -161,55 +294,15 @@ def _ask_batch(
         results = backend.generate([p.text for _, p in pending], decoding)
         again = []
         for (key, prompt), result in zip(pending, results, strict=True):
-            common = {
-                "key": key,
-                "user_idx": prompt.user_idx,
-                "cutoff": prompt.cutoff,
-                "model": backend.model_id,
-                "template_version": prompt.version,
-            }
             attempts[key] += result.attempts
-            report.calls += result.attempts
-            if isinstance(result, GenerationFailure):
-                failures.append(
-                    {
-                        **common,
-                        "error": result.error,
-                        "raw_answer": result.raw,
-                        "attempts": attempts[key],
-                        "failed_at": _now(),
-                    }
-                )
-                continue
-            assert isinstance(result, Generation)
-            report.tokens_in += result.tokens_in
-            report.tokens_out += result.tokens_out
-            report.cost_usd += prices.cost(result.tokens_in, result.tokens_out)
-            report.latencies_s.append(result.latency_s)
-            if not require_steps or parse_rationale(result.text) is not None:
-                answers.append(
-                    {
-                        **common,
-                        "answer": result.text,
-                        "tokens_in": result.tokens_in,
-                        "tokens_out": result.tokens_out,
-                        "latency_s": result.latency_s,
-                        "attempts": attempts[key],
-                        "created_at": _now(),
-                    }
-                )
-            elif round_ < malformed_retries:
+            outcome = _settle(
+                key, prompt, result, backend.model_id, attempts[key], report, prices,
+                require_steps, last_round=round_ == malformed_retries,
+            )  # fmt: skip
+            if outcome is None:
                 again.append((key, prompt))
             else:
-                failures.append(
-                    {
-                        **common,
-                        "error": "answer lacks the three steps",
-                        "raw_answer": result.text,
-                        "attempts": attempts[key],
-                        "failed_at": _now(),
-                    }
-                )
+                (answers if "answer" in outcome else failures).append(outcome)
         pending = again
         if not pending:
             break
