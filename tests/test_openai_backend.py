@@ -213,3 +213,78 @@ def test_an_unsupported_proxy_scheme_is_a_clear_error(server, monkeypatch):
     monkeypatch.setenv("HTTP_PROXY", "socks5://127.0.0.1:1080")
     with pytest.raises(ConfigError, match="proxy scheme 'socks5'"):
         backend(server).generate(["prompt"], Decoding())
+
+
+def _self_signed(folder):
+    """A certificate for 127.0.0.1 and its key, as PEM files."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "slim test endpoint")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = folder / "cert.pem", folder / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_file, key_file
+
+
+def test_https_endpoints_are_verified(tmp_path, monkeypatch):
+    """Real TLS on loopback: answered when the certificate is trusted (SSL_CERT_FILE, as for a
+    company CA), a recorded failure naming the certificate when it is not."""
+    import ssl
+
+    from slim_core.llm import openai_http
+    from tests.fake_openai import FakeOpenAI
+
+    cert_file, key_file = _self_signed(tmp_path)
+    server = FakeOpenAI()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert_file, key_file)
+    server.server.socket = context.wrap_socket(server.server.socket, server_side=True)
+    server.start()
+    url = server.url.replace("http://", "https://")
+    try:
+        for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        settings = {"base_url": url, "model": "m", "api_key_env": None, "backoff_s": 0.01}
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert_file))
+        openai_http._ssl_context.cache_clear()
+        trusted = OpenAICompatibleBackend(**settings).generate(["p1", "p2"], Decoding())
+        assert all(isinstance(r, Generation) and r.text == GOOD_ANSWER for r in trusted)
+
+        monkeypatch.delenv("SSL_CERT_FILE")
+        openai_http._ssl_context.cache_clear()
+        untrusted = OpenAICompatibleBackend(**settings, max_retries=0).generate(["p3"], Decoding())
+        assert isinstance(untrusted[0], GenerationFailure)
+        assert "certificate" in untrusted[0].error.lower()
+        assert "p3" not in server.calls  # nothing was sent to an endpoint it could not verify
+    finally:
+        openai_http._ssl_context.cache_clear()
+        server.stop()
