@@ -9,6 +9,7 @@ Side flows: teacher only, student only, retry failed teacher prompts, scheduled 
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -169,6 +170,8 @@ def _ask_in_batches(
     cfg = teacher_config(config)
     batches = [prompts[s : s + cfg.batch_size] for s in range(0, len(prompts), cfg.batch_size)]
     report = TeacherReport()
+    if cfg.budget_usd is None and cfg.backend == "openai" and config.run.task_runner != "dask":
+        return _two_batches_at_a_time(config, batches, replay_failed)
     if cfg.budget_usd is None:  # independent batches
         calls = [
             (teacher_batch_task, (config, b, n, None, replay_failed))
@@ -182,6 +185,27 @@ def _ask_in_batches(
         report = report.add(teacher_batch_task(config, batch, number, remaining, replay_failed))
         if report.stopped_by_budget:
             break
+    return report
+
+
+def _two_batches_at_a_time(
+    config: SlimConfig, batches: list[list[Prompt]], replay_failed: bool
+) -> TeacherReport:
+    """HTTP teacher batches two at a time. One batch alone ends waiting for its slowest
+    requests while the other connections idle; with the next batch already running, its
+    requests take those connections (both share the backend's connections and concurrency
+    bound). Each writes its answers in halves, so a kill still loses at most one batch."""
+    write_every = max(1, -(-teacher_config(config).batch_size // 2))
+    report = TeacherReport()
+    running: deque = deque()
+    for number, batch in enumerate(batches, start=1):
+        running.append(
+            teacher_batch_task.submit(config, batch, number, None, replay_failed, write_every)
+        )
+        if len(running) == 2:
+            report = report.add(running.popleft().result())
+    while running:
+        report = report.add(running.popleft().result())
     return report
 
 

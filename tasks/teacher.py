@@ -9,6 +9,7 @@ per prompt on disk, so a retried or replayed batch pays only for what is still u
 from __future__ import annotations
 
 import functools
+import threading
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
@@ -49,8 +50,13 @@ def _backend(cfg_json: str) -> LLMBackend:
     return make_backend(cfg, api_key=api_key)
 
 
+_BACKEND_LOCK = threading.Lock()
+
+
 def backend_for(config: SlimConfig) -> LLMBackend:
-    return _backend(teacher_config(config).model_dump_json())
+    # Batch tasks in two threads (HTTP) must share one backend, so one concurrency bound.
+    with _BACKEND_LOCK:
+        return _backend(teacher_config(config).model_dump_json())
 
 
 @task(
@@ -66,8 +72,10 @@ def teacher_batch_task(
     number: int,
     budget_usd: float | None,
     replay_failed: bool = False,
+    write_every: int | None = None,
 ) -> TeacherReport:
-    """Ask the teacher for one batch; answers and failures are on disk when this returns.
+    """Ask the teacher for one batch; answers and failures are on disk when this returns
+    (written `write_every` at a time, or all at the end).
 
     Prompts in the dead-letter table are skipped (a rerun neither pays for them again nor loads
     a local model for them) unless `replay_failed`: the retry-failed flow replays them.
@@ -78,7 +86,7 @@ def teacher_batch_task(
         backend_for(config),
         answer_cache(config),
         decoding(cfg),
-        batch_size=len(prompts) or 1,
+        batch_size=write_every or len(prompts) or 1,
         malformed_retries=cfg.malformed_retries,
         prices=prices(cfg),
         budget_usd=budget_usd,

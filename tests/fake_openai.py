@@ -29,6 +29,7 @@ class FakeOpenAI:
         self.slow_s = slow_s
         self.plan: dict[str, list[str]] = {}
         self.calls: Counter[str] = Counter()
+        self.arrivals: list[tuple[float, str]] = []  # (monotonic time, prompt) per request
         self.answered: set[str] = set()
         self.after_answer = 0
         self.authorizations: list[str] = []
@@ -59,6 +60,7 @@ class FakeOpenAI:
         with self.lock:
             self.plan = defaultdict(list, {k: list(v) for k, v in (plan or {}).items()})
             self.calls.clear()
+            self.arrivals.clear()
             self.answered.clear()
             self.after_answer = 0
             self.authorizations.clear()
@@ -68,6 +70,7 @@ class FakeOpenAI:
 
     def _next(self, prompt: str) -> str:
         with self.lock:
+            self.arrivals.append((time.monotonic(), prompt))
             self.calls[prompt] += 1
             if prompt in self.answered:
                 self.after_answer += 1

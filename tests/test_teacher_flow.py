@@ -140,7 +140,7 @@ def test_killed_teacher_flow_then_retry_failed_empties_the_dead_letters(
 ):
     """`slim teacher run` in a real process, killed with SIGKILL mid-flow after a batch left two
     dead letters; `retry-failed` replays exactly those, a rerun finishes the rest, and no prompt
-    is paid for twice beyond the batch in flight at the kill."""
+    is paid for twice beyond one batch of unwritten answers and the requests in flight."""
     import contextlib
     import signal
     import subprocess
@@ -173,7 +173,13 @@ def test_killed_teacher_flow_then_retry_failed_empties_the_dead_letters(
             start_new_session=True,  # so that the kill also takes its temporary Prefect server
         )
     deadline = time.monotonic() + 180
-    while len(cache.answered_keys()) < 6 and time.monotonic() < deadline and child.poll() is None:
+    # HTTP batches run two at a time and write in halves: wait for the first batch's dead
+    # letters (its two hopeless prompts fail after their retries) and six answers.
+    while (
+        (len(cache.answered_keys()) < 6 or len(cache.dead_letters()) < 2)
+        and time.monotonic() < deadline
+        and child.poll() is None
+    ):
         time.sleep(0.05)
     # the child and its group may have ended already (the assert below says why)
     with contextlib.suppress(ProcessLookupError):
@@ -193,4 +199,40 @@ def test_killed_teacher_flow_then_retry_failed_empties_the_dead_letters(
     assert replay["replayed"] == 2 and cache.dead_letters() == []
     final = teacher_flow(str(path))["teacher"]
     assert final.summary["answered"] == 20 and final.summary["dead_letters"] == 0
-    assert fake.after_answer <= 8  # at most the batch in flight at the kill was asked again
+    # Asked again: at most one batch of answers not yet written (a half of each of the two
+    # running batches: 2 x 3) and the requests in flight at the kill (max_concurrency 8).
+    assert fake.after_answer <= 6 + 8
+
+
+def test_http_batches_overlap_and_write_in_halves(tmp_path, fake, monkeypatch):
+    """Two HTTP batch tasks run at once: the next batch's requests start while the previous
+    batch still waits for its last answers, and each batch writes its answers in halves (a
+    kill loses at most one batch). Every prompt is asked exactly once."""
+    import pyarrow.parquet as pq
+
+    from flows.pipeline import teacher_flow
+    from slim_core.config import load_config
+    from slim_core.data import prepare_data
+    from slim_core.teacher.stage import answer_cache, teacher_prompts
+
+    monkeypatch.setenv("SLIM_TEST_TEACHER_KEY", SECRET)
+    path = teacher_config(tmp_path, fake)
+    values = yaml.safe_load(path.read_text())
+    # 6 prompts on 4 connections: the second round of a batch leaves 2 connections free
+    values["teacher"].update(batch_size=6, max_concurrency=4)
+    path.write_text(yaml.safe_dump(values))
+    config = load_config(path)
+    prompts = [p.text for p in teacher_prompts(config, prepare_data(config))]
+    latency = 1.0
+    fake.reset(latency_s=latency)
+
+    result = teacher_flow(str(path)).get("teacher")
+    assert result.summary["answered"] == 20 and all(fake.calls[p] == 1 for p in prompts)
+    sent = {prompt: at for at, prompt in fake.arrivals}
+    first, second = prompts[:6], prompts[6:12]
+    # Sequential batches would send batch 2 only after batch 1's last answer came back; here
+    # it takes the connections batch 1's second round leaves free.
+    assert min(sent[p] for p in second) < max(sent[p] for p in first) + latency / 2
+    files = list(answer_cache(config).answers.glob("*.parquet"))
+    assert sum(pq.read_metadata(f).num_rows for f in files) == 20
+    assert max(pq.read_metadata(f).num_rows for f in files) <= 3

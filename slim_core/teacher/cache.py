@@ -7,7 +7,8 @@
     cache.write_failures(rows)     # prompts that still failed after their retries
 
 Every batch is its own file, renamed into place only when complete, so a crash or kill loses at
-most the batch in flight and a rerun pays only for prompts without an answer. The key is a hash
+most the batch being collected (and the requests in flight) and a rerun pays only for prompts
+without an answer. The key is a hash
 of (model, template version, prompt text, decoding parameters): change any of them and the
 prompt is asked again; change nothing and it never is.
 """

@@ -188,7 +188,7 @@ def _ask_streaming(
         bar.update(len(answers) + len(failures))
         written += 1
         log.info(
-            "%s batch %d: %d answered, %d failed",
+            "%s, written part %d: %d answered, %d failed",
             progress or "teacher",
             written,
             len(answers),
