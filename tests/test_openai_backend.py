@@ -288,3 +288,19 @@ def test_https_endpoints_are_verified(tmp_path, monkeypatch):
     finally:
         openai_http._ssl_context.cache_clear()
         server.stop()
+
+
+def test_a_key_no_header_can_carry_is_refused_without_showing_it(server, monkeypatch):
+    monkeypatch.setenv("SLIM_TEST_KEY", SECRET + "\n")
+    with pytest.raises(ConfigError, match="SLIM_TEST_KEY contains spaces, line breaks") as error:
+        backend(server).generate(["prompt"], Decoding())
+    assert SECRET not in str(error.value)
+
+
+def test_transport_errors_never_quote_the_key():
+    from slim_core.llm.openai_http import _LoopRunner, _redacted
+
+    runner = _LoopRunner.__new__(_LoopRunner)  # only its headers are read
+    runner.headers = [(b"Authorization", f"Bearer {SECRET}".encode())]
+    text = _redacted(ValueError(f"Illegal header value b'Bearer {SECRET}' / {SECRET}"), runner)
+    assert SECRET not in text and "***" in text

@@ -76,6 +76,13 @@ class OpenAICompatibleBackend:
                     f"teacher: environment variable {self.api_key_env} is not set (the API key)"
                 )
         if key:
+            if not key.isascii() or not key.isprintable() or any(c.isspace() for c in key):
+                # h11 would refuse the header and quote it in its error message
+                source = f"environment variable {self.api_key_env}" if not self.api_key else "key"
+                raise ConfigError(
+                    f"teacher: the API key in {source} contains spaces, line breaks or other "
+                    "characters an HTTP header cannot carry"
+                )
             headers.append((b"Authorization", f"Bearer {key}".encode()))
         return headers
 
@@ -213,7 +220,7 @@ class OpenAICompatibleBackend:
                 except (TimeoutError, httpcore.TimeoutException):
                     error = f"TimeoutError: no complete reply within {self.timeout_s} s"
                 except (httpcore.NetworkError, httpcore.ProtocolError, OSError) as exc:
-                    error = f"{type(exc).__name__}: request failed ({exc})"
+                    error = f"{type(exc).__name__}: request failed ({_redacted(exc, runner)})"
                 else:
                     if response.status == 200:
                         parsed = _parse(response.content)
@@ -386,6 +393,15 @@ def _ssl_context() -> ssl.SSLContext:
     """One verifying TLS context for every connection (loading the CA bundle takes ~20 ms):
     certifi's bundle, or SSL_CERT_FILE / SSL_CERT_DIR when set (a company CA)."""
     return httpx.create_ssl_context()
+
+
+def _redacted(exc: BaseException, runner: _LoopRunner) -> str:
+    """The error's text without the Authorization header's value, should it quote it."""
+    text = str(exc)
+    for name, value in runner.headers:
+        if name == b"Authorization":
+            text = text.replace(value.decode(), "Bearer ***").replace(value[7:].decode(), "***")
+    return text[:300]
 
 
 def _text(content: bytes) -> str:
