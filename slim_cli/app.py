@@ -12,6 +12,7 @@ slim regenerate --config configs/demo.yaml [--cron "0 3 * * *"]   # only changed
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 from typing import Annotated
 
@@ -382,6 +383,14 @@ def models_fetch(
     console.print(f"{name}: [cyan]{path}[/]")
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"stopped by signal {signum}")
+
+
 def main() -> None:  # pragma: no cover - console entry point
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # A scheduler stops a job with SIGTERM, which ends Python without any clean-up: the
+    # temporary Prefect server the command started (a process of its own) would live on. Taken
+    # as Ctrl-C, Prefect marks the run and stops its server; answers already written stay.
+    signal.signal(signal.SIGTERM, _interrupt)
     app()

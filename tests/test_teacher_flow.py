@@ -236,3 +236,57 @@ def test_http_batches_overlap_and_write_in_halves(tmp_path, fake, monkeypatch):
     files = list(answer_cache(config).answers.glob("*.parquet"))
     assert sum(pq.read_metadata(f).num_rows for f in files) == 20
     assert max(pq.read_metadata(f).num_rows for f in files) <= 3
+
+
+def test_sigterm_stops_the_command_and_its_temporary_prefect_server(tmp_path, fake, monkeypatch):
+    """A scheduler stops `slim` with SIGTERM to the command alone: the command ends, takes the
+    temporary Prefect server it started with it (no process of its group is left), and what
+    was answered stays cached."""
+    import contextlib
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from slim_core.config import load_config
+    from slim_core.teacher.stage import answer_cache
+
+    monkeypatch.setenv("SLIM_TEST_TEACHER_KEY", SECRET)
+    path = teacher_config(tmp_path, fake)
+    fake.reset(latency_s=1.0)
+    cache = answer_cache(load_config(path))
+    env = dict(os.environ)
+    env.pop("PREFECT_API_URL", None)  # the command starts its own temporary server
+    env["PREFECT_HOME"] = str(tmp_path / "child-prefect")
+    child_log = tmp_path / "child.log"
+    with child_log.open("w") as log:
+        child = subprocess.Popen(
+            [str(Path(sys.executable).parent / "slim"), "teacher", "run", "-c", str(path)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: the server's too
+        )
+    try:
+        deadline = time.monotonic() + 180
+        while not cache.answered_keys() and time.monotonic() < deadline and child.poll() is None:
+            time.sleep(0.1)
+        assert cache.answered_keys(), child_log.read_text()[-3000:]
+        os.kill(child.pid, signal.SIGTERM)  # the command only, as a scheduler does
+        assert child.wait(timeout=60) != 0
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(child.pid, 0)  # anything left in the command's process group?
+            except ProcessLookupError:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail(
+                "the temporary Prefect server outlived the command:\n"
+                + child_log.read_text()[-3000:]
+            )
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)
+    assert len(cache.answered_keys()) >= 1
