@@ -68,6 +68,15 @@ class FakeOpenAI:
             self.peak_in_flight = 0
             self.latency_s = latency_s
 
+    def settled_calls(self, quiet_s: float = 0.3) -> int:
+        """Requests seen so far, once none arrived for `quiet_s`: a request a client sent just
+        before it was stopped may still be on its way to the server's threads."""
+        calls = -1
+        while calls != sum(self.calls.values()):
+            calls = sum(self.calls.values())
+            time.sleep(quiet_s)
+        return calls
+
     def _next(self, prompt: str) -> str:
         with self.lock:
             self.arrivals.append((time.monotonic(), prompt))

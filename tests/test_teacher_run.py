@@ -1,7 +1,5 @@
 """Teacher runs against the fault-injecting loopback server: nothing lost, nothing paid twice."""
 
-import time
-
 import pyarrow.parquet as pq
 import pytest
 
@@ -71,16 +69,6 @@ def test_every_prompt_ends_answered_or_dead_lettered(server, tmp_path, mix):
         assert dead == set()
 
 
-def _settled_calls(server, quiet_s: float = 0.3) -> int:
-    """Requests the server has seen, once none arrived for `quiet_s` (a request sent just
-    before the kill may still be on its way to the server's threads)."""
-    calls = -1
-    while calls != sum(server.calls.values()):
-        calls = sum(server.calls.values())
-        time.sleep(quiet_s)
-    return calls
-
-
 def test_a_killed_run_resumes_without_paying_twice(server, tmp_path, monkeypatch):
     server.reset()
     cache = AnswerCache(tmp_path)
@@ -98,7 +86,7 @@ def test_a_killed_run_resumes_without_paying_twice(server, tmp_path, monkeypatch
         ask_teacher(PROMPTS, teacher(server), cache, Decoding(max_tokens=64), batch_size=8)
     monkeypatch.undo()
     assert len(cache.answered_keys()) == 16
-    first_calls = _settled_calls(server)
+    first_calls = server.settled_calls()
     # The HTTP client streams: while a batch is written the next requests run. The kill cancels
     # them instead of letting the rest finish: at most 2 x `max_concurrency` = 16 ran ahead.
     assert first_calls <= 16 + 2 * 8
