@@ -194,7 +194,8 @@ def _two_batches_at_a_time(
     """HTTP teacher batches two at a time. One batch alone ends waiting for its slowest
     requests while the other connections idle; with the next batch already running, its
     requests take those connections (both share the backend's connections and concurrency
-    bound). Each writes its answers in halves, so a kill still loses at most one batch."""
+    bound). Each writes its answers in halves, so a kill still loses at most one batch of
+    answers, plus the requests in flight."""
     write_every = max(1, -(-teacher_config(config).batch_size // 2))
     report = TeacherReport()
     running: deque = deque()
