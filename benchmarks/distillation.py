@@ -1,6 +1,7 @@
 """Benchmark distillation quality: the student before and after LoRA fine-tuning, on held-out
 teacher pairs (share of answers with all three steps, ROUGE-L and embedding cosine against the
-teacher). Issue target: fine-tuning improves all three.
+teacher). Issue target: fine-tuning improves all three (a share already at 1.0 can only be
+kept).
 
 Why a benchmark and not the demo: the demo's 24 teacher users leave 2-4 held-out pairs, too few
 to measure anything. This runs the demo configuration with more teacher users (the teacher's
@@ -76,8 +77,12 @@ def main() -> None:
     print("| metric | base | fine-tuned | change |\n|---|---:|---:|---:|")
     for metric, b, a, d in rows:
         print(f"| {metric} | {b:.3f} | {a:.3f} | {d:+.3f} |")
-    verdict = all(d > 0 for *_, d in rows)
-    print(("PASS" if verdict else "FAIL") + ": fine-tuning improves all three metrics")
+    # A share already at 1.0 cannot improve: keeping it counts (the base model often writes the
+    # three steps; the student must not lose them while learning the teacher's content).
+    held = [m for m, b, a, _ in rows if a == b == 1.0]
+    verdict = all(d > 0 or m in held for m, *_, d in rows)
+    kept = f" ({', '.join(held)} kept at its maximum, 1.0)" if held else ""
+    print(("PASS" if verdict else "FAIL") + f": fine-tuning improves all three metrics{kept}")
     RESULTS.mkdir(parents=True, exist_ok=True)
     name = Path(args.config).stem
     result = RESULTS / ("distillation.json" if name == "demo" else f"distillation_{name}.json")
@@ -91,6 +96,7 @@ def main() -> None:
                 "training": {k: v for k, v in training.items() if k != "losses"},
                 "quality": quality,
                 "improves_all": verdict,
+                "kept_at_maximum": held,
             },
             indent=2,
         )

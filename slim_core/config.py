@@ -14,10 +14,13 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from slim_core.errors import ConfigError
+
+# Tokens a step header such as '\nStep 2:' may take (5 with the shipped students' tokenizers).
+STEP_HEADER_TOKENS = 6
 
 
 class _Strict(BaseModel):
@@ -369,6 +372,15 @@ class StudentConfig(_Strict):
     max_tokens: int = Field(192, ge=1, description="Longest rationale.")
     temperature: float = Field(0.0, ge=0, description="Sampling temperature (0: greedy).")
     repetition_penalty: float = Field(1.0, ge=1.0, description="> 1 discourages loops.")
+    step_tokens: int | None = Field(
+        None,
+        ge=4,
+        description="Most tokens per rationale step while generating (transformers backend): "
+        "the answer starts with 'Step 1:', a step that runs past this is closed by writing the "
+        "next step's header, and the answer cannot end before step 3. Keeps a small student "
+        "that loops inside one step from never reaching step 3. Three steps and their headers "
+        "must fit max_tokens (None: free generation).",
+    )
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="vLLM GPU memory share.")
     max_model_len: int = Field(2048, ge=64, description="vLLM context length.")
     tensor_parallel_size: int = Field(
@@ -377,6 +389,21 @@ class StudentConfig(_Strict):
         description="vLLM: GPUs one student is split across (for a model larger than one GPU). "
         "For throughput, run one shard per GPU instead (docs/operations.md).",
     )
+
+    @model_validator(mode="after")
+    def _steps_fit(self) -> StudentConfig:
+        if self.step_tokens is None:
+            return self
+        if self.backend == "vllm":
+            raise ValueError("step_tokens is implemented by the transformers backend only")
+        needed = 3 * (self.step_tokens + STEP_HEADER_TOKENS)
+        if needed > self.max_tokens:
+            raise ValueError(
+                f"step_tokens {self.step_tokens}: three steps and their headers need up to "
+                f"{needed} tokens, more than max_tokens {self.max_tokens}; lower step_tokens "
+                f"to {self.max_tokens // 3 - STEP_HEADER_TOKENS} or raise max_tokens"
+            )
+        return self
 
 
 class SlimConfig(BaseSettings):

@@ -78,6 +78,17 @@ def test_resolved_config_round_trips(write):
         ),
         ("data:\n  source: {format: table}\n", "data.source.table.interactions: Field required"),
         ("run: {name: x}\n", "data: Field required"),
+        (
+            "data:\n  source: {format: table, interactions: a.csv}\n"
+            "student: {base_model: m, max_tokens: 128, step_tokens: 40}\n",
+            "student: Value error, step_tokens 40: three steps and their headers need up to 138 "
+            "tokens, more than max_tokens 128; lower step_tokens to 36 or raise max_tokens",
+        ),
+        (
+            "data:\n  source: {format: table, interactions: a.csv}\n"
+            "student: {base_model: m, backend: vllm, step_tokens: 30}\n",
+            "step_tokens is implemented by the transformers backend only",
+        ),
     ],
 )
 def test_invalid_config_names_the_field(write, text, expected):

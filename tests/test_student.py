@@ -285,6 +285,15 @@ def test_new_scoring_settings_rescore_the_student_without_training_it_again(
     assert rescored.folder == first.folder  # same adapter, scored again in bfloat16
     assert rescored.quality["scored_with"]["dtype"] == "bfloat16"
     assert set(rescored.quality["after"]) == {"pairs", "three_steps", "rouge_l", "cosine"}
+    # A step budget is a decoding setting too: rescored, not retrained, and it holds the random
+    # tiny student (which writes no steps on its own) to three steps.
+    values["student"].update(max_tokens=30, step_tokens=4)
+    budgeted = stage.finetune_student(config_from_dict(values), data, teacher)
+    assert budgeted.folder == first.folder
+    assert budgeted.quality["scored_with"]["step_tokens"] == 4
+    assert (
+        budgeted.quality["after"]["three_steps"] == budgeted.quality["before"]["three_steps"] == 1
+    )
 
 
 def test_inference_is_sharded_resumable_and_regenerates_only_changed_users(tmp_path, tiny):

@@ -6,6 +6,7 @@ import pytest
 
 from slim_core.llm import Decoding, Generation
 from slim_core.llm.transformers_local import TransformersBackend
+from slim_core.prompts import parse_rationale
 from tests.tiny_llm import build_tiny_llm
 
 
@@ -83,3 +84,75 @@ def test_bfloat16_weights_generate_and_get_their_own_model_id(tiny_model):
     results = bf16.generate(["Step 1: the customer", "Step 3: a"], Decoding(max_tokens=8))
     assert all(isinstance(r, Generation) and r.tokens_out > 0 for r in results)
     assert next(bf16._model.parameters()).dtype == torch.bfloat16
+
+
+def _greedy_with_budget(tokenizer, step_tokens: int, wanted, max_tokens: int = 80) -> str:
+    """Decode greedily under StepBudget, the 'model' preferring the tokens `wanted(text)` lists."""
+    import torch
+
+    from slim_core.llm.step_budget import StepBudget
+
+    prompt = tokenizer("Purchase history", add_special_tokens=False)["input_ids"]
+    budget = StepBudget(tokenizer, step_tokens, len(prompt))
+    ids = list(prompt)
+    for _ in range(max_tokens):
+        scores = torch.zeros(1, len(tokenizer))
+        text = tokenizer.decode(ids[len(prompt) :])
+        for rank, token in enumerate(wanted(text)):
+            scores[0, token] = 100.0 - rank
+        chosen = int(budget(torch.tensor([ids]), scores).argmax())
+        ids.append(chosen)
+        if chosen == tokenizer.eos_token_id:
+            break
+    return tokenizer.decode(ids[len(prompt) :])
+
+
+def test_step_budget_writes_the_missing_steps_and_no_ending_before_step_3(tiny_model):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    glass = tokenizer(" glass", add_special_tokens=False)["input_ids"][0]
+    # A model that wants to stop at once, else loops on one word: the budget starts the answer,
+    # closes each step after 5 tokens, refuses the early ending and ends after step 3.
+    text = _greedy_with_budget(tokenizer, 5, lambda _: [tokenizer.eos_token_id, glass])
+    steps = " Step 1: glass glass glass glass glass Step 2: glass glass glass glass glass Step 3:"
+    assert text == steps.strip() + " glass</s>"  # (this tokenizer has no line break)
+    assert parse_rationale(text.removesuffix("</s>")) is not None
+
+
+def test_step_budget_follows_headers_the_model_writes_itself(tiny_model):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    script = tokenizer(
+        "Step 1: lab glass Step 2: Pyrex Step 3: a beaker", add_special_tokens=False
+    )["input_ids"]
+    eos = tokenizer.eos_token_id
+
+    def follow_script(text: str) -> list[int]:  # the next token of the script, then the end
+        done = len(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
+        return [script[done], eos] if done < len(script) else [eos]
+
+    text = _greedy_with_budget(tokenizer, 20, follow_script)
+    # short steps ended by the model itself: nothing forced, nothing doubled
+    assert text == "Step 1: lab glass Step 2: Pyrex Step 3: a beaker</s>"
+
+
+def test_step_budget_in_generate_bounds_every_step_and_batches_like_one_by_one(tiny_model):
+    prompts = ["Step 1: the customer", "Purchase history, oldest first: 1. Widget", "Step 3: a"]
+    budget = Decoding(max_tokens=40, step_tokens=6)
+    assert budget.as_dict()["step_tokens"] == 6 and "step_tokens" not in Decoding().as_dict()
+    batched = TransformersBackend(str(tiny_model), batch_size=2).generate(prompts, budget)
+    single = TransformersBackend(str(tiny_model), batch_size=1).generate(prompts, budget)
+    assert [r.text for r in batched] == [r.text for r in single]
+    free = TransformersBackend(str(tiny_model), batch_size=2).generate(
+        prompts, Decoding(max_tokens=40)
+    )
+    assert not any(parse_rationale(r.text) for r in free)  # a random model writes no steps
+    tokenizer = TransformersBackend(str(tiny_model))
+    tokenizer.load()
+    for result in batched:
+        steps = parse_rationale(result.text)
+        assert result.text.startswith("Step 1:") and steps is not None
+        for step in steps:
+            assert len(tokenizer._tokenizer(step, add_special_tokens=False)["input_ids"]) <= 6

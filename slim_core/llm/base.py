@@ -17,12 +17,17 @@ class Decoding:
     # backends and vLLM take it as is; over HTTP it is sent only when set (OpenAI rejects it,
     # vLLM's and llama.cpp's servers accept it).
     repetition_penalty: float = 1.0
+    # Most tokens per rationale step (see step_budget.py): the answer is kept to three steps of
+    # at most this length. Only the transformers backend implements it.
+    step_tokens: int | None = None
 
     def as_dict(self) -> dict[str, float | int]:
         """The parameters that decide an answer; defaults left out so cache keys stay stable."""
         values = asdict(self)
         if values["repetition_penalty"] == 1.0:
             del values["repetition_penalty"]
+        if values["step_tokens"] is None:
+            del values["step_tokens"]
         return values
 
 

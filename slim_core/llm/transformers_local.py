@@ -131,6 +131,16 @@ class TransformersBackend:
                 texts, return_tensors="pt", padding=True, add_special_tokens=False
             ).to(self.device)
             sample = decoding.temperature > 0
+            processors = None
+            if decoding.step_tokens is not None:
+                from transformers import LogitsProcessorList
+
+                from slim_core.llm.step_budget import StepBudget
+
+                width = inputs["input_ids"].shape[1]
+                eos_ids = self._model.generation_config.eos_token_id
+                budget = StepBudget(self._tokenizer, decoding.step_tokens, width, eos_ids)
+                processors = LogitsProcessorList([budget])
             with torch.no_grad():
                 output = self._model.generate(
                     **inputs,
@@ -140,6 +150,7 @@ class TransformersBackend:
                     top_p=decoding.top_p if sample else None,
                     repetition_penalty=decoding.repetition_penalty,
                     pad_token_id=self._tokenizer.pad_token_id,
+                    logits_processor=processors,
                 )
         except (RuntimeError, ValueError) as error:
             return [GenerationFailure(f"{type(error).__name__}: {error}", 1)] * len(texts)

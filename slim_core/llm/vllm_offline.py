@@ -73,6 +73,12 @@ class VLLMBackend:
         self.load()  # first: a clear error when vLLM is missing
         from vllm import SamplingParams
 
+        if decoding.step_tokens is not None:
+            raise ValueError(
+                "student.step_tokens (step budgets) is implemented by the transformers backend "
+                "only; leave it unset with backend: vllm"
+            )
+
         params = SamplingParams(
             max_tokens=decoding.max_tokens,
             temperature=decoding.temperature,

@@ -52,6 +52,7 @@ def decoding(cfg: StudentConfig) -> Decoding:
         max_tokens=cfg.max_tokens,
         temperature=cfg.temperature,
         repetition_penalty=cfg.repetition_penalty,
+        step_tokens=cfg.step_tokens,
     )
 
 
