@@ -172,10 +172,11 @@ def build_prompt(
     )
 
 
-STEP_MARK = re.compile(r"(?im)^\W*step\s*([123])\s*[:.)\-]\s*")
+# Marks of steps past 3 are read too, so that a "Step 4:" a model adds ends step 3.
+STEP_MARK = re.compile(r"(?im)^\W*step\s*([1-9])\s*[:.)\-]\s*")
 NUMBER_MARK = re.compile(r"(?m)^\W*([123])\s*[:.)\-]\s*")
 # Small models sometimes run the steps together on one line: "... glass. Step 2: ...".
-INLINE_STEP_MARK = re.compile(r"(?i)\bstep\s*([123])\s*:\s*")
+INLINE_STEP_MARK = re.compile(r"(?i)\bstep\s*([1-9])\s*:\s*")
 
 
 def parse_rationale(text: str) -> tuple[str, str, str] | None:
@@ -197,7 +198,7 @@ def _split(text: str, pattern: re.Pattern[str]) -> tuple[str, str, str] | None:
     steps: dict[str, str] = {}
     for n, (_, end, label) in enumerate(marks):
         stop = marks[n + 1][0] if n + 1 < len(marks) else len(text)
-        if label not in steps:
+        if not steps.get(label):  # a header written twice: the first one with text counts
             steps[label] = text[end:stop].strip(" *\n\t")
     if not all(steps.get(label) for label in ("1", "2", "3")):
         return None

@@ -123,6 +123,11 @@ def test_numbered_list_inside_a_step_stays_in_it():
     assert parse_rationale(answer)[2] == "Try these:\n1. Widget 9\n2. Widget 12"
 
 
+def test_a_header_written_twice_counts_once_and_a_fourth_step_ends_the_third():
+    answer = "Step 1: glass\nStep 2: Pyrex\nStep 3:\nStep 3: a beaker\nStep 4: and more"
+    assert parse_rationale(answer) == ("glass", "Pyrex", "a beaker")
+
+
 def test_data_domain_reaches_teacher_and_student_prompts_without_recomputing_data(tmp_path):
     import yaml
 

@@ -7,7 +7,7 @@ import pytest
 from slim_core.llm import Decoding, Generation
 from slim_core.llm.transformers_local import TransformersBackend
 from slim_core.prompts import parse_rationale
-from tests.tiny_llm import build_tiny_llm
+from tests.tiny_llm import CORPUS, build_tiny_llm, tiny_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -136,6 +136,29 @@ def test_step_budget_follows_headers_the_model_writes_itself(tiny_model):
     text = _greedy_with_budget(tokenizer, 20, follow_script)
     # short steps ended by the model itself: nothing forced, nothing doubled
     assert text == "Step 1: lab glass Step 2: Pyrex Step 3: a beaker</s>"
+
+
+def test_step_budget_keeps_a_forced_step_on_its_line_and_ends_at_a_header_after_step_3():
+    lines = ["Step 1: lab glass\nStep 2: Pyrex\nStep 3: a beaker\nStep 4: more"] * 20
+    tokenizer = tiny_tokenizer(CORPUS + lines)
+    ids = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    newline, glass = ids("\n")[0], ids(" glass")[0]
+    # Right after a header written for it, the model would break the line (and then write the
+    # header again, leaving the first empty): it goes on on the header's line instead.
+    text = _greedy_with_budget(tokenizer, 3, lambda _: [newline, glass])
+    assert text.startswith("Step 1: glass") and "\nStep 2: glass" in text
+    assert "\nStep 3: glass" in text and parse_rationale(text.removesuffix("</s>")) is not None
+    # A model that goes on to a fourth step is ended at its header.
+    script = ids("Step 1: lab glass\nStep 2: Pyrex\nStep 3: a beaker\nStep 4: more")
+
+    def follow_script(text: str) -> list[int]:
+        done = len(ids(text)) if text else 0
+        return [script[done]] if done < len(script) else [tokenizer.eos_token_id]
+
+    text = _greedy_with_budget(tokenizer, 20, follow_script)
+    assert text.startswith("Step 1: lab glass\nStep 2: Pyrex\nStep 3: a beaker\n")
+    assert text.endswith("</s>") and "more" not in text
+    assert parse_rationale(text.removesuffix("</s>"))[2] == "a beaker"
 
 
 def test_step_budget_in_generate_bounds_every_step_and_batches_like_one_by_one(tiny_model):

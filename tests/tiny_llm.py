@@ -12,23 +12,30 @@ CORPUS = [
 ] * 20
 
 
-def build_tiny_llm(folder: Path, hidden: int = 64, layers: int = 2, seed: int = 0) -> Path:
-    import torch
+def tiny_tokenizer(corpus: list[str] = CORPUS):
+    """A byte-level BPE tokenizer of 300 tokens trained on `corpus`, with pad/unk/bos/eos."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "<unk>", "<s>", "</s>"])
-    tokenizer.train_from_iterator(CORPUS, trainer)
+    tokenizer.train_from_iterator(corpus, trainer)
     tokenizer.decoder = decoders.ByteLevel()
-    fast = PreTrainedTokenizerFast(
+    return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         pad_token="<pad>",
         unk_token="<unk>",
         bos_token="<s>",
         eos_token="</s>",
     )
+
+
+def build_tiny_llm(folder: Path, hidden: int = 64, layers: int = 2, seed: int = 0) -> Path:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    fast = tiny_tokenizer()
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(fast),

@@ -3,10 +3,14 @@
 Why: a small student trained on a few dozen teacher answers often loops inside one step (a
 genre list repeated until the token limit) and never writes step 3; on ml-100k half of its
 rationales then had no step 3 to embed. A repetition penalty garbles the steps the model does
-write, so instead each step gets a token budget: the answer starts with "Step 1:", a step that
-runs past its budget is closed by writing the next step's header for the model, the answer may
-not end before step 3 has begun, and it ends when step 3 runs out of budget. Headers the model
-writes itself are followed, not duplicated. Greedy or sampled decoding is otherwise unchanged.
+write, so instead each step gets a token budget:
+  - the answer starts with "Step 1:";
+  - a step that runs past its budget is closed by writing the next step's header for the model;
+  - a step written for the model starts on the header's line (a line break there made the
+    student write the header again, leaving the first one empty);
+  - the answer may not end before step 3 has a word, and ends when step 3 runs out of budget
+    or the model starts another header after it.
+Headers the model writes itself are followed, not doubled. Decoding is otherwise unchanged.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from typing import Any
 import torch
 
 STEPS = 3
+NEXT_HEADER = re.compile(r"(?i)\bstep\s*(\d+)\s*[:.)\-]")  # as the parser reads step marks
+LINE_HEADER = re.compile(r"(?i)\S[\s\S]*\n\W*step\s*\d+\s*[:.)\-]")  # one after some text
 
 
 @dataclass
@@ -25,6 +31,23 @@ class _Row:
     step: int = 0  # the step being written; 0 before "Step 1:"
     start: int = 0  # generated-token index where the current step's text begins
     forced: list[int] = field(default_factory=list)  # header tokens still to write
+    opened: bool = False  # the current step's header was written for the model
+    done: bool = False  # step 3 is over: only the end may follow
+
+
+_BLANK_TOKENS: dict[tuple[str, int], list[int]] = {}
+
+
+def _blank_tokens(tokenizer: Any) -> list[int]:
+    """Ids of the tokens that write only white space (line breaks, spaces); once per tokenizer."""
+    key = (str(getattr(tokenizer, "name_or_path", id(tokenizer))), len(tokenizer))
+    if key not in _BLANK_TOKENS:
+        texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+        special = set(tokenizer.all_special_ids)
+        _BLANK_TOKENS[key] = [
+            i for i, t in enumerate(texts) if t and not t.strip() and i not in special
+        ]
+    return _BLANK_TOKENS[key]
 
 
 class StepBudget:
@@ -48,6 +71,7 @@ class StepBudget:
         ids = [eos_ids] if isinstance(eos_ids, int) else list(eos_ids or [])
         first = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
         self.eos = list(dict.fromkeys(first + ids))
+        self.blank = _blank_tokens(tokenizer)
         self.headers = {n: self._header(n) for n in range(1, STEPS + 1)}
         self.rows: list[_Row] = []
 
@@ -57,22 +81,26 @@ class StepBudget:
         generated = input_ids[:, self.prompt_width :]
         written = generated.shape[1]
         for n, row in enumerate(self.rows):
-            if not row.forced and row.step < STEPS:
+            if not row.forced and not row.done and row.step > 0:
                 self._follow_own_header(row, generated[n])
-            if (
-                not row.forced
-                and row.step < STEPS
-                and (row.step == 0 or written - row.start >= self.step_tokens)
+            in_step = written - row.start
+            if row.done or (row.step == STEPS and in_step >= self.step_tokens):
+                if self.eos:
+                    scores[n] = self._only(scores[n], self.eos[0])
+                continue
+            if not row.forced and row.step < STEPS and (
+                row.step == 0 or in_step >= self.step_tokens
             ):
                 row.forced = list(self.headers[row.step + 1])
             if row.forced:
                 token = row.forced.pop(0)
                 if not row.forced:  # header written: the next step's text starts after it
-                    row.step, row.start = row.step + 1, written + 1
+                    row.step, row.start, row.opened = row.step + 1, written + 1, True
                 scores[n] = self._only(scores[n], token)
-            elif row.step == STEPS and written - row.start >= self.step_tokens and self.eos:
-                scores[n] = self._only(scores[n], self.eos[0])
-            elif (row.step < STEPS or written == row.start) and self.eos:
+                continue
+            if in_step == 0 and row.opened:
+                scores[n, self.blank] = -float("inf")  # go on on the header's line
+            if (row.step < STEPS or in_step == 0) and self.eos:
                 scores[n, self.eos] = -float("inf")  # no ending before step 3 has a word
         return scores
 
@@ -86,12 +114,12 @@ class StepBudget:
         return ids
 
     def _follow_own_header(self, row: _Row, generated: torch.Tensor) -> None:
-        """Move on to step k+1 when the model wrote the header 'Step k+1:' itself."""
-        if row.step == 0:
-            return
+        """Move on when the model wrote the next header itself; after step 3, any header ends."""
         text = self.tokenizer.decode(generated[row.start :], skip_special_tokens=True)
-        if re.search(rf"(?i)\bstep\s*{row.step + 1}\s*[:.)\-]", text):  # as the parser reads
-            row.step, row.start = row.step + 1, generated.shape[0]
+        if row.step == STEPS:
+            row.done = LINE_HEADER.search(text) is not None
+        elif any(int(m.group(1)) == row.step + 1 for m in NEXT_HEADER.finditer(text)):
+            row.step, row.start, row.opened = row.step + 1, generated.shape[0], False
 
     @staticmethod
     def _only(scores: torch.Tensor, token: int) -> torch.Tensor:
