@@ -88,8 +88,10 @@ class StepBudget:
                 if self.eos:
                     scores[n] = self._only(scores[n], self.eos[0])
                 continue
-            if not row.forced and row.step < STEPS and (
-                row.step == 0 or in_step >= self.step_tokens
+            if (
+                not row.forced
+                and row.step < STEPS
+                and (row.step == 0 or in_step >= self.step_tokens)
             ):
                 row.forced = list(self.headers[row.step + 1])
             if row.forced:
