@@ -426,6 +426,9 @@ def test_vllm_backend_without_vllm_is_a_clear_error(monkeypatch, tiny):
     monkeypatch.setitem(sys.modules, "vllm", None)  # as if not installed
     with pytest.raises(ConfigError, match="vLLM is not installed"):
         VLLMBackend(str(tiny)).generate(["x"], Decoding(max_tokens=2))
+    # a step budget, which vLLM does not implement here, is refused before any engine starts
+    with pytest.raises(ValueError, match="transformers backend only"):
+        VLLMBackend(str(tiny)).generate(["x"], Decoding(max_tokens=30, step_tokens=4))
 
 
 @pytest.mark.slow

@@ -70,14 +70,13 @@ class VLLMBackend:
     def generate(
         self, prompts: list[str], decoding: Decoding
     ) -> list[Generation | GenerationFailure]:
-        self.load()  # first: a clear error when vLLM is missing
-        from vllm import SamplingParams
-
-        if decoding.step_tokens is not None:
+        if decoding.step_tokens is not None:  # before the engine's minute-long start
             raise ValueError(
                 "student.step_tokens (step budgets) is implemented by the transformers backend "
                 "only; leave it unset with backend: vllm"
             )
+        self.load()  # first: a clear error when vLLM is missing
+        from vllm import SamplingParams
 
         params = SamplingParams(
             max_tokens=decoding.max_tokens,
