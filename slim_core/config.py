@@ -23,6 +23,22 @@ from slim_core.errors import ConfigError
 STEP_HEADER_TOKENS = 6
 
 
+def check_step_budget(step_tokens: int | None, max_tokens: int, backend: str) -> None:
+    """A step budget (see slim_core/llm/step_budget.py) needs the transformers backend and
+    room for three steps and their headers within max_tokens."""
+    if step_tokens is None:
+        return
+    if backend != "transformers":
+        raise ValueError("step_tokens is implemented by the transformers backend only")
+    needed = 3 * (step_tokens + STEP_HEADER_TOKENS)
+    if needed > max_tokens:
+        raise ValueError(
+            f"step_tokens {step_tokens}: three steps and their headers need up to {needed} "
+            f"tokens, more than max_tokens {max_tokens}; lower step_tokens to "
+            f"{max_tokens // 3 - STEP_HEADER_TOKENS} or raise max_tokens"
+        )
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -305,9 +321,22 @@ class TeacherConfig(_Strict):
         description="> 1 stops small local models looping on one line; over HTTP only for "
         "servers that accept it (vLLM, llama.cpp), not OpenAI.",
     )
+    step_tokens: int | None = Field(
+        None,
+        ge=4,
+        description="Most tokens per step while a local (transformers) teacher answers, as "
+        "student.step_tokens: a step that runs past this is closed and the next step's header "
+        "written, so a small teacher that lists genres until max_tokens still reaches step 3 "
+        "(None: free generation; endpoints over HTTP do not take it).",
+    )
     price_input_per_1k: float = Field(0.0, ge=0, description="USD per 1,000 prompt tokens.")
     price_output_per_1k: float = Field(0.0, ge=0, description="USD per 1,000 answer tokens.")
     budget_usd: float | None = Field(None, gt=0, description="Stop cleanly before spending more.")
+
+    @model_validator(mode="after")
+    def _steps_fit(self) -> TeacherConfig:
+        check_step_budget(self.step_tokens, self.max_tokens, self.backend)
+        return self
 
 
 class StudentConfig(_Strict):
@@ -392,17 +421,7 @@ class StudentConfig(_Strict):
 
     @model_validator(mode="after")
     def _steps_fit(self) -> StudentConfig:
-        if self.step_tokens is None:
-            return self
-        if self.backend == "vllm":
-            raise ValueError("step_tokens is implemented by the transformers backend only")
-        needed = 3 * (self.step_tokens + STEP_HEADER_TOKENS)
-        if needed > self.max_tokens:
-            raise ValueError(
-                f"step_tokens {self.step_tokens}: three steps and their headers need up to "
-                f"{needed} tokens, more than max_tokens {self.max_tokens}; lower step_tokens "
-                f"to {self.max_tokens // 3 - STEP_HEADER_TOKENS} or raise max_tokens"
-            )
+        check_step_budget(self.step_tokens, self.max_tokens, self.backend)
         return self
 
 

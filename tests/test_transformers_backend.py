@@ -179,3 +179,35 @@ def test_step_budget_in_generate_bounds_every_step_and_batches_like_one_by_one(t
         assert result.text.startswith("Step 1:") and steps is not None
         for step in steps:
             assert len(tokenizer._tokenizer(step, add_special_tokens=False)["input_ids"]) <= 6
+
+
+def test_a_local_teacher_with_a_step_budget_answers_where_it_failed_without(tiny_model, tmp_path):
+    from slim_core.config import TeacherConfig
+    from slim_core.prompts import Prompt
+    from slim_core.teacher.cache import AnswerCache
+    from slim_core.teacher.run import ask_teacher
+    from slim_core.teacher.stage import decoding, make_backend
+
+    prompts = [
+        Prompt(user_idx=n, cutoff=3, version="teacher-v2", text=f"Widget {n}", history_items=(1,))
+        for n in range(3)
+    ]
+    reports = {}
+    for step_tokens in (None, 8):
+        cfg = TeacherConfig(
+            model=str(tiny_model), max_tokens=48, step_tokens=step_tokens, malformed_retries=0
+        )
+        assert decoding(cfg).step_tokens == step_tokens
+        reports[step_tokens] = ask_teacher(
+            prompts,
+            make_backend(cfg),
+            AnswerCache(tmp_path / "cache"),
+            decoding(cfg),
+            malformed_retries=0,
+        )
+    # a random model never writes the three steps itself: every prompt is a dead letter ...
+    assert (reports[None].answered, reports[None].failed) == (0, 3)
+    # ... and with the budget every answer has them (a new cache key: asked again, not reused)
+    assert (reports[8].answered, reports[8].failed, reports[8].cached) == (3, 0, 0)
+    with pytest.raises(ValueError, match="transformers backend only"):
+        TeacherConfig(model="gpt", backend="openai", step_tokens=8)

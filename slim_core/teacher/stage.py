@@ -46,6 +46,7 @@ def decoding(cfg: TeacherConfig) -> Decoding:
         temperature=cfg.temperature,
         top_p=cfg.top_p,
         repetition_penalty=cfg.repetition_penalty,
+        step_tokens=cfg.step_tokens,
     )
 
 
