@@ -15,15 +15,14 @@ Headers the model writes itself are followed, not doubled. Decoding is otherwise
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from slim_core.prompts import INLINE_STEP_MARK, STEP_MARK
+
 STEPS = 3
-NEXT_HEADER = re.compile(r"(?i)\bstep\s*(\d+)\s*[:.)\-]")  # as the parser reads step marks
-LINE_HEADER = re.compile(r"(?i)\S[\s\S]*\n\W*step\s*\d+\s*[:.)\-]")  # one after some text
 
 
 @dataclass
@@ -118,9 +117,14 @@ class StepBudget:
     def _follow_own_header(self, row: _Row, generated: torch.Tensor) -> None:
         """Move on when the model wrote the next header itself; after step 3, any header ends."""
         text = self.tokenizer.decode(generated[row.start :], skip_special_tokens=True)
-        if row.step == STEPS:
-            row.done = LINE_HEADER.search(text) is not None
-        elif any(int(m.group(1)) == row.step + 1 for m in NEXT_HEADER.finditer(text)):
+        # The parser's own step marks: a header the budget follows is one the parser splits at.
+        if row.step == STEPS:  # a header at a line start, after some text of step 3
+            row.done = any(text[: m.start()].strip() for m in STEP_MARK.finditer(text))
+        elif any(
+            m.group(1) == str(row.step + 1)
+            for mark in (STEP_MARK, INLINE_STEP_MARK)
+            for m in mark.finditer(text)
+        ):
             row.step, row.start, row.opened = row.step + 1, generated.shape[0], False
 
     @staticmethod
