@@ -190,6 +190,7 @@ RecModel = Literal["sasrec", "gru4rec"]
 # id: ID embeddings only; item_text: + item text vectors (the paper's item feature extension);
 # user_text: + a per-(user, cutoff) text vector on the user side; item_user_text: both.
 RecVariant = Literal["id", "item_text", "user_text", "item_user_text"]
+USER_VARIANTS = ("user_text", "item_user_text")  # read a rationale vector per user
 
 
 class RecommenderConfig(_Strict):
@@ -287,10 +288,12 @@ class TeacherConfig(_Strict):
         200, ge=1, description="Users sampled for rationales, stratified by history length."
     )
     cutoffs: list[Literal["train", "valid", "test"]] = Field(
-        ["valid"],
+        ["train", "valid"],
         min_length=1,
         description="Targets the rationales precede (history before them only): train is each "
-        "user's last training item, valid and test the evaluation targets.",
+        "user's last training item, valid and test the evaluation targets. One prompt per user "
+        "and cutoff. The '+teacher' variants need train (the recommenders learn to read the "
+        "rationales there) and valid or test (they are evaluated with them).",
     )
     max_history_items: int = Field(20, ge=1, description="Most recent items shown in a prompt.")
     token_budget: int | None = Field(600, ge=1, description="Words of history a prompt may hold.")
@@ -454,6 +457,27 @@ class SlimConfig(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # Environment first: it overrides the values read from the YAML file.
         return (env_settings, init_settings)
+
+    @model_validator(mode="after")
+    def _rationales_reach_training(self) -> SlimConfig:
+        # A training target reads only a rationale written before it; the last one is the train
+        # cutoff's. Without that cutoff a source's vectors reach evaluation but never training,
+        # and its rows would measure an untrained input: refuse before any LLM call is paid.
+        rec = self.recommender
+        user_side = rec.text_matching or any(v in USER_VARIANTS for v in rec.variants)
+        if rec.user_vectors is not None or not user_side:
+            return self
+        for source in rec.rationales:
+            stage = {"student": self.student, "teacher": self.teacher}[source]
+            if stage is not None and "train" not in stage.cutoffs:
+                raise ValueError(
+                    f"recommender.rationales has {source!r} but {source}.cutoffs "
+                    f"{stage.cutoffs} has no 'train': no training target could read a {source} "
+                    "rationale (a target reads only rationales written before it), so its "
+                    f"variants would measure nothing. Add 'train' to {source}.cutoffs (one "
+                    f"more prompt per user), or remove {source!r} from recommender.rationales"
+                )
+        return self
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

@@ -148,7 +148,7 @@ def test_data_domain_reaches_teacher_and_student_prompts_without_recomputing_dat
     assert data_stage_key(movies.data) == data_stage_key(products.data)  # only prompts change
     data = prepare_data(movies)
     teacher = teacher_prompts(movies, data)
-    assert len(teacher) == 5
+    assert len(teacher) == 5 * 2  # train and valid cutoffs
     assert {p.version for p in teacher} == {f"{TEACHER_VERSION}-movies"}
     assert all("viewer's watch history" in p.text for p in teacher)
     student = student_prompts(StudentConfig(base_model="unused", users=3), data, movies.data.domain)

@@ -164,7 +164,7 @@ def test_report_tables_slim_gain_and_history_groups():
     assert slim[:3] == [1.0, 1.0, 0.5] and slim[3:] == [0.0, 0.0]
 
 
-def test_run_specs_one_run_per_source_and_no_text_matching_without_train_rationales():
+def test_run_specs_one_run_per_source_and_every_part_for_the_student():
     from slim_core.config import config_from_dict
     from slim_core.errors import ConfigError
     from slim_core.rec.pipeline import run_specs
@@ -179,7 +179,7 @@ def test_run_specs_one_run_per_source_and_no_text_matching_without_train_rationa
             "text_matching_parts": ["full", "step2"],
             "seeds": [1],
         },
-        "teacher": {"model": "m", "cutoffs": ["valid"]},
+        "teacher": {"model": "m", "cutoffs": ["train", "valid"]},
         "student": {"base_model": "b", "cutoffs": ["train", "valid", "test"]},
     }
     config = config_from_dict(values)
@@ -191,7 +191,33 @@ def test_run_specs_one_run_per_source_and_no_text_matching_without_train_rationa
         "sasrec-item_user_text-student-1",
         "sasrec-item_user_text-teacher-1",
         "text_matching-rationale-student-1",
+        "text_matching-rationale-teacher-1",
         "text_matching-rationale-student-step2-1",
-    ]  # teacher text matching needs teacher rationales at the train cutoff
+    ]  # single steps for the student only
     with pytest.raises(ConfigError, match="need rationale vectors"):
         run_specs(config, [])
+
+
+@pytest.mark.parametrize("source", ["teacher", "student"])
+def test_config_refuses_rationale_rows_that_no_training_target_can_read(source):
+    """Asked at the valid cutoff only, a stage's rationales are read by evaluation targets but by
+    no training target: the recommenders would be scored on an input they never learnt."""
+    from slim_core.config import config_from_dict
+    from slim_core.errors import ConfigError
+
+    values = {
+        "data": {"source": {"format": "table", "interactions": "x.csv"}},
+        "recommender": {"variants": ["id", "item_user_text"], "rationales": [source]},
+        "teacher": {"model": "m"},
+        "student": {"base_model": "b"},
+    }
+    config_from_dict(values)  # the defaults include the train cutoff
+    values[source]["cutoffs"] = ["valid"]
+    with pytest.raises(ConfigError, match=rf"{source}\.cutoffs \['valid'\] has no 'train'"):
+        config_from_dict(values)
+    # Without a user-side variant or text matching nothing reads them: nothing to refuse.
+    values["recommender"]["variants"] = ["id", "item_text"]
+    config_from_dict(values)
+    values["recommender"]["text_matching"] = True
+    with pytest.raises(ConfigError, match="no training target could read"):
+        config_from_dict(values)

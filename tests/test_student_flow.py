@@ -26,6 +26,7 @@ def write_config(tmp_path: Path, fake_url: str, base: Path) -> Path:
             "base_url": fake_url,
             "api_key_env": None,
             "users": USERS,
+            "cutoffs": ["valid"],  # no recommender reads them here: one prompt per user
             "batch_size": 8,
         },
         "student": {

@@ -129,11 +129,6 @@ def encode_stage(config: SlimConfig, data: DataStageResult) -> EncodeResult:
     return EncodeResult(folder.path, folder.key, manifest.get("facts", {}))
 
 
-def _has_train_cutoff(config: SlimConfig, source: str) -> bool:
-    stage = {"student": config.student, "teacher": config.teacher}.get(source.split(":")[0])
-    return stage is None or "train" in stage.cutoffs  # your own file: it is checked on reading
-
-
 def run_specs(config: SlimConfig, sources: Sequence[str] = ()) -> list[RunSpec]:
     """Every run: popularity, each backbone x variant x seed (user-side variants once per
     rationale source), and text matching per source and rationale part."""
@@ -153,16 +148,6 @@ def run_specs(config: SlimConfig, sources: Sequence[str] = ()) -> list[RunSpec]:
     if rec.text_matching:
         matching = [s for s in sources if s in full and "full" in rec.text_matching_parts]
         matching += [s for s in sources if ":" in s]
-        # Text matching learns from rationales at training cutoffs: sources without them
-        # (a teacher asked at the validation cutoff only) are left out, and said so.
-        skipped = [s for s in matching if not _has_train_cutoff(config, s)]
-        if skipped:
-            log.warning(
-                "text matching skipped for %s: no rationales at the train cutoff (add 'train' "
-                "to that stage's cutoffs)",
-                ", ".join(skipped),
-            )
-        matching = [s for s in matching if s not in skipped]
         specs += [
             RunSpec("text_matching", "rationale", s, src) for src in matching for s in rec.seeds
         ]
