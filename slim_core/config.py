@@ -215,6 +215,12 @@ class RecommenderConfig(_Strict):
         "Table 2); the student source gets every part listed, the teacher source the full one.",
     )
     popularity: bool = Field(True, description="Report the most-popular-items baseline.")
+    zero_vector_control: bool = Field(
+        False,
+        description="Also train each user_text variant with a zero vector for every user (rows "
+        "'+zeros'): the fusion layer without any rationale, a control that separates what the "
+        "layer does by itself from what the rationales add.",
+    )
     user_vectors: Path | None = Field(
         None,
         description="Your own Parquet of (user_idx, cutoff, vector) for the user_text variants "

@@ -25,6 +25,11 @@ GROUPS = 5
 # tokens would have cost at the paper's API, shown beside the configured price.
 PAPER_PRICE_PER_1K = (0.0015, 0.002)
 NON_LLM_VARIANTS = ("id", "item_text")
+ZERO_CONTROL = "+zeros"  # the fusion layer with a zero vector for every user: no LLM either
+
+
+def _without_llm(variant: str) -> bool:
+    return variant in NON_LLM_VARIANTS or variant.endswith(ZERO_CONTROL)
 
 
 @dataclass(frozen=True)
@@ -66,7 +71,7 @@ def improvement_table(rows: list[dict[str, Any]]) -> str:
                 if r["model"] == model and r["protocol"] == protocol and "ndcg@10" in r
             }
 
-            base = _best(by_variant, lambda v: v in NON_LLM_VARIANTS)
+            base = _best(by_variant, _without_llm)
             slim = _best(by_variant, lambda v: v.endswith("+student"))
             teacher = _best(by_variant, lambda v: v.endswith("+teacher"))
             if base is None or slim is None:
@@ -255,7 +260,8 @@ def write_report(
         protocol_note + "\n",
         "Variants: `id` item IDs only; `item_text` + item text vectors; `user_text` / "
         "`item_user_text` + rationale vectors on the user side (`+student`: SLIM, `+teacher`: "
-        "the teacher's own rationales for the users it answered, no distillation); "
+        "the teacher's own rationales for the users it answered, no distillation; `+zeros`: "
+        "the same fusion with a zero vector for every user, a control without rationales); "
         "`text_matching` ranks items by text alone (`student:step1` = step 1 only).\n",
         tables.markdown_table(rows),
         "![NDCG@10](ndcg.png)\n",

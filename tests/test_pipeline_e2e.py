@@ -26,6 +26,7 @@ def write_config(tmp_path: Path, fake_url: str, base: Path) -> Path:
             "models": ["sasrec", "gru4rec"],
             "variants": VARIANTS,
             "rationales": ["student", "teacher"],
+            "zero_vector_control": True,
             "text_matching": True,
             "text_matching_parts": ["full", "step1", "step2", "step3"],
             "seeds": [1],
@@ -118,7 +119,8 @@ def test_whole_pipeline_then_cached_rerun(tmp_path, fake_openai, monkeypatch):
     expected = {("popularity", "id")}
     for model in ("sasrec", "gru4rec"):
         expected |= {(model, "id"), (model, "item_text")}
-        expected |= {(model, f"{v}+{s}") for v in VARIANTS[2:] for s in ("student", "teacher")}
+        sources = ("student", "teacher", "zeros")
+        expected |= {(model, f"{v}+{s}") for v in VARIANTS[2:] for s in sources}
     expected |= {("text_matching", s) for s in ("student", "teacher")}
     expected |= {("text_matching", f"student:step{n}") for n in (1, 2, 3)}
     assert labels == expected

@@ -156,6 +156,11 @@ def test_report_tables_slim_gain_and_history_groups():
         "| sasrec | full | item_text | 20.00 | item_user_text+student | 25.00 | +25.0% |" in table
     )
     assert "item_user_text+teacher | 15.00 |" in table
+    # The zero-vector control is a model without an LLM: SLIM is measured against it too.
+    control = metric_rows("sasrec", "item_user_text+zeros", 0.22, [20] * 10)
+    assert "| item_user_text+zeros | 22.00 | item_user_text+student | 25.00 | +13.6% |" in (
+        improvement_table(rows + control)
+    )
     groups = history_groups(data)
     assert [len(g) for g in groups] == [2] * 5 and groups[0].tolist() == [0, 1]
     labels, series = sparsity_rows(rows, data)
@@ -178,6 +183,7 @@ def test_run_specs_one_run_per_source_and_every_part_for_the_student():
             "text_matching": True,
             "text_matching_parts": ["full", "step2"],
             "seeds": [1],
+            "zero_vector_control": True,
         },
         "teacher": {"model": "m", "cutoffs": ["train", "valid"]},
         "student": {"base_model": "b", "cutoffs": ["train", "valid", "test"]},
@@ -190,6 +196,7 @@ def test_run_specs_one_run_per_source_and_every_part_for_the_student():
         "sasrec-id-1",
         "sasrec-item_user_text-student-1",
         "sasrec-item_user_text-teacher-1",
+        "sasrec-item_user_text-zeros-1",
         "text_matching-rationale-student-1",
         "text_matching-rationale-teacher-1",
         "text_matching-rationale-student-step2-1",

@@ -8,7 +8,7 @@ from slim_core.config import EvalConfig, RecommenderConfig
 from slim_core.errors import DataError
 from slim_core.rec.data import eval_inputs, load_sequence_data, training_windows
 from slim_core.rec.report import markdown_table, ndcg_bar_chart
-from slim_core.rec.stage import load_negatives, run_recommenders
+from slim_core.rec.stage import load_inputs, load_negatives, run_recommenders
 from slim_core.vectors import write_vectors
 from tests.helpers import csv, run_stage
 
@@ -145,6 +145,7 @@ def test_text_variants_train_and_report(cyclic_data, tmp_path):
         max_epochs=3,
         text_matching=True,
         user_vectors=users,
+        zero_vector_control=True,
     )
     rows = run_recommenders(
         cfg,
@@ -159,7 +160,18 @@ def test_text_variants_train_and_report(cyclic_data, tmp_path):
         ("sasrec", "item_user_text"),
         ("gru4rec", "user_text"),
         ("text_matching", "rationale"),
+        ("sasrec", "item_user_text+zeros"),  # the control: same fusion, no rationale
+        ("gru4rec", "user_text+zeros"),
     } <= seen
+    assert ("text_matching", "rationale+zeros") not in seen  # nothing to match with zeros
+    inputs = load_inputs(
+        cfg, EvalConfig(sampled_negatives=20), cyclic_data.folder, tmp_path / "rec", items, users
+    )
+    control, given = inputs.user_index("zeros"), inputs.user_index("file")
+    cutoffs = np.arange(1, 6)[None, :].repeat(len(data.user_idx), 0)
+    rows_read = control.lookup(np.arange(len(data.user_idx))[:, None], cutoffs)
+    assert not control.matrix.any() and not rows_read.any()  # every user reads the zero vector
+    assert control.matrix.shape[1] == given.matrix.shape[1]
     table = markdown_table(rows)
     assert "| sasrec | item_text |" in table and "± " in table
     png = ndcg_bar_chart(rows, tmp_path / "ndcg.png")

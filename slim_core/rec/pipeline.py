@@ -23,6 +23,7 @@ from slim_core.rec import report
 from slim_core.rec.stage import (
     FILE_SOURCE,
     VARIANTS,
+    ZERO_SOURCE,
     StageInputs,
     load_inputs,
     popularity_rows,
@@ -141,9 +142,10 @@ def run_specs(config: SlimConfig, sources: Sequence[str] = ()) -> list[RunSpec]:
             "recommender.user_vectors to a Parquet of (user_idx, cutoff, vector)"
         )
     specs = [RunSpec("popularity", "id", None)] if rec.popularity else []
+    fused = full + [ZERO_SOURCE] if rec.zero_vector_control and full else full
     for model in rec.models:
         for variant in rec.variants:
-            for source in full if VARIANTS[variant][1] else [None]:
+            for source in fused if VARIANTS[variant][1] else [None]:
                 specs += [RunSpec(model, variant, seed, source) for seed in rec.seeds]
     if rec.text_matching:
         matching = [s for s in sources if s in full and "full" in rec.text_matching_parts]

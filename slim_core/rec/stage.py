@@ -90,6 +90,7 @@ def load_negatives(data: SequenceData, cfg: EvalConfig, path: Path) -> dict[str,
 
 
 FILE_SOURCE = "file"
+ZERO_SOURCE = "zeros"  # the zero-vector control: every user reads the zero vector
 
 
 def uses_item_vectors(cfg: RecommenderConfig) -> bool:
@@ -144,6 +145,9 @@ def load_inputs(
             data, {key: vectors.matrix[row] for key, row in vectors.index.items()}, vectors.dim
         )
         log.info("user vectors %s: %d users of %d have one", name, users[name].users, data.n_users)
+    if cfg.zero_vector_control and users:
+        dim = next(iter(users.values())).matrix.shape[1]
+        users[ZERO_SOURCE] = UserVectorIndex(data, {}, dim)
     return StageInputs(
         data,
         eval_inputs(data, "valid", cfg.max_len),
@@ -382,19 +386,23 @@ def run_recommenders(
     rows: list[dict[str, Any]] = []
     if cfg.popularity:
         rows += popularity_rows(inputs, ev)
+    user_sources = [FILE_SOURCE] + ([ZERO_SOURCE] if cfg.zero_vector_control else [])
     for kind in cfg.models:
         for variant in cfg.variants:
-            for seed in cfg.seeds:
-                rows += train_sequential(
-                    kind,
-                    variant,
-                    seed,
-                    cfg,
-                    ev,
-                    inputs,
-                    checkpoint=out_folder / "checkpoints" / f"{kind}-{variant}-{seed}.pt",
-                    source=FILE_SOURCE if VARIANTS[variant][1] else None,
-                )
+            for source in user_sources if VARIANTS[variant][1] else [None]:
+                for seed in cfg.seeds:
+                    tag = "" if source in (None, FILE_SOURCE) else f"-{source}"
+                    name = f"{kind}-{variant}{tag}-{seed}"
+                    rows += train_sequential(
+                        kind,
+                        variant,
+                        seed,
+                        cfg,
+                        ev,
+                        inputs,
+                        checkpoint=out_folder / "checkpoints" / f"{name}.pt",
+                        source=source,
+                    )
     if cfg.text_matching:
         for seed in cfg.seeds:
             rows += train_text_matching(seed, cfg, ev, inputs)
