@@ -177,6 +177,9 @@ STEP_MARK = re.compile(r"(?im)^\W*step\s*([1-9])\s*[:.)\-]\s*")
 NUMBER_MARK = re.compile(r"(?m)^\W*([123])\s*[:.)\-]\s*")
 # Small models sometimes run the steps together on one line: "... glass. Step 2: ...".
 INLINE_STEP_MARK = re.compile(r"(?i)\bstep\s*([1-9])\s*:\s*")
+# A header begun and not finished ("Step" or "Step 2" alone on the last line of a step, before
+# the real "Step 2:"): not part of the step's text.
+HEADER_STUB = re.compile(r"(?i)\n\W*step(?:\s*[1-9])?\W*$")
 
 
 def parse_rationale(text: str) -> tuple[str, str, str] | None:
@@ -199,7 +202,7 @@ def _split(text: str, pattern: re.Pattern[str]) -> tuple[str, str, str] | None:
     for n, (_, end, label) in enumerate(marks):
         stop = marks[n + 1][0] if n + 1 < len(marks) else len(text)
         if not steps.get(label):  # a header written twice: the first one with text counts
-            steps[label] = text[end:stop].strip(" *\n\t")
+            steps[label] = HEADER_STUB.sub("", text[end:stop].strip(" *\n\t")).strip(" *\n\t")
     if not all(steps.get(label) for label in ("1", "2", "3")):
         return None
     return steps["1"], steps["2"], steps["3"]

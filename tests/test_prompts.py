@@ -153,3 +153,12 @@ def test_data_domain_reaches_teacher_and_student_prompts_without_recomputing_dat
     assert all("viewer's watch history" in p.text for p in teacher)
     student = student_prompts(StudentConfig(base_model="unused", users=3), data, movies.data.domain)
     assert {p.version for _, p in student} == {f"{STUDENT_VERSION}-movies"}
+
+
+def test_a_header_begun_and_not_finished_is_not_step_text():
+    """A small student sometimes writes "Step" or "Step 2" alone on a line, then the header."""
+    answer = "Step 1: likes rods.\nStep 2\nStep 2: rods, Small Parts\nStep\nStep 3: Rod 6061"
+    assert parse_rationale(answer) == ("likes rods.", "rods, Small Parts", "Rod 6061")
+    # The word inside a sentence stays.
+    answer = "Step 1: the next step\nStep 2: glassware\nStep 3: Widget 9"
+    assert parse_rationale(answer) == ("the next step", "glassware", "Widget 9")
