@@ -190,7 +190,13 @@ RecModel = Literal["sasrec", "gru4rec"]
 # id: ID embeddings only; item_text: + item text vectors (the paper's item feature extension);
 # user_text: + a per-(user, cutoff) text vector on the user side; item_user_text: both.
 RecVariant = Literal["id", "item_text", "user_text", "item_user_text"]
-USER_VARIANTS = ("user_text", "item_user_text")  # read a rationale vector per user
+# variant -> (uses item text vectors, uses user text vectors)
+VARIANTS = {
+    "id": (False, False),
+    "item_text": (True, False),
+    "user_text": (False, True),
+    "item_user_text": (True, True),
+}
 
 
 class RecommenderConfig(_Strict):
@@ -266,6 +272,14 @@ class EvalConfig(_Strict):
         True, description="Full ranking: drop the user's earlier items from the candidates."
     )
     negative_seed: int = Field(2024, description="Seed of the saved negative samples.")
+
+
+def uses_item_vectors(cfg: RecommenderConfig) -> bool:
+    return cfg.text_matching or any(VARIANTS[v][0] for v in cfg.variants)
+
+
+def uses_user_vectors(cfg: RecommenderConfig) -> bool:
+    return cfg.text_matching or any(VARIANTS[v][1] for v in cfg.variants)
 
 
 class TeacherConfig(_Strict):
@@ -470,8 +484,7 @@ class SlimConfig(BaseSettings):
         # cutoff's. Without that cutoff a source's vectors reach evaluation but never training,
         # and its rows would measure an untrained input: refuse before any LLM call is paid.
         rec = self.recommender
-        user_side = rec.text_matching or any(v in USER_VARIANTS for v in rec.variants)
-        if rec.user_vectors is not None or not user_side:
+        if rec.user_vectors is not None or not uses_user_vectors(rec):
             return self
         for source in rec.rationales:
             stage = {"student": self.student, "teacher": self.teacher}[source]

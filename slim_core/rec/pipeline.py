@@ -23,12 +23,12 @@ from slim_core.rec import report
 from slim_core.rec.stage import (
     FILE_SOURCE,
     VARIANTS,
-    ZERO_SOURCE,
     StageInputs,
     load_inputs,
     popularity_rows,
     train_sequential,
     train_text_matching,
+    user_side_sources,
     uses_item_vectors,
     uses_user_vectors,
     write_metrics,
@@ -142,7 +142,7 @@ def run_specs(config: SlimConfig, sources: Sequence[str] = ()) -> list[RunSpec]:
             "recommender.user_vectors to a Parquet of (user_idx, cutoff, vector)"
         )
     specs = [RunSpec("popularity", "id", None)] if rec.popularity else []
-    fused = full + [ZERO_SOURCE] if rec.zero_vector_control and full else full
+    fused = user_side_sources(rec, full)
     for model in rec.models:
         for variant in rec.variants:
             for source in fused if VARIANTS[variant][1] else [None]:

@@ -15,7 +15,13 @@ import duckdb
 import numpy as np
 import torch
 
-from slim_core.config import EvalConfig, RecommenderConfig
+from slim_core.config import (
+    VARIANTS,
+    EvalConfig,
+    RecommenderConfig,
+    uses_item_vectors,
+    uses_user_vectors,
+)
 from slim_core.errors import ConfigError, DataError
 from slim_core.rec.data import (
     EvalInputs,
@@ -34,13 +40,6 @@ from storage import atomic_path
 
 log = logging.getLogger("slim_core.rec")
 
-# variant -> (uses item text vectors, uses user text vectors)
-VARIANTS = {
-    "id": (False, False),
-    "item_text": (True, False),
-    "user_text": (False, True),
-    "item_user_text": (True, True),
-}
 SPLITS = ("valid", "test")
 
 
@@ -93,12 +92,10 @@ FILE_SOURCE = "file"
 ZERO_SOURCE = "zeros"  # the zero-vector control: every user reads the zero vector
 
 
-def uses_item_vectors(cfg: RecommenderConfig) -> bool:
-    return cfg.text_matching or any(VARIANTS[v][0] for v in cfg.variants)
-
-
-def uses_user_vectors(cfg: RecommenderConfig) -> bool:
-    return cfg.text_matching or any(VARIANTS[v][1] for v in cfg.variants)
+def user_side_sources(cfg: RecommenderConfig, sources: list[str]) -> list[str]:
+    """The user-vector sources each user_text variant trains once per: the given ones, then the
+    zero-vector control when asked for (and there is something to control)."""
+    return sources + [ZERO_SOURCE] if cfg.zero_vector_control and sources else sources
 
 
 def load_inputs(
@@ -386,7 +383,7 @@ def run_recommenders(
     rows: list[dict[str, Any]] = []
     if cfg.popularity:
         rows += popularity_rows(inputs, ev)
-    user_sources = [FILE_SOURCE] + ([ZERO_SOURCE] if cfg.zero_vector_control else [])
+    user_sources = user_side_sources(cfg, [FILE_SOURCE])
     for kind in cfg.models:
         for variant in cfg.variants:
             for source in user_sources if VARIANTS[variant][1] else [None]:

@@ -7,8 +7,9 @@ to the backend; answers without the three steps are asked again up to `malformed
 times; answers and failures are written `batch_size` at a time, one file each, so a kill loses
 at most one batch of answers and the requests in flight. A backend that streams its answers
 (`generate_each`: the HTTP client) gets every prompt at once and keeps its connections busy
-while a batch is written; others (local models) get one batch per call. With `budget_usd`, prompts go batch by batch and
-the run stops cleanly before a batch would push the estimated cost over the budget.
+while a batch is written; others (local models) get one batch per call. With `budget_usd`,
+prompts go batch by batch and the run stops cleanly before a batch would push the estimated cost
+over the budget.
 """
 
 from __future__ import annotations
