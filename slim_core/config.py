@@ -399,6 +399,12 @@ class StudentConfig(_Strict):
     )
     min_pairs: int = Field(8, ge=1, description="Fewest teacher pairs worth training on.")
     save_steps: int = Field(20, ge=1, description="Checkpoint every N steps (resume after a kill).")
+    gradient_checkpointing: bool = Field(
+        False,
+        description="Recompute activations in the backward pass instead of keeping them: saves "
+        "GPU memory on a 7B student, costs an extra forward pass (off: a small student on a CPU "
+        "has the memory). Same result either way, so changing it does not retrain.",
+    )
     # Inference for every user.
     backend: Literal["transformers", "vllm"] = Field(
         "transformers", description="transformers: batched on CPU/GPU; vllm: offline engine."

@@ -221,6 +221,46 @@ def test_finetune_loss_falls_resumes_after_a_kill_and_the_adapter_reloads(tmp_pa
     assert all(isinstance(a, Generation) and a.tokens_out > 0 for a in answers)
 
 
+def test_the_cpu_trainer_computes_trls_loss_without_its_fused_head(tmp_path, tiny, monkeypatch):
+    """On CPUs the loss comes from the model's logits (TRL's torch fallback is slow there); it
+    must be the same loss, so the same training, as TRL's fused LM head gives."""
+    from transformers import TrainerCallback
+
+    import slim_core.student.sft as sft
+    from slim_core.student.pairs import distillation_pairs
+
+    data = prepare(tmp_path)
+    cfg = student_cfg(tiny, max_steps=3, save_steps=100)
+    pairs = distillation_pairs(cfg, data, teacher_file(tmp_path, data))
+    checkpointing = []
+
+    class Settings(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            checkpointing.append(args.gradient_checkpointing)
+
+    losses = {}
+    original = sft.sft_trainer_class
+    for fused in (True, False):
+        used = []
+
+        def trainer_class(fused_loss, fused=fused, used=used):
+            cls = original(fused)
+            used.append(cls.__name__)
+            return cls
+
+        monkeypatch.setattr(sft, "sft_trainer_class", trainer_class)
+        losses[fused] = sft.finetune(
+            pairs, cfg, tiny, tmp_path / str(fused), callbacks=[Settings()]
+        )
+        assert used == (["SFTTrainer"] if fused else ["PlainLossSFTTrainer"])
+    assert [s for s, _ in losses[False].losses] == [1, 2, 3]
+    assert [loss for _, loss in losses[False].losses] == pytest.approx(
+        [loss for _, loss in losses[True].losses], rel=1e-4
+    )
+    # TRL turns activation checkpointing on by default; the student's setting (off) wins
+    assert checkpointing == [False, False]
+
+
 def test_adapter_for_another_base_model_is_refused(tmp_path, tiny):
     from slim_core.student.pairs import distillation_pairs
     from slim_core.student.sft import finetune, load_adapter
