@@ -33,6 +33,39 @@ def test_batched_generation_matches_one_by_one(tiny_model):
     assert all(0 < r.tokens_out <= 12 and r.tokens_in > 0 for r in batched)
 
 
+def test_prompts_read_one_by_one_decode_in_a_batch_like_a_padded_batch(tiny_model, monkeypatch):
+    """On CPUs each prompt is read alone (no padding tokens to pay for) and the rows then decode
+    together from one left-padded cache: the answers must be those of the plain padded batch."""
+    prompts = [
+        "Step 1: the customer",
+        "Purchase history, oldest first: 1. Widget number 3 (category: Lab) 2. Widget 4",
+        "Step 3: a",
+        "Purchase history, oldest first: 1. Widget",
+    ]
+    decoding = Decoding(max_tokens=12, step_tokens=4)
+    per_row = TransformersBackend(str(tiny_model), batch_size=4)
+    assert per_row.prefill == "per_row"  # the CPU default
+    caches = []
+    original = TransformersBackend._per_row_prefill
+
+    def spy(self, inputs):
+        cache = original(self, inputs)
+        caches.append((cache.get_seq_length(), inputs["input_ids"].shape))
+        return cache
+
+    monkeypatch.setattr(TransformersBackend, "_per_row_prefill", spy)
+    rows = per_row.generate(prompts, decoding)
+    padded = TransformersBackend(str(tiny_model), batch_size=4, prefill="batched")
+    plain = padded.generate(prompts, decoding)
+    assert len(caches) == 1  # only the per-row backend built a cache itself
+    length, (batch, width) = caches[0]
+    assert batch == 4 and length == width - 1  # generate() reads the last prompt token itself
+    assert [r.text for r in rows] == [r.text for r in plain]
+    assert [r.tokens_in for r in rows] == [r.tokens_in for r in plain]
+    with pytest.raises(ValueError, match="prefill"):
+        TransformersBackend(str(tiny_model), prefill="sideways")
+
+
 def test_model_id_is_stable_and_names_the_model(tiny_model):
     a, b = TransformersBackend(str(tiny_model)), TransformersBackend(str(tiny_model))
     assert a.model_id == b.model_id and tiny_model.name in a.model_id

@@ -8,6 +8,7 @@ one, else the raw prompt.
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import time
 from dataclasses import dataclass, field
@@ -54,11 +55,19 @@ class TransformersBackend:
     # or AMX (and on GPUs); answers differ slightly, so the dtype is part of the model id.
     # "auto" picks bfloat16 only where the hardware computes in it.
     dtype: str = "float32"
+    # "per_row": read each prompt alone, without padding, then decode the batch together (CPU
+    # default: reading is compute-bound there, so a padding token costs as much as a real one);
+    # "batched": one padded forward pass (GPU default, where that pass is cheap).
+    prefill: str = "auto"
     _model: Any = field(default=None, init=False, repr=False)
     _tokenizer: Any = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.dtype = resolve_dtype(self.dtype, self.device)
+        if self.prefill == "auto":
+            self.prefill = "per_row" if self.device == "cpu" else "batched"
+        if self.prefill not in ("per_row", "batched"):
+            raise ValueError(f"prefill: expected auto, per_row or batched, got {self.prefill!r}")
 
     @property
     def model_id(self) -> str:
@@ -120,6 +129,50 @@ class TransformersBackend:
                 results[n] = result
         return results  # type: ignore[return-value]
 
+    def _cache_argument(self) -> str:
+        """transformers 5 renamed `past_key_values` to `cache` (the old name warns)."""
+        forward = inspect.signature(type(self._model).forward).parameters
+        return "cache" if "cache" in forward else "past_key_values"
+
+    def _per_row_prefill(self, inputs: Any) -> Any:
+        """The batch's prompt cache, each prompt read alone, laid out left-padded.
+
+        generate() then reads only each prompt's last token and decodes the rows together.
+        Reading alone costs the real tokens only; decoding is where batching pays, so a batch
+        can be as large as decoding likes without paying for the padding of its shortest rows.
+        None (read batched) where a row is too short or the model's cache is not a plain
+        per-layer key/value cache.
+        """
+        import torch
+        from transformers import DynamicCache
+
+        ids, mask = inputs["input_ids"], inputs["attention_mask"].bool()
+        width = ids.shape[1]
+        if int(mask.sum(dim=1).min()) < 2:
+            return None
+        rows = []
+        for row in range(ids.shape[0]):
+            real = ids[row][mask[row]][:-1].unsqueeze(0)
+            out = self._model(input_ids=real, use_cache=True, logits_to_keep=1)
+            layers = getattr(getattr(out, self._cache_argument()), "layers", None)
+            if not layers or not all(hasattr(layer, "keys") for layer in layers):
+                return None
+            rows.append([(layer.keys, layer.values) for layer in layers])
+
+        def left_padded(tensors: list[Any]) -> Any:
+            return torch.cat(
+                [torch.nn.functional.pad(t, (0, 0, width - 1 - t.shape[2], 0)) for t in tensors]
+            )
+
+        cache = DynamicCache(config=self._model.config)
+        for n in range(len(rows[0])):
+            cache.update(
+                left_padded([row[n][0] for row in rows]),
+                left_padded([row[n][1] for row in rows]),
+                n,
+            )
+        return cache
+
     def _generate_batch(
         self, texts: list[str], decoding: Decoding
     ) -> list[Generation | GenerationFailure]:
@@ -142,8 +195,10 @@ class TransformersBackend:
                 budget = StepBudget(self._tokenizer, decoding.step_tokens, width, eos_ids)
                 processors = LogitsProcessorList([budget])
             with torch.no_grad():
+                cache = self._per_row_prefill(inputs) if self.prefill == "per_row" else None
                 output = self._model.generate(
                     **inputs,
+                    **({} if cache is None else {self._cache_argument(): cache}),
                     max_new_tokens=decoding.max_tokens,
                     do_sample=sample,
                     temperature=decoding.temperature if sample else None,
