@@ -140,8 +140,8 @@ class TransformersBackend:
         generate() then reads only each prompt's last token and decodes the rows together.
         Reading alone costs the real tokens only; decoding is where batching pays, so a batch
         can be as large as decoding likes without paying for the padding of its shortest rows.
-        None (read batched) where a row is too short or the model's cache is not a plain
-        per-layer key/value cache.
+        None (read batched) where a row is too short or the model's cache does not keep every
+        prompt position in a plain per-layer key/value cache.
         """
         import torch
         from transformers import DynamicCache
@@ -155,7 +155,11 @@ class TransformersBackend:
             real = ids[row][mask[row]][:-1].unsqueeze(0)
             out = self._model(input_ids=real, use_cache=True, logits_to_keep=1)
             layers = getattr(getattr(out, self._cache_argument()), "layers", None)
-            if not layers or not all(hasattr(layer, "keys") for layer in layers):
+            # a sliding-window or recurrent layer keeps other than every prompt position
+            if not layers or any(
+                getattr(layer, "keys", None) is None or layer.keys.shape[2] != real.shape[1]
+                for layer in layers
+            ):
                 return None
             rows.append([(layer.keys, layer.values) for layer in layers])
 

@@ -130,7 +130,7 @@ def finetune(
         save_strategy="steps",
         save_steps=cfg.save_steps,
         save_total_limit=2,
-        # TRL turns it on by default; on a CPU it only costs time (docs/benchmarks.md).
+        # TRL turns it on by default; a small student on a CPU has the memory without it.
         gradient_checkpointing=cfg.gradient_checkpointing,
         logging_steps=1,
         report_to="none",
