@@ -48,9 +48,11 @@ def test_prompts_read_one_by_one_decode_in_a_batch_like_a_padded_batch(tiny_mode
     caches = []
     original = TransformersBackend._per_row_prefill
 
-    def spy(self, inputs):
-        cache = original(self, inputs)
-        caches.append((cache.get_seq_length(), inputs["input_ids"].shape))
+    def spy(self, inputs, max_new_tokens):
+        cache = original(self, inputs, max_new_tokens)
+        caches.append(
+            (int(cache.get_seq_length()), inputs["input_ids"].shape, type(cache).__name__)
+        )
         return cache
 
     monkeypatch.setattr(TransformersBackend, "_per_row_prefill", spy)
@@ -58,8 +60,9 @@ def test_prompts_read_one_by_one_decode_in_a_batch_like_a_padded_batch(tiny_mode
     padded = TransformersBackend(str(tiny_model), batch_size=4, prefill="batched")
     plain = padded.generate(prompts, decoding)
     assert len(caches) == 1  # only the per-row backend built a cache itself
-    length, (batch, width) = caches[0]
+    length, (batch, width), kind = caches[0]
     assert batch == 4 and length == width - 1  # generate() reads the last prompt token itself
+    assert kind == "StaticCache"  # room for the whole answer, not grown a token at a time
     assert [r.text for r in rows] == [r.text for r in plain]
     assert [r.tokens_in for r in rows] == [r.tokens_in for r in plain]
     with pytest.raises(ValueError, match="prefill"):
