@@ -153,11 +153,12 @@ class TransformersBackend:
         width = ids.shape[1]
         if int(mask.sum(dim=1).min()) < 2:
             return None
+        cache_name = self._cache_argument()
         rows = []
         for row in range(ids.shape[0]):
             real = ids[row][mask[row]][:-1].unsqueeze(0)
             out = self._model(input_ids=real, use_cache=True, logits_to_keep=1)
-            layers = getattr(getattr(out, self._cache_argument()), "layers", None)
+            layers = getattr(getattr(out, cache_name), "layers", None)
             # a sliding-window or recurrent layer keeps other than every prompt position
             if not layers or any(
                 getattr(layer, "keys", None) is None or layer.keys.shape[2] != real.shape[1]
