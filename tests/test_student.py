@@ -240,6 +240,15 @@ def test_the_cpu_trainer_computes_trls_loss_without_its_fused_head(tmp_path, tin
 
     losses = {}
     original = sft.sft_trainer_class
+    original_loss = sft.rationale_token_loss
+    head_reads = []
+
+    def counted_loss(*args, **kwargs):
+        loss = original_loss(*args, **kwargs)
+        head_reads.append(loss is not None)
+        return loss
+
+    monkeypatch.setattr(sft, "rationale_token_loss", counted_loss)
     for fused in (True, False):
         used = []
 
@@ -259,6 +268,38 @@ def test_the_cpu_trainer_computes_trls_loss_without_its_fused_head(tmp_path, tin
     )
     # TRL turns activation checkpointing on by default; the student's setting (off) wins
     assert checkpointing == [False, False]
+    assert head_reads == [True] * 3  # the tiny Llama's head read at the rationale tokens only
+
+
+def test_rationale_token_loss_is_the_models_own_loss(tiny):
+    """The head read at the labelled positions only gives the model's loss: the mean over
+    labelled tokens, or their sum over `num_items_in_batch`; models with anything between
+    decoder and head keep their own loss."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from slim_core.student.sft import rationale_token_loss
+
+    model = AutoModelForCausalLM.from_pretrained(tiny)
+    ids = torch.randint(
+        3, model.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0)
+    )
+    mask = torch.ones_like(ids)
+    mask[1, 9:] = 0  # right padding, as TRL's collator pads
+    labels = ids.clone()
+    labels[0, :5] = -100  # prompt
+    labels[1, :3] = -100
+    labels[1, 9:] = -100
+    inputs = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    assert rationale_token_loss(model, inputs).item() == pytest.approx(
+        model(**inputs).loss.item(), rel=1e-5
+    )
+    items = torch.tensor(20)
+    assert rationale_token_loss(model, inputs, items).item() == pytest.approx(
+        model(**inputs, num_items_in_batch=items).loss.item(), rel=1e-5
+    )
+    model.config.model_type = "gemma2"  # soft-caps its logits: not a plain head
+    assert rationale_token_loss(model, inputs) is None
 
 
 def test_adapter_for_another_base_model_is_refused(tmp_path, tiny):

@@ -64,13 +64,46 @@ def sft_records(pairs: list[Pair], chat: bool) -> list[dict[str, Any]]:
     return [{"prompt": p.prompt, "completion": "\n" + p.completion} for p in pairs]
 
 
+# Causal LMs whose logits are exactly `lm_head(decoder(...).last_hidden_state)`: no soft-capping
+# or scaling between the two, so the loss can read the head at the rationale positions only.
+PLAIN_HEAD_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3", "olmo2"})
+
+
+def rationale_token_loss(
+    model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None
+) -> Any | None:
+    """Cross-entropy over the rationale tokens, reading the LM head at those positions only.
+
+    The model's own loss runs the head and a log-softmax over every position of the batch,
+    prompt and padding included: ~75% of it wasted on demo prompts, 13% of a CPU step in the
+    log-softmax alone (docs/benchmarks.md). Same value as `ForCausalLMLoss` (sum over labelled
+    tokens / `num_items_in_batch`, else the mean). None where the model is not a plain head on
+    a decoder (`PLAIN_HEAD_MODEL_TYPES`): the caller then takes the model's own loss.
+    """
+    import torch.nn.functional as F
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if getattr(base.config, "model_type", None) not in PLAIN_HEAD_MODEL_TYPES:
+        return None
+    labels = inputs["labels"]
+    decoder_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+    hidden = base.get_decoder()(**decoder_inputs, use_cache=False).last_hidden_state
+    targets = labels[:, 1:]  # position t predicts token t + 1
+    keep = targets != -100
+    logits = base.get_output_embeddings()(hidden[:, :-1][keep]).float()
+    if num_items_in_batch is None:
+        return F.cross_entropy(logits, targets[keep])
+    return F.cross_entropy(logits, targets[keep], reduction="sum") / num_items_in_batch
+
+
 def sft_trainer_class(fused_loss: bool) -> type:
-    """TRL's SFTTrainer, or on CPUs one that takes the loss from the model's own logits.
+    """TRL's SFTTrainer, or on CPUs one that computes the loss on the rationale tokens only.
 
     TRL scores the rationale tokens through a fused, tiled LM head: on GPUs its Triton kernel
     saves the memory of full logits; without Triton it runs a torch fallback that took 15 of
-    the 36 s of a demo step on 2 cores, against ~3 s for the plain cross-entropy over all
-    logits (docs/benchmarks.md). The loss is the same (the mean over rationale tokens).
+    the 36 s of a demo step on 2 cores. The plain head read at the rationale positions gives
+    the same loss (the mean over rationale tokens) at a fraction of that
+    (`rationale_token_loss`); other models get the model's own loss over full logits.
     """
     from transformers import Trainer
     from trl import SFTTrainer
@@ -80,6 +113,13 @@ def sft_trainer_class(fused_loss: bool) -> type:
 
     class PlainLossSFTTrainer(SFTTrainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if not return_outputs and self.accelerator.num_processes == 1:
+                # Trainer's convention: the loss is normalised by num_items_in_batch only when
+                # the model takes it (its loss kwargs); otherwise a per-batch mean.
+                items = num_items_in_batch if self.model_accepts_loss_kwargs else None
+                loss = rationale_token_loss(model, inputs, items)
+                if loss is not None:
+                    return loss
             return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
 
     return PlainLossSFTTrainer
