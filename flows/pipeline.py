@@ -43,7 +43,9 @@ from tasks.recommend import (
 )
 from tasks.report import report_task
 from tasks.student import finetune_student_task, student_rationales_task, student_shard_task
+from tasks.student import release_backends as release_student_backends
 from tasks.teacher import backend_for, teacher_batch_task, teacher_rationales_task
+from tasks.teacher import release_backends as release_teacher_backends
 
 # Every flow run leaves a manifest (config hash, data fingerprint, seeds, versions, commit).
 TRACED = {"on_completion": [record_flow_run], "on_failure": [record_flow_run]}
@@ -252,15 +254,22 @@ def _student_inference(
     ]
     calls = [(student_shard_task, (config, model, shard, n)) for n, shard in enumerate(shards, 1)]
     report = TeacherReport()
-    for part in _each(config, calls):
-        report = report.add(part)
-    return student_rationales_task(config, model, split_prompts, report)
+    try:
+        for part in _each(config, calls):
+            report = report.add(part)
+        return student_rationales_task(config, model, split_prompts, report)
+    finally:
+        release_student_backends()  # the recommenders need the memory
 
 
 def _teacher(config: SlimConfig, data: DataStageResult):
     prompts = teacher_prompts(config, data)
-    report = _ask_in_batches(config, prompts)
-    return teacher_rationales_task(config, prompts, report)
+    try:
+        report = _ask_in_batches(config, prompts)
+        return teacher_rationales_task(config, prompts, report)
+    finally:
+        # A local teacher (2 GB for the demo's) was held through fine-tuning and inference.
+        release_teacher_backends()
 
 
 @flow(name="slim-student", flow_run_name="student {config_path}", **TRACED)

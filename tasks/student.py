@@ -7,6 +7,8 @@ write their answers as they finish, so a retried or rerun flow generates only wh
 
 from __future__ import annotations
 
+import gc
+
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
@@ -39,6 +41,12 @@ def student_backend(config: SlimConfig, model: StudentModel) -> LLMBackend:
         _BACKENDS.clear()  # one student at a time in memory
         _BACKENDS[key] = make_student_backend(student_config(config), model)
     return _BACKENDS[key]
+
+
+def release_backends() -> None:
+    """Drop the student model once every shard is written: the recommenders need the memory."""
+    _BACKENDS.clear()
+    gc.collect()
 
 
 @task(name="student-finetune", tags=["slim-student"])

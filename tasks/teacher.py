@@ -9,6 +9,7 @@ per prompt on disk, so a retried or replayed batch pays only for what is still u
 from __future__ import annotations
 
 import functools
+import gc
 import threading
 
 from prefect import task
@@ -57,6 +58,14 @@ def backend_for(config: SlimConfig) -> LLMBackend:
     # Batch tasks in two threads (HTTP) must share one backend, so one concurrency bound.
     with _BACKEND_LOCK:
         return _backend(teacher_config(config).model_dump_json())
+
+
+def release_backends() -> None:
+    """Drop the teacher model this process holds once the stage is done: the stages after it
+    need the memory (the demo's teacher is 2 GB in float32, held through fine-tuning before)."""
+    with _BACKEND_LOCK:
+        _backend.cache_clear()
+    gc.collect()
 
 
 @task(

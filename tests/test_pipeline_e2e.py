@@ -95,6 +95,12 @@ def test_whole_pipeline_then_cached_rerun(tmp_path, fake_openai, monkeypatch):
     fake_openai.reset({hopeless: ["bad_steps"] * 20})  # one prompt ends in the dead-letter table
     state = slim_pipeline(str(path), return_state=True)
     out = state.result()
+    # Teacher and student left the process's memory when their stage was done (a local teacher
+    # was held through fine-tuning and inference before: the demo's peak memory).
+    from tasks import student as student_tasks
+    from tasks import teacher as teacher_tasks
+
+    assert teacher_tasks._backend.cache_info().currsize == 0 and not student_tasks._BACKENDS
 
     # Every stage's artifact, with its schema.
     teacher = pq.read_table(out["teacher"].rationales)

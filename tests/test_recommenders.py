@@ -287,3 +287,33 @@ def test_sasrec_inference_on_padded_input_matches_training_path():
         fast = model.full_sort_predict(seq)
     assert not torch.isnan(fast[:, 1:]).any()
     assert torch.allclose(slow[:, 1:], fast[:, 1:], atol=1e-5)
+
+
+def test_result_rows_come_in_one_order_whatever_order_the_runs_finished_in():
+    """Backbone, then variant from IDs only to rationales, then source (student, teacher, the
+    control); never the order of a set, which changed between two runs of the same demo."""
+    variants = {
+        "gru4rec": ["item_user_text+zeros", "id", "item_user_text+teacher", "item_text",
+                    "item_user_text+student"],
+        "text_matching": ["teacher", "student:step1", "student"],
+    }  # fmt: skip
+    rows = [
+        {"model": model, "variant": variant, "seed": 1, "split": "test", "protocol": protocol,
+         "ndcg@10": 0.1, "hit@10": 0.2, "hit@20": 0.3, "mrr": 0.1}
+        for model, names in variants.items() for variant in names
+        for protocol in ("full", "sampled")
+    ]  # fmt: skip
+    table = markdown_table(rows)
+    assert markdown_table(rows[::-1]) == table
+    lines = [line.split(" | ")[:2] for line in table.splitlines() if line.startswith("| ")]
+    order = [f"{model[2:]} {variant}" for model, variant in lines if model[2:] in variants]
+    assert order == [
+        "gru4rec id",
+        "gru4rec item_text",
+        "gru4rec item_user_text+student",
+        "gru4rec item_user_text+teacher",
+        "gru4rec item_user_text+zeros",
+        "text_matching student",
+        "text_matching student:step1",
+        "text_matching teacher",
+    ]

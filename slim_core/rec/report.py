@@ -66,14 +66,22 @@ def markdown_table(rows: list[dict[str, Any]], split: str = "test") -> str:
     return "\n".join(lines) + "\n"
 
 
-def _order(key: tuple[str, str]) -> tuple[int, str, int]:
+def _order(key: tuple[str, str]) -> tuple[int, str, int, int, str]:
+    """Backbones, then variants from IDs only to rationales, then sources; the name last, so
+    the same rows always come in the same order."""
     model, variant = key
     models = ["popularity", "gru4rec", "sasrec", "text_matching"]
     variants = ["id", "item_text", "user_text", "item_user_text"]
+    sources = ["student", "teacher", "zeros"]
+    base, _, source = variant.partition("+")
+    if model == "text_matching":  # its variants are sources ("student", "student:step1")
+        base, source = "", variant.split(":")[0]
     return (
         models.index(model) if model in models else 99,
         model,
-        variants.index(variant) if variant in variants else 99,
+        variants.index(base) if base in variants else 99,
+        sources.index(source) if source in sources else 99,
+        variant,
     )
 
 
