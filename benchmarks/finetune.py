@@ -76,7 +76,9 @@ def child(loss: str, steps: int, lora_dropout: float, rationales: Path, out: Pat
     trainer_class = sft.sft_trainer_class
     head = sft.rationale_token_loss
     with (
-        mock.patch.object(sft, "sft_trainer_class", lambda fused: trainer_class(loss == "fused")),
+        mock.patch.object(
+            sft, "sft_trainer_class", lambda fused_loss: trainer_class(loss == "fused")
+        ),
         mock.patch.object(
             sft, "rationale_token_loss", head if loss == "rationale" else lambda *a, **k: None
         ),
