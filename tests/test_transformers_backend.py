@@ -69,6 +69,47 @@ def test_prompts_read_one_by_one_decode_in_a_batch_like_a_padded_batch(tiny_mode
         TransformersBackend(str(tiny_model), prefill="sideways")
 
 
+def test_a_prompt_that_starts_like_an_earlier_one_reads_only_the_rest(tiny_model, monkeypatch):
+    """A user's prompts at successive cutoffs list the same history one item longer: the shared
+    start is read once and its keys and values reused. The answers must not change."""
+    import slim_core.llm.transformers_local as local
+
+    history = "Purchase history, oldest first: 1. Widget number 3 (category: Lab)"
+    prompts = [
+        f"{history}\nStep 1: the customer",
+        f"{history} 2. Gadget 7 (category: Tools)\nStep 1: the customer",
+        "Step 3: a",
+        f"{history} 2. Gadget 7 (category: Tools) 3. Widget 9\nStep 1: the customer",
+    ]
+    shared = []
+    original = local.shared_prefix
+
+    def spy(tokens, earlier):
+        found = original(tokens, earlier)
+        shared.append(found)
+        return found
+
+    monkeypatch.setattr(local, "shared_prefix", spy)
+    built = []
+    prefill = TransformersBackend._per_row_prefill
+    monkeypatch.setattr(
+        TransformersBackend,
+        "_per_row_prefill",
+        lambda self, *args: built.append(prefill(self, *args)) or built[-1],
+    )
+    decoding = Decoding(max_tokens=12, step_tokens=4)
+    rows = TransformersBackend(str(tiny_model), batch_size=4).generate(prompts, decoding)
+    assert len(built) == 1 and built[0] is not None  # no fallback to the padded batch
+    reused = [length for length, _ in shared if length]
+    assert len(reused) == 2 and min(reused) >= local.SHARED_PREFIX_MIN_TOKENS
+    assert shared[3][1] == 1  # the longest shared start: the prompt one item shorter
+    padded = TransformersBackend(str(tiny_model), batch_size=4, prefill="batched")
+    alone = TransformersBackend(str(tiny_model), batch_size=1, prefill="batched")
+    texts = [r.text for r in rows]
+    assert texts == [r.text for r in padded.generate(prompts, decoding)]
+    assert texts == [r.text for r in alone.generate(prompts, decoding)]
+
+
 def test_model_id_is_stable_and_names_the_model(tiny_model):
     a, b = TransformersBackend(str(tiny_model)), TransformersBackend(str(tiny_model))
     assert a.model_id == b.model_id and tiny_model.name in a.model_id
