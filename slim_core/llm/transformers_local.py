@@ -199,11 +199,10 @@ class TransformersBackend:
                 input_ids=real[shared:].unsqueeze(0), use_cache=True, logits_to_keep=1, **past
             )
             read.append(real)
-            real = real.unsqueeze(0)
             layers = getattr(getattr(out, cache_name), "layers", None)
             # a sliding-window or recurrent layer keeps other than every prompt position
             if not layers or any(
-                getattr(layer, "keys", None) is None or layer.keys.shape[2] != real.shape[1]
+                getattr(layer, "keys", None) is None or layer.keys.shape[2] != len(real)
                 for layer in layers
             ):
                 return None
