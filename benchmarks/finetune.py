@@ -42,6 +42,7 @@ def child(loss: str, steps: int, lora_dropout: float, rationales: Path, out: Pat
     import shutil
     from unittest import mock
 
+    from data_stage import peak_rss_mb  # this script's folder is on sys.path
     from transformers import TrainerCallback
 
     import slim_core.student.sft as sft
@@ -92,14 +93,12 @@ def child(loss: str, steps: int, lora_dropout: float, rationales: Path, out: Pat
             seed=config.run.seed,
             callbacks=[timer],
         )
-    status = Path("/proc/self/status").read_text()
-    peak = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM"))
     return {
         "loss": loss,
         "lora_dropout": lora_dropout,
         "step_seconds": timer.seconds,
         "losses": [loss_value for _, loss_value in result.losses],
-        "peak_rss_mb": round(peak / 1024),
+        "peak_rss_mb": round(peak_rss_mb()),
         "train_pairs": sum(not p.heldout for p in pairs),
     }
 

@@ -32,7 +32,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shutil
 import statistics
 import subprocess
@@ -40,6 +39,8 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+
+from data_stage import peak_rss_mb  # this script's folder is on sys.path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -65,17 +66,6 @@ RECBOLE_TOTAL_SECONDS = {"sasrec": 898.0, "gru4rec": 1860.0}
 
 # ---------------------------------------------------------------------------------------------
 # Child: one data set
-
-
-def peak_rss_mb() -> float:
-    """This process's peak RSS in MB (2^20 bytes), from Linux's VmHWM (see data_stage.py)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def load_1min() -> float | None:
