@@ -28,6 +28,7 @@ from slim_core.rec.pipeline import (
     run_specs,
     user_sources,
 )
+from slim_core.rec.workers import training_workers
 from slim_core.student.inference import StudentInferenceResult, student_prompts
 from slim_core.student.stage import StudentModel, current_student, student_config
 from slim_core.teacher.run import TeacherReport
@@ -84,7 +85,12 @@ def _recommenders(
     encoded = encoding_task(config, data)(config, data) if needs_item_text(config) else None
     specs = run_specs(config, list(user_sources(config, rationales)))
     arguments = [(config, data, encoded, spec, rationales) for spec in specs]
-    runs = _each(config, [(training_task(*args), args) for args in arguments])
+    rec = config.recommender
+    # Worker processes here, unless Dask's workers are the processes; every run is submitted at
+    # once and waits for a free worker.
+    workers = 1 if config.run.task_runner == "dask" else rec.workers
+    with training_workers(workers, rec.threads):
+        runs = _each(config, [(training_task(*args), args) for args in arguments], workers > 1)
     rows = [row for run in runs for row in run]
     return evaluate_recommenders_task(config, data, encoded, rows, rationales)
 
@@ -158,10 +164,11 @@ def slim_pipeline(
     }
 
 
-def _each(config: SlimConfig, calls: list[tuple[Task, tuple]]) -> list:
+def _each(config: SlimConfig, calls: list[tuple[Task, tuple]], together: bool = False) -> list:
     """Run independent (task, arguments) calls: in order in this process (thread runner: a local
-    model is loaded once and never shared between threads), or all submitted at once (Dask)."""
-    if config.run.task_runner == "dask":
+    model is loaded once and never shared between threads), or all submitted at once (Dask, or
+    `together` for tasks that share no model)."""
+    if together or config.run.task_runner == "dask":
         return [future.result() for future in [task.submit(*args) for task, args in calls]]
     return [task(*args) for task, args in calls]
 

@@ -258,7 +258,15 @@ class RecommenderConfig(_Strict):
         description="Stop after this many evaluations without a better validation NDCG@10.",
     )
     seeds: list[int] = Field([42], min_length=1, description="One training run per seed.")
-    threads: int | None = Field(None, ge=1, description="Torch CPU threads (default: all).")
+    threads: int | None = Field(
+        None, ge=1, description="Torch CPU threads per run (default: the CPUs / workers)."
+    )
+    workers: int = Field(
+        1,
+        ge=1,
+        description="Training runs side by side, each in its own process. Small models use a "
+        "second thread poorly: on 2 cores, 2 workers of 1 thread finish ~1.4x sooner than 1 of 2.",
+    )
 
 
 class EvalConfig(_Strict):

@@ -30,6 +30,7 @@ from slim_core.rec.pipeline import (
     recommender_stage_folder,
     train_run,
 )
+from slim_core.rec.workers import call
 from storage import RunFolder
 from tasks.report import embed_images
 
@@ -84,8 +85,9 @@ def train_recommender_task(
     spec: RunSpec,
     rationales: tuple[RationaleVectors, ...] = (),
 ) -> list[dict[str, Any]]:
-    """Train one model run (early stopping on validation NDCG@10) and evaluate it."""
-    return train_run(config, data, encoded, spec, rationales)
+    """Train one model run (early stopping on validation NDCG@10) and evaluate it; in a worker
+    process while the flow holds `recommender.workers` of them."""
+    return call(train_run, config, data, encoded, spec, rationales)
 
 
 def training_task(

@@ -176,6 +176,37 @@ def test_train_flow_trains_evaluates_and_caches(tmp_path):
     assert_same_scores(fourth.result()["recommenders"].rows, result.rows)  # same seeds
 
 
+def test_train_flow_runs_in_worker_processes_with_the_same_results(tmp_path):
+    """`recommender.workers: 2` trains the runs in spawned processes: their logs reach this
+    process, no worker outlives the flow, and the rows equal one-at-a-time training in the same
+    stage folder (workers is no part of the stage key)."""
+    import logging
+    import multiprocessing
+    import os
+
+    from flows.pipeline import train_flow
+    from slim_core.rec import workers
+
+    quick = {**QUICK, "threads": 1}
+    records: list[logging.LogRecord] = []
+    catch = logging.Handler()
+    catch.emit = records.append
+    logging.getLogger("slim_core.rec").addHandler(catch)
+    try:
+        path = demo_config(tmp_path, recommender={**quick, "workers": 2})
+        result = train_flow(str(path))["recommenders"]
+    finally:
+        logging.getLogger("slim_core.rec").removeHandler(catch)
+    trained = {r.process for r in records if "best valid NDCG@10" in r.getMessage()}
+    assert trained and os.getpid() not in trained  # two runs, logged from the workers
+    assert workers._pool is None and not multiprocessing.active_children()
+
+    shutil.rmtree(result.folder / "checkpoints")  # train again, one run at a time
+    expected = train_flow(str(demo_config(tmp_path, recommender=quick)))["recommenders"]
+    assert expected.folder == result.folder
+    assert_same_scores(result.rows, expected.rows)
+
+
 def test_cli_train_and_evaluate(tmp_path):
     from slim_cli.app import app
 

@@ -173,7 +173,7 @@ def recommender_stage_folder(
             else file_fingerprint(user_vectors)["blake2b"],
             "rationales": {r.source: r.key for r in rationales},
             "recommender": config.recommender.model_dump(
-                mode="json", exclude={"user_vectors", "threads"}
+                mode="json", exclude={"user_vectors", "threads", "workers"}
             ),
             "evaluation": config.evaluation.model_dump(mode="json"),
         }

@@ -24,6 +24,8 @@ log = logging.getLogger("slim_core.rec")
 
 Batch = tuple[torch.Tensor, ...]
 
+PROGRESS_BARS = True  # worker processes turn them off (slim_core.rec.workers)
+
 
 def set_seed(seed: int) -> None:
     random.seed(seed)
@@ -65,7 +67,12 @@ def fit(
     best, best_epoch, best_state, waited = -1.0, 0, None, 0
     history: list[dict[str, float]] = []
     started = time.perf_counter()
-    bar = tqdm(range(1, cfg.max_epochs + 1), desc=description, leave=False, disable=None)
+    bar = tqdm(
+        range(1, cfg.max_epochs + 1),
+        desc=description,
+        leave=False,
+        disable=None if PROGRESS_BARS else True,
+    )
     for epoch in bar:
         model.train()
         total, steps = 0.0, 0
