@@ -264,8 +264,9 @@ class RecommenderConfig(_Strict):
     workers: int = Field(
         1,
         ge=1,
-        description="Training runs side by side, each in its own process. Small models use a "
-        "second thread poorly: on 2 cores, 2 workers of 1 thread finish ~1.4x sooner than 1 of 2.",
+        description="Training runs of `slim run` / `slim train` side by side, each in its own "
+        "process. Small models use a second thread poorly: on 2 cores, 2 workers of 1 thread "
+        "finish ~1.3-1.5x sooner than 1 of 2 (benchmarks/rec_workers.py).",
     )
 
 

@@ -373,8 +373,8 @@ def run_recommenders(
 ) -> list[dict[str, Any]]:
     """Train and evaluate everything configured; write and return the metric rows.
 
-    The library entry point for your own vector files (no LLM stages); `slim run` goes through
-    the per-run tasks instead.
+    The library entry point for your own vector files (no LLM stages): runs one after the other
+    in this process. `slim run` goes through the per-run tasks instead (`cfg.workers` at once).
     """
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
