@@ -265,8 +265,9 @@ class RecommenderConfig(_Strict):
         1,
         ge=1,
         description="Training runs of `slim run` / `slim train` side by side, each in its own "
-        "process. Small models use a second thread poorly: on 2 cores, 2 workers of 1 thread "
-        "finish ~1.3-1.5x sooner than 1 of 2 (benchmarks/rec_workers.py).",
+        "process. On small data a run uses a second thread poorly: on 2 cores, 2 workers of 1 "
+        "thread finish the demo's runs ~1.3x sooner than 1 of 2; on ml-100k, no sooner "
+        "(benchmarks/rec_workers.py, docs/benchmarks.md).",
     )
 
 

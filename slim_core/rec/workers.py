@@ -1,8 +1,9 @@
 """Recommender runs side by side in worker processes (`recommender.workers`).
 
-Small sequential recommenders use a second CPU thread poorly: on 2 cores, two runs in two
-processes of one thread each finish ~1.3-1.5x sooner than the same runs one after the other on two
-threads (benchmarks/rec_workers.py). Processes, not threads: every run seeds torch's global
+On small data a sequential recommender uses a second CPU thread poorly: on 2 cores, the demo's
+runs in two processes of one thread each finish ~1.3x sooner than one after the other on two
+threads (benchmarks/rec_workers.py); ml-100k's larger batches use both threads well, and gain
+nothing. Processes, not threads: every run seeds torch's global
 random generator (dropout, sampled negatives), which threads would share, and the results would
 depend on timing. Each worker reads a stage's inputs once and keeps them for its next runs.
 """
