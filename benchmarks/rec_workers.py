@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 
 
-def config_file(folder: Path, workers: int, seeds: list[int], cpus: int) -> Path:
+def config_file(folder: Path, workers: int, threads: int, seeds: list[int]) -> Path:
     """configs/demo.yaml without its LLM stages, with absolute data paths."""
     config = yaml.safe_load((ROOT / "configs/demo.yaml").read_text(encoding="utf-8"))
     config.pop("teacher", None)
@@ -50,7 +50,7 @@ def config_file(folder: Path, workers: int, seeds: list[int], cpus: int) -> Path
         text_matching=False,
         seeds=seeds,
         workers=workers,
-        threads=max(1, cpus // workers),
+        threads=threads,
     )
     path = folder / f"workers{workers}.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
@@ -76,9 +76,11 @@ def main() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     sys.path.insert(0, str(ROOT))
     from flows.pipeline import train_flow
+    from slim_core.rec.workers import threads_per_worker
 
     cpus = os.cpu_count() or 1
-    paths = {w: config_file(work, w, args.seeds, cpus) for w in args.workers}
+    threads = {w: threads_per_worker(w, None) for w in args.workers}
+    paths = {w: config_file(work, w, threads[w], args.seeds) for w in args.workers}
     train_flow(str(paths[args.workers[0]]))  # data, item vectors, Prefect server: not timed
     seconds: dict[int, list[float]] = {w: [] for w in args.workers}
     rows: dict[int, list[tuple]] = {}
@@ -103,7 +105,7 @@ def main() -> None:
         table.append(
             {
                 "workers": workers,
-                "threads_per_worker": max(1, cpus // workers),
+                "threads_per_worker": threads[workers],
                 "seconds": seconds[workers],
                 "median_seconds": median,
                 "speedup": base / median,

@@ -14,7 +14,6 @@ import logging
 import logging.handlers
 import multiprocessing
 import os
-import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
@@ -22,8 +21,7 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
-_pool: ProcessPoolExecutor | None = None
-_pool_lock = threading.Lock()
+_pool: ProcessPoolExecutor | None = None  # read by the flow's task threads; set here only
 
 
 def threads_per_worker(workers: int, threads: int | None) -> int:
@@ -69,13 +67,11 @@ def training_workers(workers: int, threads: int | None = None) -> Iterator[None]
         initargs=(threads_per_worker(workers, threads), logs),
     )
     listener.start()
-    with _pool_lock:
-        _pool = pool
+    _pool = pool
     try:
         yield
     finally:
-        with _pool_lock:
-            _pool = None
+        _pool = None
         pool.shutdown(wait=True, cancel_futures=True)
         listener.stop()
         logs.close()
@@ -83,8 +79,7 @@ def training_workers(workers: int, threads: int | None = None) -> Iterator[None]
 
 def call(function: Callable[..., T], *args: object) -> T:
     """`function(*args)` in a worker while `training_workers` is open, else here."""
-    with _pool_lock:
-        pool = _pool
+    pool = _pool
     if pool is None:
         return function(*args)
     return pool.submit(function, *args).result()
