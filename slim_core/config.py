@@ -325,6 +325,14 @@ class TeacherConfig(_Strict):
         "and cutoff. The '+teacher' variants need train (the recommenders learn to read the "
         "rationales there) and valid or test (they are evaluated with them).",
     )
+    train_cutoff_lead: int = Field(
+        0,
+        ge=0,
+        description="Write the train-cutoff rationale this many items before the user's last "
+        "training item, so that the last train_cutoff_lead + 1 training targets read it (a "
+        "rationale is only read by targets after it). 0: only the last training item reads it, "
+        "one target per rationale, which a recommender can memorise.",
+    )
     max_history_items: int = Field(20, ge=1, description="Most recent items shown in a prompt.")
     token_budget: int | None = Field(600, ge=1, description="Words of history a prompt may hold.")
     batch_size: int = Field(
@@ -424,6 +432,14 @@ class StudentConfig(_Strict):
         min_length=1,
         description="Rationales for these targets' histories. The recommenders train on the "
         "train-cutoff rationales and are evaluated with the valid / test ones.",
+    )
+    train_cutoff_lead: int = Field(
+        0,
+        ge=0,
+        description="Write the train-cutoff rationale this many items before the user's last "
+        "training item, so that the last train_cutoff_lead + 1 training targets read it (a "
+        "rationale is only read by targets after it). 0: only the last training item reads it, "
+        "one target per rationale, which a recommender can memorise.",
     )
     max_history_items: int = Field(20, ge=1, description="Most recent items in a prompt.")
     token_budget: int | None = Field(600, ge=1, description="Words of history a prompt may hold.")

@@ -53,6 +53,46 @@ def test_train_cutoff_prompts_hold_only_earlier_items():
         assert f"Item {target}\n" not in prompt.text and target not in prompt.history_items
 
 
+def test_train_cutoff_lead_moves_the_train_rationale_earlier_never_before_item_two():
+    data = sequences([12, 5, 4, 3])
+    # Last training item at n - 3; a lead moves it back, clamped to position 1.
+    assert [data.cutoff(u, "train") for u in range(4)] == [9, 2, 1, 0]
+    assert [data.cutoff(u, "train", 4) for u in range(4)] == [5, 1, 1, 0]
+    assert [data.cutoff(u, "valid", 4) for u in range(4)] == [10, 3, 2, 1]  # others unchanged
+    assert [data.cutoff(u, "test", 4) for u in range(4)] == [11, 4, 3, 2]
+    items = {i: {"item_id": f"i{i}", "title": f"Item {i}"} for i in range(1, 60)}
+    prompts = history_prompts(
+        data,
+        items,
+        range(4),
+        ["train"],
+        version="student-v3",
+        max_items=20,
+        token_budget=None,
+        train_lead=4,
+    )
+    assert [(p.user_idx, p.cutoff) for _, p in prompts] == [(1, 5), (2, 1), (3, 1)]
+    for _, prompt in prompts:
+        target = int(data.sequences[prompt.user_idx - 1][prompt.cutoff])
+        assert target not in prompt.history_items and f"Item {target}\n" not in prompt.text
+
+
+def test_with_a_lead_the_last_lead_plus_one_training_targets_read_the_train_rationale():
+    from slim_core.rec.data import training_windows
+
+    data = sequences([12])
+    lead = 4
+    train_cutoff = data.cutoff(0, "train", lead)
+    index = UserVectorIndex(data, {(1, train_cutoff): np.ones(2)}, dim=2)
+    windows = training_windows(data, max_len=50)
+    rows = index.lookup(windows.users[:, None], windows.cutoffs)
+    reading = windows.cutoffs[rows > 0]
+    # Training targets are positions 1..9 (the train part is items 0..9); 5..9 read it.
+    assert sorted(reading.tolist()) == [5, 6, 7, 8, 9]
+    # Every target that reads it comes after the items the rationale was written from.
+    assert (reading >= train_cutoff).all()
+
+
 def rationale_file(path: Path) -> Path:
     rows = [
         {

@@ -39,10 +39,14 @@ class SequenceData:
     def target(self, u: int, split: str) -> int:
         return int(self.sequences[u][-2 if split == "valid" else -1])
 
-    def cutoff(self, u: int, split: str) -> int:
+    def cutoff(self, u: int, split: str, train_lead: int = 0) -> int:
         """Position of the split's target: test is the last item, valid the one before it, and
-        train the last training item (a rationale there has the training items before it)."""
-        return len(self.sequences[u]) - {"train": 3, "valid": 2, "test": 1}[split]
+        train the last training item (a rationale there has the training items before it), or
+        `train_lead` items earlier, but never before the second item (position 1)."""
+        n = len(self.sequences[u])
+        if split == "train":
+            return max(min(1, n - 3), n - 3 - train_lead)
+        return n - {"valid": 2, "test": 1}[split]
 
     def item_popularity(self) -> np.ndarray:
         """Training interactions per item (index 0 = padding, count 0)."""

@@ -72,6 +72,7 @@ def student_prompts(
         max_items=cfg.max_history_items,
         token_budget=cfg.token_budget,
         domain=domain,
+        train_lead=cfg.train_cutoff_lead,
     )
 
 

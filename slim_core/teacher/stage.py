@@ -119,6 +119,7 @@ def history_prompts(
     max_items: int,
     token_budget: int | None,
     domain: str = "products",
+    train_lead: int = 0,
 ) -> list[tuple[str, Prompt]]:
     """(split, prompt) for each sequence row at each cutoff, from the history before it.
 
@@ -130,7 +131,7 @@ def history_prompts(
             build_prompt(
                 int(sequences.user_idx[row]),
                 sequences.sequences[row],
-                sequences.cutoff(row, split),
+                sequences.cutoff(row, split, train_lead),
                 items,
                 version=version,
                 domain=domain,
@@ -140,7 +141,7 @@ def history_prompts(
         )
         for row in rows
         for split in cutoffs
-        if sequences.cutoff(row, split) > 0
+        if sequences.cutoff(row, split, train_lead) > 0
     ]
 
 
@@ -158,6 +159,7 @@ def teacher_prompts(config: SlimConfig, data: DataStageResult) -> list[Prompt]:
         max_items=cfg.max_history_items,
         token_budget=cfg.token_budget,
         domain=config.data.domain,
+        train_lead=cfg.train_cutoff_lead,
     )
     return [prompt for _, prompt in prompts]
 
