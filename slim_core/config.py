@@ -139,6 +139,18 @@ class TableSource(_Strict):
     encoding: str = Field("utf-8", description="Text encoding of CSV files.")
 
 
+# Shared by the teacher and the student: where their train-cutoff prompts stop.
+TrainCutoffLead = Annotated[
+    int,
+    Field(
+        ge=0,
+        description="Write the train-cutoff rationale this many items before the user's last "
+        "training item, so that the last train_cutoff_lead + 1 training targets read it (a "
+        "rationale is only read by targets after it). 0: only the last training item reads it, "
+        "one target per rationale, which a recommender can memorise.",
+    ),
+]
+
 DataSource = Annotated[
     RecBoleAtomicSource | RecBoleSequenceSource | AmazonReviewsSource | TableSource,
     Field(discriminator="format"),
@@ -325,14 +337,7 @@ class TeacherConfig(_Strict):
         "and cutoff. The '+teacher' variants need train (the recommenders learn to read the "
         "rationales there) and valid or test (they are evaluated with them).",
     )
-    train_cutoff_lead: int = Field(
-        0,
-        ge=0,
-        description="Write the train-cutoff rationale this many items before the user's last "
-        "training item, so that the last train_cutoff_lead + 1 training targets read it (a "
-        "rationale is only read by targets after it). 0: only the last training item reads it, "
-        "one target per rationale, which a recommender can memorise.",
-    )
+    train_cutoff_lead: TrainCutoffLead = 0
     max_history_items: int = Field(20, ge=1, description="Most recent items shown in a prompt.")
     token_budget: int | None = Field(600, ge=1, description="Words of history a prompt may hold.")
     batch_size: int = Field(
@@ -433,14 +438,7 @@ class StudentConfig(_Strict):
         description="Rationales for these targets' histories. The recommenders train on the "
         "train-cutoff rationales and are evaluated with the valid / test ones.",
     )
-    train_cutoff_lead: int = Field(
-        0,
-        ge=0,
-        description="Write the train-cutoff rationale this many items before the user's last "
-        "training item, so that the last train_cutoff_lead + 1 training targets read it (a "
-        "rationale is only read by targets after it). 0: only the last training item reads it, "
-        "one target per rationale, which a recommender can memorise.",
-    )
+    train_cutoff_lead: TrainCutoffLead = 0
     max_history_items: int = Field(20, ge=1, description="Most recent items in a prompt.")
     token_budget: int | None = Field(600, ge=1, description="Words of history a prompt may hold.")
     users: int | None = Field(None, ge=1, description="Only the first N users (None: all).")

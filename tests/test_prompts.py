@@ -162,3 +162,40 @@ def test_a_header_begun_and_not_finished_is_not_step_text():
     # The word inside a sentence stays.
     answer = "Step 1: the next step\nStep 2: glassware\nStep 3: Widget 9"
     assert parse_rationale(answer) == ("the next step", "glassware", "Widget 9")
+
+
+def test_train_cutoff_lead_reaches_teacher_and_student_train_prompts_only(tmp_path):
+    import yaml
+
+    from slim_core.config import StudentConfig, load_config
+    from slim_core.data import prepare_data
+    from slim_core.rec.data import load_sequence_data
+    from slim_core.student.inference import student_prompts
+    from slim_core.teacher.stage import teacher_prompts
+    from tests.test_flow_and_cli import demo_config
+
+    path = demo_config(tmp_path)
+    values = yaml.safe_load(path.read_text())
+    values["teacher"] = {"model": "unused", "users": 5, "train_cutoff_lead": 2}
+    path.write_text(yaml.safe_dump(values))
+    config = load_config(path)
+    data = prepare_data(config)
+    sequences = load_sequence_data(data.folder)
+    row_of = {int(u): row for row, u in enumerate(sequences.user_idx)}
+
+    def expected(prompt, split: str) -> int:
+        n = len(sequences.sequences[row_of[prompt.user_idx]])
+        return {"train": max(min(1, n - 3), n - 5), "valid": n - 2, "test": n - 1}[split]
+
+    teacher = teacher_prompts(config, data)
+    by_user: dict[int, list[int]] = {}
+    for prompt in teacher:
+        by_user.setdefault(prompt.user_idx, []).append(prompt.cutoff)
+    for user, cutoffs in by_user.items():
+        n = len(sequences.sequences[row_of[user]])
+        assert sorted(cutoffs) == [max(min(1, n - 3), n - 5), n - 2]
+    student = student_prompts(
+        StudentConfig(base_model="unused", users=4, train_cutoff_lead=2), data
+    )
+    assert student and all(p.cutoff == expected(p, split) for split, p in student)
+    assert any(split == "train" and p.cutoff < expected(p, "valid") - 1 for split, p in student)
