@@ -183,8 +183,8 @@ def test_train_cutoff_lead_reaches_teacher_and_student_train_prompts_only(tmp_pa
     sequences = load_sequence_data(data.folder)
     row_of = {int(u): row for row, u in enumerate(sequences.user_idx)}
 
-    def expected(prompt, split: str) -> int:
-        n = len(sequences.sequences[row_of[prompt.user_idx]])
+    def expected(user: int, split: str) -> int:
+        n = len(sequences.sequences[row_of[user]])
         return {"train": max(min(1, n - 3), n - 5), "valid": n - 2, "test": n - 1}[split]
 
     teacher = teacher_prompts(config, data)
@@ -192,10 +192,11 @@ def test_train_cutoff_lead_reaches_teacher_and_student_train_prompts_only(tmp_pa
     for prompt in teacher:
         by_user.setdefault(prompt.user_idx, []).append(prompt.cutoff)
     for user, cutoffs in by_user.items():
-        n = len(sequences.sequences[row_of[user]])
-        assert sorted(cutoffs) == [max(min(1, n - 3), n - 5), n - 2]
+        assert sorted(cutoffs) == [expected(user, "train"), expected(user, "valid")]
     student = student_prompts(
         StudentConfig(base_model="unused", users=4, train_cutoff_lead=2), data
     )
-    assert student and all(p.cutoff == expected(p, split) for split, p in student)
-    assert any(split == "train" and p.cutoff < expected(p, "valid") - 1 for split, p in student)
+    assert student and all(p.cutoff == expected(p.user_idx, split) for split, p in student)
+    assert any(
+        split == "train" and p.cutoff < expected(p.user_idx, "valid") - 1 for split, p in student
+    )

@@ -131,7 +131,7 @@ def history_prompts(
             build_prompt(
                 int(sequences.user_idx[row]),
                 sequences.sequences[row],
-                sequences.cutoff(row, split, train_lead),
+                cutoff,
                 items,
                 version=version,
                 domain=domain,
@@ -141,7 +141,7 @@ def history_prompts(
         )
         for row in rows
         for split in cutoffs
-        if sequences.cutoff(row, split, train_lead) > 0
+        if (cutoff := sequences.cutoff(row, split, train_lead)) > 0
     ]
 
 
