@@ -29,32 +29,16 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-import yaml
-
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 
 
 def config_file(folder: Path, workers: int, threads: int, seeds: list[int]) -> Path:
-    """configs/demo.yaml without its LLM stages, with absolute data paths."""
-    config = yaml.safe_load((ROOT / "configs/demo.yaml").read_text(encoding="utf-8"))
-    config.pop("teacher", None)
-    config.pop("student", None)
-    source = config["data"]["source"]
-    for key in ("item_text", "item_index", "user_index"):
-        source[key] = str(ROOT / source[key])
-    source["sequences"] = [str(ROOT / p) for p in source["sequences"]]
-    config["run"]["output_dir"] = str(folder / "run")
-    config["recommender"].update(
-        variants=["id", "item_text"],
-        text_matching=False,
-        seeds=seeds,
-        workers=workers,
-        threads=threads,
-    )
-    path = folder / f"workers{workers}.yaml"
-    path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    return path
+    """configs/demo.yaml without its LLM stages (the tests' `demo_config`), as this benchmark runs it."""
+    from tests.helpers import demo_config
+
+    settings = {"seeds": seeds, "workers": workers, "threads": threads}
+    return demo_config(folder, f"workers{workers}.yaml", recommender=settings)
 
 
 def metric_rows(rows: list[dict]) -> list[tuple]:

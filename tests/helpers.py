@@ -6,9 +6,12 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import yaml
 
 from slim_core.config import SlimConfig, config_from_dict
 from slim_core.data import DataStageResult, prepare_data
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def make_config(output_dir: Path, source: dict[str, Any], **data: Any) -> SlimConfig:
@@ -62,3 +65,25 @@ def flow_run_artifact(flow_run_id: Any, key: str) -> str:
         )
     assert len(artifacts) == 1, f"expected one {key!r} artifact, found {len(artifacts)}"
     return str(artifacts[0].data)
+
+
+def demo_config(
+    tmp_path: Path, name: str = "c.yaml", recommender: dict | None = None, **data
+) -> Path:
+    """configs/demo.yaml with absolute data paths and a private output folder; without its LLM
+    stages (tests/test_pipeline_e2e.py runs those with tiny models)."""
+    config = yaml.safe_load((REPO / "configs/demo.yaml").read_text())
+    config.pop("teacher", None)
+    config.pop("student", None)
+    config["recommender"]["variants"] = ["id", "item_text"]
+    config["recommender"]["text_matching"] = False
+    source = config["data"]["source"]
+    for key in ("item_text", "item_index", "user_index"):
+        source[key] = str(REPO / source[key])
+    source["sequences"] = [str(REPO / p) for p in source["sequences"]]
+    config["run"]["output_dir"] = str(tmp_path / "run")
+    config["data"].update(data)
+    config["recommender"].update(recommender or {})
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(config))
+    return path

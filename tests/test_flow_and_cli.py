@@ -1,40 +1,16 @@
 """The data stage through Prefect (a real temporary server) and through the `slim` CLI."""
 
 import shutil
-from pathlib import Path
 
 import pytest
 import yaml
 from typer.testing import CliRunner
 
-from tests.helpers import flow_run_artifact
+from tests.helpers import demo_config, flow_run_artifact
 
-REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("prefect_server")
 # Recommender settings that keep flow tests to seconds (the demo's own settings train for minutes).
 QUICK = {"models": ["sasrec"], "variants": ["id", "item_text"], "max_epochs": 2, "seeds": [1]}
-
-
-def demo_config(
-    tmp_path: Path, name: str = "c.yaml", recommender: dict | None = None, **data
-) -> Path:
-    """configs/demo.yaml with absolute data paths and a private output folder; without its LLM
-    stages (tests/test_pipeline_e2e.py runs those with tiny models)."""
-    config = yaml.safe_load((REPO / "configs/demo.yaml").read_text())
-    config.pop("teacher", None)
-    config.pop("student", None)
-    config["recommender"]["variants"] = ["id", "item_text"]
-    config["recommender"]["text_matching"] = False
-    source = config["data"]["source"]
-    for key in ("item_text", "item_index", "user_index"):
-        source[key] = str(REPO / source[key])
-    source["sequences"] = [str(REPO / p) for p in source["sequences"]]
-    config["run"]["output_dir"] = str(tmp_path / "run")
-    config["data"].update(data)
-    config["recommender"].update(recommender or {})
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 def task_states(flow_state) -> list[str]:

@@ -14,7 +14,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.test_flow_and_cli import REPO, demo_config
+from tests.helpers import REPO, demo_config
 
 
 def free_port() -> int:

@@ -136,7 +136,7 @@ def test_data_domain_reaches_teacher_and_student_prompts_without_recomputing_dat
     from slim_core.data.stage import data_stage_key
     from slim_core.student.inference import student_prompts
     from slim_core.teacher.stage import teacher_prompts
-    from tests.test_flow_and_cli import demo_config
+    from tests.helpers import demo_config
 
     path = demo_config(tmp_path, domain="movies")
     values = yaml.safe_load(path.read_text())
@@ -172,7 +172,7 @@ def test_train_cutoff_lead_reaches_teacher_and_student_train_prompts_only(tmp_pa
     from slim_core.rec.data import load_sequence_data
     from slim_core.student.inference import student_prompts
     from slim_core.teacher.stage import teacher_prompts
-    from tests.test_flow_and_cli import demo_config
+    from tests.helpers import demo_config
 
     path = demo_config(tmp_path)
     values = yaml.safe_load(path.read_text())

@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from tests.fake_openai import FakeOpenAI
-from tests.helpers import flow_run_artifact
-from tests.test_flow_and_cli import demo_config, task_states
+from tests.helpers import demo_config, flow_run_artifact
+from tests.test_flow_and_cli import task_states
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 SECRET = "sk-never-log-me-0123456789"
