@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import shutil
 import statistics
@@ -323,30 +321,9 @@ def raw_sequences(folder: Path) -> dict[str, list[str]]:
 
 
 def machine_info() -> dict:
-    import duckdb
-    import numpy
-    import pandas
-    import pyarrow
+    from machine import machine_info as describe
 
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    return {
-        "nproc": len(os.sched_getaffinity(0)),
-        "cpu": cpu,
-        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "duckdb": duckdb.__version__,
-        "pandas": pandas.__version__,
-        "pyarrow": pyarrow.__version__,
-        "numpy": numpy.__version__,
-    }
+    return describe("duckdb", "pandas", "pyarrow", "numpy")
 
 
 def summarise(runs: list[dict]) -> dict:

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -215,37 +214,9 @@ def run_child(dataset: str, args: argparse.Namespace) -> dict:
 
 
 def machine_info() -> dict:
-    import duckdb
-    import numpy
-    import sentence_transformers
-    import torch
+    from machine import machine_info as describe
 
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    try:
-        from importlib.metadata import version
-
-        slim = version("slim-rec")
-    except Exception:  # noqa: BLE001 - not installed as a package
-        slim = "unknown"
-    return {
-        "nproc": len(os.sched_getaffinity(0)),
-        "cpu": cpu,
-        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "sentence_transformers": sentence_transformers.__version__,
-        "numpy": numpy.__version__,
-        "duckdb": duckdb.__version__,
-        "slim_rec": slim,
-    }
+    return describe("torch", "sentence-transformers", "numpy", "duckdb", "slim-rec")
 
 
 def test_full(rows: list[dict], model: str, variant: str) -> list[dict]:

@@ -1,0 +1,36 @@
+"""What a benchmark ran on, saved with its results: these machines differ (cores, SIMD width)."""
+
+from __future__ import annotations
+
+import os
+import platform
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+
+def cpu_model() -> str:
+    return next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+
+
+def machine_info(*packages: str) -> dict:
+    """Cores, CPU, memory, platform and the installed version of each named distribution."""
+    info = {
+        "nproc": len(os.sched_getaffinity(0)),
+        "cpu": cpu_model(),
+        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
+    for package in packages:
+        try:
+            info[package.replace("-", "_")] = version(package)
+        except PackageNotFoundError:
+            info[package.replace("-", "_")] = "unknown"
+    return info
