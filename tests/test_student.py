@@ -1,6 +1,7 @@
 """The student stage on a tiny random model: pairs, LoRA fine-tuning with resume, the adapter,
 quality scores, sharded resumable inference and incremental regeneration."""
 
+import json
 from pathlib import Path
 
 import duckdb
@@ -336,6 +337,24 @@ def test_quality_scores():
     assert scores["three_steps"] == pytest.approx(1 / 3)
     assert scores["rouge_l"] == pytest.approx((1 + rouge_l("no steps here", teacher)) / 3)
     assert 0.33 < scores["cosine"] < 0.67  # one perfect, one partial, the empty one scores 0
+    assert scores["looping"] == 0.0
+
+
+def test_looping_answers_are_counted():
+    from slim_core.encoding import TextEncoder
+    from slim_core.student.quality import answer_quality, loops
+
+    # Seen in a fine-tuned SmolLM2 student's held-out answers (benchmarks/distillation.py).
+    looped = "Step 1: - Scientific industrial & scientific scientific scientific scientific"
+    assert loops(looped)
+    assert loops("Step 2: lab glass, lab glass, lab glass, lab glass.")  # a two-word run
+    assert not loops("Step 1: scientific scientific scientific, then glass.")  # three times
+    # One product title bought four times is a real history, not a loop.
+    title = "HATCHBOX PLA 3D Printer Filament"
+    assert not loops(" ".join([title] * 4))
+    teacher = "Step 1: likes lab glass.\nStep 2: Glassware.\nStep 3: a beaker."
+    scores = answer_quality([looped, teacher, teacher, teacher], [teacher] * 4, TextEncoder())
+    assert scores["looping"] == pytest.approx(0.25)
 
 
 def test_new_scoring_settings_rescore_the_student_without_training_it_again(
@@ -365,7 +384,22 @@ def test_new_scoring_settings_rescore_the_student_without_training_it_again(
     rescored = stage.finetune_student(config_from_dict(values), data, teacher)
     assert rescored.folder == first.folder  # same adapter, scored again in bfloat16
     assert rescored.quality["scored_with"]["dtype"] == "bfloat16"
-    assert set(rescored.quality["after"]) == {"pairs", "three_steps", "rouge_l", "cosine"}
+    assert set(rescored.quality["after"]) == {
+        "pairs",
+        "three_steps",
+        "rouge_l",
+        "cosine",
+        "looping",
+    }
+    # A quality file scored before a metric was added is scored again (not retrained).
+    quality_file = rescored.folder / "quality.json"
+    old = json.loads(quality_file.read_text())
+    old["scored_with"].pop("metrics")
+    for side in ("before", "after"):
+        old[side].pop("looping")
+    quality_file.write_text(json.dumps(old))
+    upgraded = stage.finetune_student(config_from_dict(values), data, teacher)
+    assert upgraded.quality == rescored.quality
     # A step budget is a decoding setting too: rescored, not retrained, and it holds the random
     # tiny student (which writes no steps on its own) to three steps.
     values["student"].update(max_tokens=30, step_tokens=4)

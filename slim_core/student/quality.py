@@ -1,8 +1,10 @@
 """How close the student writes to the teacher, on held-out (user, cutoff) pairs.
 
-Three numbers, before and after fine-tuning, on the same prompts: the share of answers with all
-three steps (the output contract), ROUGE-L F1 against the teacher's rationale (wording), and the
-cosine of sentence embeddings (meaning, which is what the recommenders consume).
+Numbers before and after fine-tuning, on the same prompts: the share of answers with all three
+steps (the output contract), ROUGE-L F1 against the teacher's rationale (wording), the cosine of
+sentence embeddings (meaning, which is what the recommenders consume), and the share of answers
+that loop (a small greedy model can repeat one word to its token budget, which the step budget
+cuts off but the other three numbers barely show).
 """
 
 from __future__ import annotations
@@ -18,6 +20,21 @@ from slim_core.prompts import parse_rationale
 from slim_core.student.pairs import Pair
 
 WORD = re.compile(r"\w+")
+# Bump when the metrics change: stored quality files scored with another version are rescored.
+QUALITY_METRICS_VERSION = 2
+
+
+def loops(text: str, max_words: int = 3, repeats: int = 4) -> bool:
+    """Whether some run of 1..`max_words` words stands `repeats` times back to back
+    ("scientific scientific scientific scientific"); longer runs, such as one product title
+    bought four times, do not count."""
+    words = WORD.findall(text.lower())
+    for n in range(1, max_words + 1):
+        for start in range(len(words) - n * repeats + 1):
+            gram = words[start : start + n]
+            if all(words[start + k * n : start + (k + 1) * n] == gram for k in range(1, repeats)):
+                return True
+    return False
 
 
 def rouge_l(candidate: str, reference: str) -> float:
@@ -41,7 +58,7 @@ def rouge_l(candidate: str, reference: str) -> float:
 def answer_quality(
     answers: Sequence[str], references: Sequence[str], encoder: TextEncoder
 ) -> dict[str, float]:
-    """Mean three-step share, ROUGE-L and embedding cosine of answers against references."""
+    """Three-step share, ROUGE-L, embedding cosine and looping share of answers vs references."""
     if len(answers) != len(references) or not answers:
         raise ValueError("answers and references must be non-empty and of equal length")
     steps = [parse_rationale(a) is not None for a in answers]
@@ -57,6 +74,7 @@ def answer_quality(
         "three_steps": float(np.mean(steps)),
         "rouge_l": float(np.mean(rouge)),
         "cosine": float(np.mean(cosine)),
+        "looping": float(np.mean([loops(a) for a in answers])),
     }
 
 

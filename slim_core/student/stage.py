@@ -29,7 +29,7 @@ from slim_core.student.inference import (
     write_student_rationales,
 )
 from slim_core.student.pairs import distillation_pairs
-from slim_core.student.quality import student_quality
+from slim_core.student.quality import QUALITY_METRICS_VERSION, student_quality
 from slim_core.student.sft import finetune
 from storage import canonical_hash, file_fingerprint, write_json_atomic
 
@@ -127,7 +127,11 @@ def finetune_student(
     quality_file = folder / "quality.json"
     params = decoding(cfg)
     # Scoring settings are not part of the key: changing them rescores, it does not retrain.
-    scoring = {"dtype": resolve_dtype(cfg.dtype), **params.as_dict()}
+    scoring = {
+        "dtype": resolve_dtype(cfg.dtype),
+        **params.as_dict(),
+        "metrics": QUALITY_METRICS_VERSION,
+    }
     quality = json.loads(quality_file.read_text(encoding="utf-8")) if quality_file.is_file() else {}
     if quality.get("scored_with") != scoring:
         if not (folder / "training.json").is_file():  # written last by a finished fine-tuning
@@ -197,6 +201,11 @@ def quality_markdown(quality: dict[str, Any]) -> str:
     lines.append(
         f"| embedding cosine vs teacher | {before['cosine']:.3f} | {after['cosine']:.3f} |"
     )
+    if "looping" in after:  # quality files scored before the metric existed lack it
+        lines.append(
+            f"| answers that loop (a 1-3 word run 4 times in a row) | {before['looping']:.0%} "
+            f"| {after['looping']:.0%} |"
+        )
     return "\n".join(lines) + f"\n\n{int(after['pairs'])} held-out (user, cutoff) pairs.\n"
 
 
