@@ -418,6 +418,7 @@ def test_inference_is_sharded_resumable_and_regenerates_only_changed_users(tmp_p
         student_prompts,
         write_student_rationales,
     )
+    from slim_core.student.quality import loops
 
     cfg = student_cfg(tiny)
     backend = TransformersBackend(str(tiny), batch_size=8)
@@ -466,6 +467,8 @@ def test_inference_is_sharded_resumable_and_regenerates_only_changed_users(tmp_p
     rows = duckdb.sql(f"SELECT user_idx, cutoff, split FROM '{result.rationales}'").fetchall()
     assert len(rows) == result.summary["rationales"]
     assert len(set((u, c) for u, c, _ in rows)) == len(rows)  # keyed by (user, cutoff)
+    texts = duckdb.sql(f"SELECT rationale FROM '{result.rationales}'").fetchall()
+    assert result.summary["looping"] == sum(loops(text) for (text,) in texts)
 
 
 def test_empty_generations_are_recorded_failures_and_nothing_made_is_lost(tmp_path, tiny):

@@ -25,6 +25,7 @@ from slim_core.data import DataStageResult
 from slim_core.llm.base import Decoding, LLMBackend
 from slim_core.prompts import STUDENT_VERSION, Prompt, parse_rationale
 from slim_core.rec.data import load_sequence_data
+from slim_core.student.quality import loops
 from slim_core.teacher.cache import AnswerCache, answer_key
 from slim_core.teacher.run import TeacherReport, ask_teacher
 from slim_core.teacher.stage import history_prompts, item_table
@@ -146,6 +147,7 @@ def write_student_rationales(
         "generated_this_run": report.answered + report.failed,
         "reused": report.cached,
         "with_three_steps": sum(1 for row in rows if row["step1"]),
+        "looping": sum(1 for row in rows if loops(row["rationale"])),  # see quality.loops
         "tokens_out": report.tokens_out,
         "model": model_id,
     }
