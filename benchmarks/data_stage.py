@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine import machine_info  # benchmarks/machine.py
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "data_stage.json"
 IMPLEMENTATIONS = ("duckdb", "pandas")
@@ -320,12 +322,6 @@ def raw_sequences(folder: Path) -> dict[str, list[str]]:
     }
 
 
-def machine_info() -> dict:
-    from machine import machine_info as describe
-
-    return describe("duckdb", "pandas", "pyarrow", "numpy")
-
-
 def summarise(runs: list[dict]) -> dict:
     out = {}
     for impl in IMPLEMENTATIONS:
@@ -396,7 +392,7 @@ def parent_main(args: argparse.Namespace) -> None:
 
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     result = {
-        "machine": machine_info(),
+        "machine": machine_info("duckdb", "pandas", "pyarrow", "numpy"),
         "parameters": {
             "interactions": args.interactions,
             "seed": args.seed,

@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 METRICS = ("three_steps", "rouge_l", "cosine")  # fine-tuning must improve (or keep) these
-REPORTED = (*METRICS, "looping")  # reported beside them
+REPORTED_ONLY = ("looping",)  # printed beside them, lower is better, not in the target
 
 
 def main() -> None:
@@ -78,7 +78,7 @@ def main() -> None:
     print("| metric | base | fine-tuned | change |\n|---|---:|---:|---:|")
     for metric, b, a, d in rows:
         print(f"| {metric} | {b:.3f} | {a:.3f} | {d:+.3f} |")
-    for metric in REPORTED[len(METRICS) :]:
+    for metric in REPORTED_ONLY:
         b, a = before.get(metric, float("nan")), after.get(metric, float("nan"))
         print(
             f"| {metric} (lower is better; not in the target) | {b:.3f} | {a:.3f} | {a - b:+.3f} |"

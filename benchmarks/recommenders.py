@@ -40,6 +40,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from data_stage import peak_rss_mb  # this script's folder is on sys.path
+from machine import machine_info  # benchmarks/machine.py
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -211,12 +212,6 @@ def run_child(dataset: str, args: argparse.Namespace) -> dict:
     result = json.loads(out.read_text(encoding="utf-8"))
     result["process_seconds"] = process_seconds
     return result
-
-
-def machine_info() -> dict:
-    from machine import machine_info as describe
-
-    return describe("torch", "sentence-transformers", "numpy", "duckdb", "slim-rec")
 
 
 def test_full(rows: list[dict], model: str, variant: str) -> list[dict]:
@@ -468,7 +463,7 @@ def parent_main(args: argparse.Namespace) -> None:
         print(f"warning: SLIM_ environment overrides apply to the configs: {', '.join(overrides)}")
     args.workdir.mkdir(parents=True, exist_ok=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    machine = machine_info()
+    machine = machine_info("torch", "sentence-transformers", "numpy", "duckdb", "slim-rec")
     print(f"machine: {json.dumps(machine)}")
     verdicts = []
     for dataset in args.datasets:
