@@ -411,6 +411,32 @@ def test_new_scoring_settings_rescore_the_student_without_training_it_again(
     )
 
 
+def test_student_prompts_come_user_by_user_shortest_first(tmp_path):
+    """Shards and batches are cut from this order: similar lengths pad less, and a user's
+    prompts (which share their history) stay together."""
+    from slim_core.student.inference import student_prompts
+
+    data = prepare(tmp_path, extra={2: 3, 7: 1, 11: 2})  # three users with longer histories
+    cfg = StudentConfig(
+        base_model="unused", cutoffs=["train", "valid", "test"], max_history_items=20
+    )
+    split_prompts = student_prompts(cfg, data)
+    users = [p.user_idx for _, p in split_prompts]
+    assert len(split_prompts) == USERS * 3
+    runs = [u for n, u in enumerate(users) if n == 0 or users[n - 1] != u]
+    assert len(runs) == len(set(runs)) == USERS  # each user's prompts are adjacent
+    for user in runs:
+        mine = [(split, p) for split, p in split_prompts if p.user_idx == user]
+        assert [split for split, _ in mine] == ["train", "valid", "test"]
+        assert [p.cutoff for _, p in mine] == sorted(p.cutoff for _, p in mine)
+    longest = [max(len(p.text) for _, p in split_prompts if p.user_idx == u) for u in runs]
+    assert longest == sorted(longest)
+    user_ids = dict(
+        duckdb.sql(f"SELECT user_idx, user_id FROM '{data.path('sequences')}'").fetchall()
+    )
+    assert {user_ids[u] for u in runs[-3:]} == {"u2", "u7", "u11"}
+
+
 def test_inference_is_sharded_resumable_and_regenerates_only_changed_users(tmp_path, tiny):
     from slim_core.llm.transformers_local import TransformersBackend
     from slim_core.student.inference import (
@@ -466,6 +492,7 @@ def test_inference_is_sharded_resumable_and_regenerates_only_changed_users(tmp_p
     assert {user_ids[u] for (u,) in regenerated} == {"u2", "u7", "u11"}
     rows = duckdb.sql(f"SELECT user_idx, cutoff, split FROM '{result.rationales}'").fetchall()
     assert len(rows) == result.summary["rationales"]
+    assert [(u, c) for u, c, _ in rows] == sorted((u, c) for u, c, _ in rows)  # user order
     assert len(set((u, c) for u, c, _ in rows)) == len(rows)  # keyed by (user, cutoff)
     texts = duckdb.sql(f"SELECT rationale FROM '{result.rationales}'").fetchall()
     assert result.summary["looping"] == sum(loops(text) for (text,) in texts)
