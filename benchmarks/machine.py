@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -34,3 +36,15 @@ def machine_info(*packages: str) -> dict:
         except PackageNotFoundError:
             info[package.replace("-", "_")] = "unknown"
     return info
+
+
+def write_results(path: Path, payload: dict) -> None:
+    """`payload` as JSON at `path`, stamped with the time and the machine (torch's version too)."""
+    stamped = {
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine_info("torch", "transformers"),
+        **payload,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(stamped, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {path}")

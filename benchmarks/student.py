@@ -20,12 +20,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
+
+from machine import write_results  # benchmarks/machine.py
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -196,27 +196,15 @@ def main() -> None:
         )
     print()
     print("\n".join(verdicts))
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / args.output
-    out.write_text(
-        json.dumps(
-            {
-                "created": datetime.now(UTC).isoformat(timespec="seconds"),
-                "machine": {
-                    "nproc": len(os.sched_getaffinity(0)),
-                    "python": platform.python_version(),
-                    "torch": torch.__version__,
-                },
-                "model": args.model,
-                "max_tokens": args.max_tokens,
-                "rows": rows,
-                "verdicts": verdicts,
-            },
-            indent=2,
-        )
-        + "\n"
+    write_results(
+        RESULTS / args.output,
+        {
+            "model": args.model,
+            "max_tokens": args.max_tokens,
+            "rows": rows,
+            "verdicts": verdicts,
+        },
     )
-    print(f"wrote {out.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":

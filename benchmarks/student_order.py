@@ -17,16 +17,14 @@ Writes `benchmarks/results/student_order.json`.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
-from machine import machine_info  # benchmarks/machine.py
+from machine import write_results  # benchmarks/machine.py
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -121,32 +119,24 @@ def main() -> None:
             f"{r['speedup']:.2f}x |"
         )
     print(f"\nidentical answers in both orders: {same} of {len(by_user)}")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / args.output
-    out.write_text(
-        json.dumps(
-            {
-                "created": datetime.now(UTC).isoformat(timespec="seconds"),
-                "machine": machine_info("torch", "transformers"),
-                "model": model,
-                "dtype": backend.dtype,
-                "users": cfg.users,
-                "cutoffs": cfg.cutoffs,
-                "shard_prompts": per_shard,
-                "batch_size": cfg.inference_batch_size,
-                "prompt_tokens": {
-                    "min": min(lengths),
-                    "mean": statistics.mean(lengths),
-                    "max": max(lengths),
-                },
-                "identical_answers": same,
-                "rows": rows,
+    write_results(
+        RESULTS / args.output,
+        {
+            "model": model,
+            "dtype": backend.dtype,
+            "users": cfg.users,
+            "cutoffs": cfg.cutoffs,
+            "shard_prompts": per_shard,
+            "batch_size": cfg.inference_batch_size,
+            "prompt_tokens": {
+                "min": min(lengths),
+                "mean": statistics.mean(lengths),
+                "max": max(lengths),
             },
-            indent=2,
-        )
-        + "\n"
+            "identical_answers": same,
+            "rows": rows,
+        },
     )
-    print(f"wrote {out.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":
