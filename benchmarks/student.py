@@ -33,19 +33,25 @@ RESULTS = ROOT / "benchmarks" / "results"
 TARGET_SPEEDUP = 5.0
 
 
-def demo_prompts(count: int) -> list[str]:
+def demo_values(output_dir: str) -> dict:
+    """configs/demo.yaml as a dict, its data paths absolute and its run folder at `output_dir`."""
     import yaml
-
-    from slim_core.config import StudentConfig, config_from_dict
-    from slim_core.data.stage import prepare_data
-    from slim_core.student.inference import student_prompts
 
     values = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
     source = values["data"]["source"]
     for key in ("item_text", "item_index", "user_index"):
         source[key] = str(ROOT / source[key])
     source["sequences"] = [str(ROOT / p) for p in source["sequences"]]
-    values["run"]["output_dir"] = "/tmp/slim-bench-student"
+    values["run"]["output_dir"] = output_dir
+    return values
+
+
+def demo_prompts(count: int) -> list[str]:
+    from slim_core.config import StudentConfig, config_from_dict
+    from slim_core.data.stage import prepare_data
+    from slim_core.student.inference import student_prompts
+
+    values = demo_values("/tmp/slim-bench-student")
     config = config_from_dict(values)
     data = prepare_data(config)
     cfg = StudentConfig(**{**values["student"], "users": count, "cutoffs": ["valid"]})

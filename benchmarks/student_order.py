@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from machine import write_results  # benchmarks/machine.py
+from student import demo_values  # benchmarks/student.py
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -41,7 +42,6 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     import torch
-    import yaml
 
     from slim_core.config import config_from_dict
     from slim_core.data.stage import prepare_data
@@ -50,12 +50,7 @@ def main() -> None:
     from slim_core.student.inference import decoding, student_prompts
 
     torch.set_num_threads(len(os.sched_getaffinity(0)))
-    values = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
-    source = values["data"]["source"]
-    for key in ("item_text", "item_index", "user_index"):
-        source[key] = str(ROOT / source[key])
-    source["sequences"] = [str(ROOT / p) for p in source["sequences"]]
-    values["run"]["output_dir"] = tempfile.mkdtemp(prefix="slim-bench-order-")
+    values = demo_values(tempfile.mkdtemp(prefix="slim-bench-order-"))
     if args.users:
         values["student"]["users"] = args.users
     config = config_from_dict(values)

@@ -83,9 +83,9 @@ def by_prompt_length(split_prompts: list[tuple[str, Prompt]]) -> list[tuple[str,
     in cutoff order.
 
     Why: shards and batches are cut from this order, and a batch decodes against a cache padded
-    to its longest prompt. Users of similar history length together waste less of it (1.2-1.4x
-    on the demo's student, docs/benchmarks.md), and a user's prompts at successive cutoffs, which
-    share their history, still share a batch.
+    to its longest prompt. Users of similar history length together waste less of it (1.11x on
+    the demo's student, more where a shard is a narrow band of lengths; docs/benchmarks.md), and
+    a user's prompts at successive cutoffs, which share their history, still share a batch.
     """
     longest: dict[int, int] = {}
     for _, prompt in split_prompts:
