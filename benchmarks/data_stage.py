@@ -9,6 +9,11 @@ and reports median wall time, peak RSS and the speed ratio against the targets
 
     python benchmarks/data_stage.py                      # 1M interactions, 3 repeats
     python benchmarks/data_stage.py --interactions 100000
+    python benchmarks/data_stage.py --one-thread         # also DuckDB on one thread
+
+`--one-thread` adds a third run, DuckDB limited to one thread, in the same rounds: pandas runs
+on one core whatever the machine has, DuckDB on all of them, so the one-thread ratio is the
+per-core difference and the two ratios together show how much of the speed-up is cores.
 
 Results go to `benchmarks/results/data_stage.json`. A child run (`--run duckdb|pandas`) is an
 internal mode: it runs one implementation and prints one JSON line with its timing and RSS.
@@ -32,6 +37,7 @@ from machine import machine_info  # benchmarks/machine.py
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "data_stage.json"
 IMPLEMENTATIONS = ("duckdb", "pandas")
+ONE_THREAD = "duckdb-1-thread"  # the DuckDB stage with `threads = 1` (--one-thread)
 ARTIFACTS = ("interactions", "items", "sequences")
 
 # Stage settings, the same for both implementations.
@@ -267,10 +273,12 @@ def child_main(args: argparse.Namespace) -> None:
 
 def run_child(impl: str, args: argparse.Namespace, input_path: Path, out: Path) -> dict:
     shutil.rmtree(out, ignore_errors=True)
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--run", impl]
+    cmd = [sys.executable, str(Path(__file__).resolve())]
+    cmd += ["--run", "duckdb" if impl == ONE_THREAD else impl]
     cmd += ["--input", str(input_path), "--out", str(out)]
-    if args.duckdb_threads:
-        cmd += ["--duckdb-threads", str(args.duckdb_threads)]
+    threads = 1 if impl == ONE_THREAD else args.duckdb_threads
+    if threads:
+        cmd += ["--duckdb-threads", str(threads)]
     if args.duckdb_memory_limit:
         cmd += ["--duckdb-memory-limit", args.duckdb_memory_limit]
     start = time.perf_counter()
@@ -322,30 +330,45 @@ def raw_sequences(folder: Path) -> dict[str, list[str]]:
     }
 
 
-def summarise(runs: list[dict]) -> dict:
+def summarise(runs: list[dict], implementations: tuple[str, ...]) -> dict:
     out = {}
-    for impl in IMPLEMENTATIONS:
+    for impl in implementations:
         mine = [r for r in runs if r["implementation"] == impl]
         out[impl] = {
             "median_seconds": statistics.median(r["seconds"] for r in mine),
             "peak_rss_mb": max(r["peak_rss_mb"] for r in mine),
         }
     out["ratio"] = out["pandas"]["median_seconds"] / out["duckdb"]["median_seconds"]
+    if ONE_THREAD in out:
+        out["ratio_one_thread"] = (
+            out["pandas"]["median_seconds"] / out[ONE_THREAD]["median_seconds"]
+        )
+        out["duckdb_thread_scaling"] = (
+            out[ONE_THREAD]["median_seconds"] / out["duckdb"]["median_seconds"]
+        )
     return out
 
 
 def print_report(summary: dict, check: dict, settings: dict) -> list[str]:
     counts = check["counts"]
-    print("\n| implementation | median wall s | peak RSS MB | ratio (pandas / duckdb) |")
+    print("\n| implementation | median wall s | peak RSS MB | pandas / this |")
     print("|---|---:|---:|---:|")
-    for impl in IMPLEMENTATIONS:
-        s = summary[impl]
-        ratio = f"{summary['ratio']:.2f}x" if impl == "pandas" else "1.00x"
-        print(f"| {impl} | {s['median_seconds']:.2f} | {s['peak_rss_mb']:.0f} | {ratio} |")
+    pandas_seconds = summary["pandas"]["median_seconds"]
+    for impl in (*IMPLEMENTATIONS, ONE_THREAD):
+        if impl in summary:
+            s = summary[impl]
+            ratio = pandas_seconds / s["median_seconds"]
+            print(f"| {impl} | {s['median_seconds']:.2f} | {s['peak_rss_mb']:.0f} | {ratio:.2f}x |")
+    if ONE_THREAD in summary:
+        print(
+            f"DuckDB on all cores is {summary['duckdb_thread_scaling']:.2f}x DuckDB on one thread"
+        )
     print(
         f"\noutputs agree: {check['agree']} ({counts['users']:,} users, {counts['items']:,} items, "
         f"{counts['interactions']:,} interactions)"
     )
+    if "one_thread_agrees" in check:
+        print(f"one-thread DuckDB output agrees: {check['one_thread_agrees']}")
     for name in ARTIFACTS:
         if check[name]["differing_columns"] or len(set(check[name]["rows"])) > 1:
             print(
@@ -372,10 +395,11 @@ def parent_main(args: argparse.Namespace) -> None:
         f"wrote {args.interactions:,} interactions to {input_path} in {time.perf_counter() - start:.1f}s"
     )
 
+    implementations = (*IMPLEMENTATIONS, ONE_THREAD) if args.one_thread else IMPLEMENTATIONS
     runs = []
     for repeat in range(args.repeats):
         # Alternate which goes first, so neither always gets the cooler cache.
-        order = IMPLEMENTATIONS if repeat % 2 == 0 else IMPLEMENTATIONS[::-1]
+        order = implementations if repeat % 2 == 0 else implementations[::-1]
         for impl in order:
             run = run_child(impl, args, input_path, workdir / "out" / impl)
             runs.append({"repeat": repeat, **run})
@@ -383,9 +407,13 @@ def parent_main(args: argparse.Namespace) -> None:
                 f"repeat {repeat + 1} {impl:7s} {run['seconds']:6.2f}s  {run['peak_rss_mb']:6.0f} MB"
             )
 
-    folders = {r["implementation"]: Path(r["folder"]) for r in runs[-2:]}
+    folders = {r["implementation"]: Path(r["folder"]) for r in runs[-len(implementations) :]}
     check = compare_outputs(folders["duckdb"], folders["pandas"])
-    summary = summarise(runs)
+    if ONE_THREAD in folders:  # the thread count changes speed only, never the tables
+        check["one_thread_agrees"] = compare_outputs(folders["duckdb"], folders[ONE_THREAD])[
+            "agree"
+        ]
+    summary = summarise(runs, implementations)
     settings = {"threads": args.duckdb_threads or "default (all cores)"}
     settings["memory_limit"] = args.duckdb_memory_limit or "default (80% of RAM)"
     verdicts = print_report(summary, check, settings)
@@ -402,6 +430,7 @@ def parent_main(args: argparse.Namespace) -> None:
             "max_history": MAX_HISTORY,
             "dedup": "first",
             "duckdb": settings,
+            "one_thread_run": args.one_thread,
             "input": log_info,
         },
         "runs": runs,
@@ -423,6 +452,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--workdir", type=Path, help="keep input and outputs here (default: temp)")
     parser.add_argument("--duckdb-threads", type=int, help="DuckDB threads (default: all cores)")
     parser.add_argument("--duckdb-memory-limit", help="DuckDB memory limit, e.g. 800MB")
+    parser.add_argument(
+        "--one-thread",
+        action="store_true",
+        help="also run DuckDB on one thread, to separate per-core speed from parallelism",
+    )
     parser.add_argument("--run", choices=IMPLEMENTATIONS, help=argparse.SUPPRESS)
     parser.add_argument("--input", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
