@@ -198,7 +198,7 @@ class EncoderConfig(_Strict):
     device: str = Field("cpu", description="Torch device, e.g. cpu or cuda.")
 
 
-RecModel = Literal["sasrec", "gru4rec"]
+RecModel = Literal["sasrec", "gru4rec", "srgnn"]
 # id: ID embeddings only; item_text: + item text vectors (the paper's item feature extension);
 # user_text: + a per-(user, cutoff) text vector on the user side; item_user_text: both.
 RecVariant = Literal["id", "item_text", "user_text", "item_user_text"]
@@ -249,6 +249,7 @@ class RecommenderConfig(_Strict):
     heads: int = Field(2, ge=1, description="SASRec attention heads.")
     inner_dim: int = Field(256, ge=8, description="SASRec feed-forward size.")
     gru_hidden: int = Field(128, ge=8, description="GRU4Rec hidden size.")
+    gnn_steps: int = Field(1, ge=1, description="SRGNN graph layers (RecBole's `step`).")
     dropout: float = Field(0.2, ge=0.0, lt=1.0, description="Dropout rate.")
     max_len: int = Field(50, ge=2, description="Longest history a model reads.")
     loss: Literal["ce", "bce"] = Field(
@@ -263,6 +264,12 @@ class RecommenderConfig(_Strict):
         description="Training windows per batch. Small data sets need the optimizer steps: "
         "at 256 an ml-100k epoch is 8 steps and early stopping ends training before it learns.",
     )
+    prefix_batch_size: int = Field(
+        512,
+        ge=1,
+        description="Rows per batch for a model that trains on every prefix as its own row "
+        "(SRGNN): each row holds one target, where a window holds one at every position.",
+    )
     max_epochs: int = Field(200, ge=1, description="Upper bound on training epochs.")
     patience: int = Field(
         10,
@@ -270,6 +277,12 @@ class RecommenderConfig(_Strict):
         description="Stop after this many evaluations without a better validation NDCG@10.",
     )
     seeds: list[int] = Field([42], min_length=1, description="One training run per seed.")
+    device: str = Field(
+        "auto",
+        pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$",
+        description="Where the recommenders train: auto (a CUDA GPU when torch sees one, else "
+        "the CPU), cpu, cuda, cuda:N or mps.",
+    )
     threads: int | None = Field(
         None, ge=1, description="Torch CPU threads per run (default: the CPUs / workers)."
     )

@@ -102,7 +102,7 @@ def training_task(
     # Backbones leave a checkpoint; popularity and text matching only need the negatives.
     needed = (
         folder.file(f"checkpoints/{spec.name}.pt")
-        if spec.model in ("sasrec", "gru4rec")
+        if spec.model not in ("popularity", "text_matching")
         else folder.file("negatives.parquet")
     )
     return train_recommender_task.with_options(refresh_cache=not needed.exists())

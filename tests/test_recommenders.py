@@ -3,10 +3,16 @@
 import numpy as np
 import pytest
 import torch
+from pydantic import ValidationError
 
 from slim_core.config import EvalConfig, RecommenderConfig
 from slim_core.errors import DataError
-from slim_core.rec.data import eval_inputs, load_sequence_data, training_windows
+from slim_core.rec.data import (
+    eval_inputs,
+    load_sequence_data,
+    training_prefixes,
+    training_windows,
+)
 from slim_core.rec.report import markdown_table, ndcg_bar_chart
 from slim_core.rec.stage import load_inputs, load_negatives, run_recommenders
 from slim_core.vectors import write_vectors
@@ -69,7 +75,7 @@ def test_windows_cover_every_training_pair(cyclic_data):
     assert (test.histories[:, -1] == [s[-2] for s in data.sequences]).all()  # valid item is history
 
 
-@pytest.mark.parametrize("model", ["sasrec", "gru4rec"])
+@pytest.mark.parametrize("model", ["sasrec", "gru4rec", "srgnn"])
 def test_model_overfits_tiny_data_to_perfect_hit(cyclic_data, tmp_path, model):
     rows = run_recommenders(
         small(models=[model], variants=["id"]),
@@ -140,7 +146,7 @@ def test_text_variants_train_and_report(cyclic_data, tmp_path):
     items, matrix = _item_vectors(tmp_path, data.n_items)
     users = _user_vectors(tmp_path, data, matrix)
     cfg = small(
-        models=["sasrec", "gru4rec"],
+        models=["sasrec", "gru4rec", "srgnn"],
         variants=["id", "item_text", "user_text", "item_user_text"],
         max_epochs=3,
         text_matching=True,
@@ -162,6 +168,8 @@ def test_text_variants_train_and_report(cyclic_data, tmp_path):
         ("text_matching", "rationale"),
         ("sasrec", "item_user_text+zeros"),  # the control: same fusion, no rationale
         ("gru4rec", "user_text+zeros"),
+        ("srgnn", "item_text"),
+        ("srgnn", "item_user_text"),
     } <= seen
     assert ("text_matching", "rationale+zeros") not in seen  # nothing to match with zeros
     inputs = load_inputs(
@@ -269,8 +277,10 @@ def test_negatives_are_drawn_once_and_reused(cyclic_data, tmp_path):
 def test_empty_and_unknown_inputs(tmp_path):
     with pytest.raises(DataError, match="run the data stage first"):
         load_sequence_data(tmp_path)
-    with pytest.raises(Exception, match="sasrec"):
+    with pytest.raises(ValidationError, match=r"recommender|models(.|\n)*'sasrec', 'gru4rec'"):
         RecommenderConfig(models=["bert4rec"])
+    with pytest.raises(ValidationError, match="device"):
+        RecommenderConfig(device="gpu0")
     assert torch.get_num_threads() >= 1
 
 
@@ -316,4 +326,100 @@ def test_result_rows_come_in_one_order_whatever_order_the_runs_finished_in():
         "text_matching student",
         "text_matching student:step1",
         "text_matching teacher",
+    ]
+
+
+def test_prefixes_make_every_training_target_its_own_row(cyclic_data):
+    data = load_sequence_data(cyclic_data.folder)
+    rows = training_prefixes(data, max_len=4)
+    pairs = sum(len(data.train_part(u)) - 1 for u in range(data.n_users))
+    assert (
+        len(rows) == pairs and (rows.targets[:, :-1] == 0).all() and (rows.targets[:, -1] > 0).all()
+    )
+    for n in range(len(rows)):
+        sequence, cutoff = data.sequences[rows.users[n]], rows.cutoffs[n, -1]
+        assert rows.targets[n, -1] == sequence[cutoff]
+        history = rows.inputs[n][rows.inputs[n] > 0]
+        # the newest max_len items before the target, and never the target's own position
+        assert history.tolist() == sequence[max(0, cutoff - 4) : cutoff].tolist()
+
+
+@pytest.mark.parametrize("name", ["SASRec", "GRU4Rec", "SRGNN"])
+def test_scores_do_not_depend_on_left_padding(name):
+    """Training and evaluation cut each batch to its longest history: a user's scores must be
+    the same whatever the width (GRU4Rec used to run its GRU over the padding)."""
+    from slim_core.rec import models
+
+    torch.manual_seed(0)
+    extra = {"max_len": 12} if name == "SASRec" else {}
+    model = getattr(models, name)(20, 16, **extra).eval()
+    seq = torch.tensor([[0, 0, 0, 5, 3, 5, 7], [0, 0, 0, 0, 0, 2, 9], [1, 2, 3, 4, 5, 6, 7]])
+    with torch.no_grad():
+        narrow = model.full_sort_predict(seq)
+        wide = model.full_sort_predict(torch.cat([torch.zeros(3, 5, dtype=torch.long), seq], 1))
+        alone = model.full_sort_predict(seq[1:2, -2:])
+    assert torch.allclose(narrow[:, 1:], wide[:, 1:], atol=1e-6)
+    assert torch.allclose(narrow[1:2, 1:], alone[:, 1:], atol=1e-6)
+
+
+def test_trimmed_batches_keep_every_item_and_target():
+    from slim_core.rec.train import trimmed_start, window_batches
+
+    inputs = np.array([[0, 0, 0, 1, 2], [0, 0, 3, 4, 5], [0, 0, 0, 0, 6]])
+    targets = np.array([[0, 0, 0, 2, 7], [0, 0, 4, 5, 8], [0, 0, 0, 0, 9]])
+    ((seq, tgt),) = list(window_batches(inputs, targets, 8)(np.random.default_rng(0)))
+    assert seq.shape == (3, 3) and int((seq > 0).sum()) == 6 and int((tgt > 0).sum()) == 6
+    assert trimmed_start(torch.zeros(2, 4, dtype=torch.long)) == 3  # all padding: keep a column
+
+
+def test_sasrec_starts_from_recbole_initialisation():
+    """PyTorch's default normal(0, 1) position table drowned the normal(0, 0.02) item table, and
+    SASRec learned popularity only on Scientific (docs/benchmarks.md, SASRec ablation)."""
+    from slim_core.rec.models import SASRec
+
+    torch.manual_seed(0)
+    model = SASRec(500, 64, max_len=50)
+    for name, weight in model.named_parameters():
+        if weight.dim() == 2:
+            assert abs(weight.std().item() - 0.02) < 0.004, name
+        elif name.endswith("bias"):
+            assert not weight.any(), name
+    assert not model.items.id_embedding.weight[0].any()  # padding stays zero
+
+
+def test_srgnn_graph_matches_the_papers_session_graph():
+    """RecBole's docstring example, session 1 2 3 2 4: in- and out-edges normalised by degree."""
+    from slim_core.rec.models import SRGNN
+
+    torch.manual_seed(0)
+    model = SRGNN(10, 8).eval()
+    seen = {}
+    original = torch.Tensor.__matmul__
+
+    def record(left, right):  # the two degree-normalised adjacency tables meet the nodes here
+        if left.dim() == 3 and left.shape[-1] == left.shape[-2]:
+            seen.setdefault("incoming" if "incoming" not in seen else "outgoing", left.clone())
+        return original(left, right)
+
+    torch.Tensor.__matmul__ = record
+    try:
+        with torch.no_grad():
+            model.full_sort_predict(torch.tensor([[0, 0, 1, 2, 3, 2, 4]]))
+    finally:
+        torch.Tensor.__matmul__ = original
+    # Nodes are the first positions of items 1, 2, 3, 4: columns 2, 3, 4, 6.
+    nodes = [2, 3, 4, 6]
+    incoming = seen["incoming"][0][nodes][:, nodes]
+    outgoing = seen["outgoing"][0][nodes][:, nodes]
+    assert incoming.tolist() == [
+        [0, 0, 0, 0],
+        [0.5, 0, 0.5, 0],  # item 2 is reached from 1 and from 3
+        [0, 1, 0, 0],
+        [0, 1, 0, 0],
+    ]
+    assert outgoing.tolist() == [
+        [0, 1, 0, 0],
+        [0, 0, 0.5, 0.5],  # item 2 leads to 3 and to 4
+        [0, 1, 0, 0],
+        [0, 0, 0, 0],
     ]

@@ -128,6 +128,36 @@ def training_windows(data: SequenceData, max_len: int) -> TrainingWindows:
     )
 
 
+def training_prefixes(data: SequenceData, max_len: int) -> TrainingWindows:
+    """Every prefix of each user's training part as its own row: its newest `max_len` items,
+    left-padded, with the next item as the only target (in the last column). For models with
+    one state per history (SRGNN); RecBole trains every sequential model this way."""
+    users, inputs, cutoffs = [], [], []
+    for u in range(data.n_users):
+        train = data.train_part(u)
+        if len(train) < 2:
+            continue
+        padded = np.concatenate([np.zeros(max_len, dtype=np.int64), train])
+        # Row j - 1 holds the max_len items before train[j], for j = 1 .. len(train) - 1.
+        windows = np.lib.stride_tricks.sliding_window_view(padded, max_len)[1 : len(train)]
+        users.append(np.full(len(windows), u, dtype=np.int64))
+        inputs.append(windows)
+        cutoffs.append(np.arange(1, len(train), dtype=np.int64))
+    if not users:
+        raise DataError(
+            "no training pairs: every user has a single training item; use more interactions "
+            "per user (data.k_core_users)"
+        )
+    inputs_all, cutoffs_all = np.concatenate(inputs), np.concatenate(cutoffs)
+    targets = np.zeros_like(inputs_all)
+    last_cutoffs = np.full_like(inputs_all, -1)
+    rows = np.arange(len(inputs_all))
+    user_all = np.concatenate(users)
+    targets[:, -1] = [data.sequences[u][c] for u, c in zip(user_all, cutoffs_all, strict=True)]
+    last_cutoffs[rows, -1] = cutoffs_all
+    return TrainingWindows(users=user_all, inputs=inputs_all, targets=targets, cutoffs=last_cutoffs)
+
+
 @dataclass(frozen=True)
 class EvalInputs:
     """One row per user: the last `max_len` items before the split's target."""

@@ -1,4 +1,4 @@
-"""Sequential recommenders (SASRec, GRU4Rec), SLIM's feature fusion, text matching, popularity.
+"""Sequential recommenders (SASRec, GRU4Rec, SRGNN), SLIM's feature fusion, text matching, popularity.
 
 One compact class per model with RecBole's interface: `forward`, `calculate_loss`, `predict`
 (scores of given candidates) and `full_sort_predict` (scores of every item; column 0 is
@@ -36,6 +36,8 @@ class ItemRepresentation(nn.Module):
         super().__init__()
         self.id_embedding = nn.Embedding(n_items + 1, dim, padding_idx=0)
         nn.init.normal_(self.id_embedding.weight, std=0.02)
+        with torch.no_grad():
+            self.id_embedding.weight[0].zero_()  # normal_ overwrote the padding row
         self.fusion = None
         if item_text is not None:
             self.register_buffer("item_text", item_text.float(), persistent=False)
@@ -69,8 +71,12 @@ class SequentialRecommender(nn.Module):
         self.loss = loss
         self.bce_negatives = bce_negatives
 
+    # Whether `encode` gives a state at every position (each seeing only its past), so that one
+    # window trains a target at every position; if not, training reads every prefix as its own row.
+    every_position = True
+
     def encode(self, item_emb: torch.Tensor, item_seq: torch.Tensor) -> torch.Tensor:
-        """[B, L, dim] item embeddings -> [B, L, dim] states (each sees only its past)."""
+        """[B, L, dim] item embeddings -> [B, P, dim] states of the last P positions."""
         raise NotImplementedError
 
     def forward(
@@ -79,13 +85,14 @@ class SequentialRecommender(nn.Module):
         user_text: torch.Tensor | None = None,
         table: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """User states at every position, [B, L, dim]; `user_text` is [B, L, text_dim]."""
+        """User states at the last P positions, [B, P, dim]: every position (P = L) for the
+        causal models, the last one only (P = 1) for SRGNN. `user_text` is [B, L, text_dim]."""
         table = self.items() if table is None else table
         states = self.encode(table[item_seq], item_seq)
         if self.user_fusion is not None:
             if user_text is None:
                 raise ValueError("this model fuses a user-side text vector: pass user_text")
-            states = self.user_fusion(user_text, states)
+            states = self.user_fusion(user_text[:, -states.shape[1] :], states)
         return states
 
     def calculate_loss(
@@ -93,6 +100,7 @@ class SequentialRecommender(nn.Module):
     ) -> torch.Tensor:
         table = self.items()
         states = self.forward(item_seq, user_text, table)
+        targets = targets[:, -states.shape[1] :]
         mask = targets > 0
         states, targets = states[mask], targets[mask]
         if self.loss == "ce":
@@ -134,7 +142,16 @@ class SequentialRecommender(nn.Module):
 
 
 class SASRec(SequentialRecommender):
-    """Self-attentive sequential recommendation (Kang & McAuley, 2018)."""
+    """Self-attentive sequential recommendation (Kang & McAuley, 2018), as RecBole builds it.
+
+    Post-LN transformer blocks, GELU, every Linear and Embedding drawn from normal(0, 0.02)
+    (RecBole's `_init_weights`). PyTorch's defaults instead give the position table normal(0, 1),
+    50x the item table: the item signal drowns under the positions, and on sparse data the model
+    learns popularity and stops (docs/benchmarks.md, "SASRec ablation").
+
+    Positions count back from the newest item (the newest is always `max_len - 1`), so a batch
+    cut to its longest history scores exactly as the full `max_len` window does.
+    """
 
     def __init__(
         self,
@@ -150,17 +167,29 @@ class SASRec(SequentialRecommender):
     ):
         super().__init__(n_items, dim, **fusion_and_loss)
         self.heads = heads
+        self.max_len = max_len
         self.position = nn.Embedding(max_len, dim)
-        self.norm = nn.LayerNorm(dim)
+        self.norm = nn.LayerNorm(dim, eps=1e-12)
         self.dropout = nn.Dropout(dropout)
         layer = nn.TransformerEncoderLayer(
-            dim, heads, inner_dim, dropout, activation="gelu", batch_first=True
+            dim,
+            heads,
+            inner_dim,
+            dropout,
+            activation="gelu",
+            batch_first=True,
+            layer_norm_eps=1e-12,
         )
         self.transformer = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        for module in [self.position, self.transformer]:
+            module.apply(_normal_init)
+        for block in self.transformer.layers:  # MultiheadAttention's packed q/k/v projection
+            nn.init.normal_(block.self_attn.in_proj_weight, std=0.02)
+            nn.init.zeros_(block.self_attn.in_proj_bias)
 
     def encode(self, item_emb: torch.Tensor, item_seq: torch.Tensor) -> torch.Tensor:
         length = item_seq.shape[1]
-        positions = torch.arange(length, device=item_seq.device)
+        positions = torch.arange(self.max_len - length, self.max_len, device=item_seq.device)
         hidden = self.dropout(self.norm(item_emb + self.position(positions)))
         # Causal and padding mask in one additive mask. Every position may see itself, so rows of
         # left padding are never fully masked (a fully masked row turns into NaN in PyTorch's
@@ -174,6 +203,14 @@ class SASRec(SequentialRecommender):
             blocked, float("-inf")
         )
         return self.transformer(hidden, mask=mask.repeat_interleave(self.heads, dim=0))
+
+
+def _normal_init(module: nn.Module) -> None:
+    """RecBole's initialisation: normal(0, 0.02) weights, zero biases, unit LayerNorms."""
+    if isinstance(module, nn.Linear | nn.Embedding):
+        nn.init.normal_(module.weight, std=0.02)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
 
 
 class GRU4Rec(SequentialRecommender):
@@ -195,8 +232,79 @@ class GRU4Rec(SequentialRecommender):
         self.out = nn.Linear(hidden, dim)
 
     def encode(self, item_emb: torch.Tensor, item_seq: torch.Tensor) -> torch.Tensor:
-        states, _ = self.gru(self.dropout(item_emb))
+        # The GRU reads each history from its first item, as a packed sequence: running it over
+        # the left padding would make a user's state depend on how much padding the batch has.
+        length = item_seq.shape[1]
+        counts = (item_seq > 0).sum(1)
+        shift = (length - counts)[:, None]
+        columns = torch.arange(length, device=item_seq.device)[None]
+        right_padded = item_emb.gather(
+            1, ((columns + shift) % length)[:, :, None].expand_as(item_emb)
+        )
+        packed = nn.utils.rnn.pack_padded_sequence(
+            self.dropout(right_padded),
+            counts.clamp(min=1).cpu(),
+            batch_first=True,
+            enforce_sorted=False,
+        )
+        states, _ = self.gru(packed)
+        states, _ = nn.utils.rnn.pad_packed_sequence(states, batch_first=True, total_length=length)
+        states = states.gather(1, ((columns - shift) % length)[:, :, None].expand_as(states))
         return self.out(states)
+
+
+class SRGNN(SequentialRecommender):
+    """Session-based recommendation with graph neural networks (Wu et al., AAAI 2019).
+
+    Each history is a graph of its distinct items with an edge for every consecutive pair; a
+    gated graph layer mixes each item with its in- and out-neighbours (degree-normalised), and
+    the user state fuses an attention-pooled summary of the history with the newest item. The
+    graph is built in batch from the [B, L, L] table of equal items (RecBole loops over rows in
+    NumPy). One state per history, so training reads every prefix as its own row.
+    """
+
+    every_position = False
+
+    def __init__(self, n_items: int, dim: int = 64, *, steps: int = 1, **fusion_and_loss):
+        super().__init__(n_items, dim, **fusion_and_loss)
+        self.steps = steps
+        self.edge_in = nn.Linear(dim, dim)
+        self.edge_out = nn.Linear(dim, dim)
+        self.cell = nn.GRUCell(2 * dim, dim)
+        self.query_last = nn.Linear(dim, dim)
+        self.query_each = nn.Linear(dim, dim)
+        self.attention = nn.Linear(dim, 1, bias=False)
+        self.transform = nn.Linear(2 * dim, dim)
+        bound = 1.0 / dim**0.5  # the paper's and RecBole's uniform initialisation
+        for name, weight in self.named_parameters():
+            if not name.startswith("items.") and not name.startswith("user_fusion."):
+                nn.init.uniform_(weight, -bound, bound)
+
+    def encode(self, item_emb: torch.Tensor, item_seq: torch.Tensor) -> torch.Tensor:
+        batch, length, dim = item_emb.shape
+        real = item_seq > 0
+        # Node of each position: the first position holding the same item.
+        node = (item_seq[:, :, None] == item_seq[:, None, :]).int().argmax(-1)
+        edge = (real[:, :-1] & real[:, 1:]).float()
+        adjacency = torch.zeros(batch, length * length, device=item_seq.device)
+        adjacency.scatter_add_(1, node[:, :-1] * length + node[:, 1:], edge)
+        adjacency = adjacency.view(batch, length, length).clamp(max=1.0)  # [from, to]
+        incoming = adjacency.transpose(1, 2) / adjacency.sum(1)[:, :, None].clamp(min=1.0)
+        outgoing = adjacency / adjacency.sum(2, keepdim=True).clamp(min=1.0)
+        hidden = item_emb
+        for _ in range(self.steps):
+            message = torch.cat(
+                [incoming @ self.edge_in(hidden), outgoing @ self.edge_out(hidden)], dim=-1
+            )
+            hidden = self.cell(message.reshape(-1, 2 * dim), hidden.reshape(-1, dim))
+            hidden = hidden.view(batch, length, dim)
+        states = hidden.gather(1, node[:, :, None].expand(-1, -1, dim))
+        last = states[:, -1]
+        weights = self.attention(
+            torch.sigmoid(self.query_last(last)[:, None] + self.query_each(states))
+        )
+        summary = (weights * states * real[:, :, None]).sum(1)
+        return self.transform(torch.cat([summary, last], dim=-1))[:, None]
 
 
 class TextMatching(nn.Module):
@@ -222,7 +330,9 @@ class TextMatching(nn.Module):
         scores = self.full_sort_predict(user_text)
         if self.loss == "ce":
             return F.cross_entropy(scores, targets)
-        negatives = torch.randint(1, self.n_items + 1, (len(targets), self.bce_negatives))
+        negatives = torch.randint(
+            1, self.n_items + 1, (len(targets), self.bce_negatives), device=targets.device
+        )
         picked = scores.gather(1, torch.cat([targets[:, None], negatives], dim=1))
         labels = torch.zeros_like(picked)
         labels[:, 0] = 1

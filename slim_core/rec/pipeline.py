@@ -45,7 +45,7 @@ from storage import (
 log = logging.getLogger("slim_core.rec")
 
 ENCODE_STAGE_VERSION = 1
-RECOMMENDER_STAGE_VERSION = 1
+RECOMMENDER_STAGE_VERSION = 2  # 2: SASRec initialised as RecBole does; SRGNN
 
 
 @dataclass(frozen=True)
@@ -173,7 +173,7 @@ def recommender_stage_folder(
             else file_fingerprint(user_vectors)["blake2b"],
             "rationales": {r.source: r.key for r in rationales},
             "recommender": config.recommender.model_dump(
-                mode="json", exclude={"user_vectors", "threads", "workers"}
+                mode="json", exclude={"user_vectors", "threads", "workers", "device"}
             ),
             "evaluation": config.evaluation.model_dump(mode="json"),
         }

@@ -70,7 +70,7 @@ def _order(key: tuple[str, str]) -> tuple[int, str, int, int, str]:
     """Backbones, then variants from IDs only to rationales, then sources; the name last, so
     the same rows always come in the same order."""
     model, variant = key
-    models = ["popularity", "gru4rec", "sasrec", "text_matching"]
+    models = ["popularity", "gru4rec", "sasrec", "srgnn", "text_matching"]
     variants = ["id", "item_text", "user_text", "item_user_text"]
     sources = ["student", "teacher", "zeros"]
     base, _, source = variant.partition("+")
@@ -125,5 +125,6 @@ def _colour(model: str) -> str:
         "popularity": "#999999",
         "gru4rec": "#4c72b0",
         "sasrec": "#dd8452",
+        "srgnn": "#c44e52",
         "text_matching": "#55a868",
     }.get(model, "#8172b3")

@@ -29,12 +29,28 @@ from slim_core.rec.data import (
     UserVectorIndex,
     eval_inputs,
     load_sequence_data,
+    training_prefixes,
     training_windows,
 )
 from slim_core.rec.metrics import metrics_from_ranks
-from slim_core.rec.models import GRU4Rec, Popularity, SASRec, SequentialRecommender, TextMatching
+from slim_core.rec.models import (
+    SRGNN,
+    GRU4Rec,
+    Popularity,
+    SASRec,
+    SequentialRecommender,
+    TextMatching,
+)
 from slim_core.rec.negatives import read_negatives, sample_negatives, write_negatives
-from slim_core.rec.train import evaluate, fit, rank_targets, set_seed, window_batches
+from slim_core.rec.train import (
+    evaluate,
+    fit,
+    rank_targets,
+    resolve_device,
+    set_seed,
+    trimmed_start,
+    window_batches,
+)
 from slim_core.vectors import read_item_vectors, read_user_vectors
 from storage import atomic_path
 
@@ -190,7 +206,11 @@ def build_model(
         return GRU4Rec(
             n_items, cfg.dim, hidden=cfg.gru_hidden, layers=1, dropout=cfg.dropout, **common
         )
-    raise ConfigError(f"recommender.models: unknown model {kind!r} (expected sasrec or gru4rec)")
+    if kind == "srgnn":
+        return SRGNN(n_items, cfg.dim, steps=cfg.gnn_steps, **common)
+    raise ConfigError(
+        f"recommender.models: unknown model {kind!r} (expected sasrec, gru4rec or srgnn)"
+    )
 
 
 def _user_text(users: UserVectorIndex, split_inputs: EvalInputs, part: slice) -> torch.Tensor:
@@ -201,15 +221,22 @@ def _user_text(users: UserVectorIndex, split_inputs: EvalInputs, part: slice) ->
 def _sequential_scorer(
     model: SequentialRecommender, split_inputs: EvalInputs, users: UserVectorIndex | None
 ):
+    device = next(model.parameters()).device
+
     def score(part: slice) -> torch.Tensor:
-        text = None if users is None else _user_text(users, split_inputs, part)
-        return model.full_sort_predict(torch.as_tensor(split_inputs.histories[part]), text)
+        text = None if users is None else _user_text(users, split_inputs, part).to(device)
+        history = torch.as_tensor(split_inputs.histories[part])
+        history = history[:, trimmed_start(history) :].to(device)
+        return model.full_sort_predict(history, text).cpu()
 
     return score
 
 
 def _matching_scorer(model: TextMatching, split_inputs: EvalInputs, users: UserVectorIndex):
-    return lambda part: model.full_sort_predict(_user_text(users, split_inputs, part))
+    device = model.g_t.weight.device
+    return lambda part: model.full_sort_predict(
+        _user_text(users, split_inputs, part).to(device)
+    ).cpu()
 
 
 def _rows(
@@ -266,12 +293,15 @@ def train_sequential(
     data = inputs.data
     set_seed(seed)  # the initial weights too, not only the training order
     model = build_model(kind, variant, data.n_items, cfg, inputs, source)
+    model.to(resolve_device(cfg.device))
     users = inputs.user_index(source) if VARIANTS[variant][1] else None
-    windows = training_windows(data, cfg.max_len)
+    make_rows = training_windows if model.every_position else training_prefixes
+    windows = make_rows(data, cfg.max_len)
     # Each training target sees the latest rationale written before it (as of its cutoff).
     user_rows = None if users is None else users.lookup(windows.users[:, None], windows.cutoffs)
     matrix = None if users is None else torch.as_tensor(users.matrix)
-    batches = window_batches(windows.inputs, windows.targets, cfg.batch_size, user_rows, matrix)
+    batch_size = cfg.batch_size if model.every_position else cfg.prefix_batch_size
+    batches = window_batches(windows.inputs, windows.targets, batch_size, user_rows, matrix)
 
     def validate() -> float:
         scorer = _sequential_scorer(model, inputs.valid, users)
@@ -329,6 +359,7 @@ def train_text_matching(
     targets = torch.as_tensor([int(data.sequences[row][cutoff]) for row, cutoff in pairs])
     set_seed(seed)
     model = TextMatching(inputs.item_text, cfg.dim, cfg.loss, cfg.bce_negatives)
+    model.to(resolve_device(cfg.device))
 
     def batches(rng: np.random.Generator):
         order = torch.as_tensor(rng.permutation(len(targets)))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 import random
 import time
@@ -31,6 +30,13 @@ def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    """`recommender.device`: "auto" is the CUDA GPU when torch sees one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
 
 
 @dataclass
@@ -63,6 +69,7 @@ def fit(
     """
     set_seed(seed)
     rng = np.random.default_rng(seed)
+    device = next(model.parameters()).device
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     best, best_epoch, best_state, waited = -1.0, 0, None, 0
     history: list[dict[str, float]] = []
@@ -77,7 +84,7 @@ def fit(
         model.train()
         total, steps = 0.0, 0
         for batch in batches(rng):
-            loss = model.calculate_loss(*batch)
+            loss = model.calculate_loss(*(part.to(device) for part in batch))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -103,7 +110,7 @@ def fit(
             )
         if score > best:
             best, best_epoch, waited = score, epoch, 0
-            best_state = copy.deepcopy(model.state_dict())
+            best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
             if checkpoint is not None:
                 with atomic_path(checkpoint) as tmp:
                     torch.save(
@@ -143,12 +150,25 @@ def window_batches(
         order = torch.as_tensor(rng.permutation(len(inputs_t)))
         for start in range(0, len(order), batch_size):
             pick = order[start : start + batch_size]
+            start_column = trimmed_start(inputs_t[pick])
+            seq, tgt = inputs_t[pick, start_column:], targets_t[pick, start_column:]
             if rows_t is None:
-                yield inputs_t[pick], targets_t[pick]
+                yield seq, tgt
             else:
-                yield inputs_t[pick], targets_t[pick], user_matrix[rows_t[pick]]
+                yield seq, tgt, user_matrix[rows_t[pick, start_column:]]
 
     return batches
+
+
+def trimmed_start(item_seq: torch.Tensor) -> int:
+    """First column of a left-padded batch that holds an item in some row.
+
+    Cutting the all-padding columns changes no score (padding is masked, positions count from
+    the newest item) and saves the work on them: Scientific's histories have a median of 6 items
+    in a window of 50.
+    """
+    filled = (item_seq != 0).any(0)
+    return int(filled.int().argmax()) if bool(filled.any()) else item_seq.shape[1] - 1
 
 
 def _pad(rows: list[np.ndarray]) -> torch.Tensor:
