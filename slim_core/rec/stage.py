@@ -7,6 +7,7 @@ negatives (`negatives.parquet`) that every model is ranked against, drawn once p
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ from slim_core.rec.models import (
 )
 from slim_core.rec.negatives import read_negatives, sample_negatives, write_negatives
 from slim_core.rec.train import (
+    TrainResult,
     evaluate,
     fit,
     rank_targets,
@@ -290,6 +292,25 @@ def train_sequential(
     source: str | None = None,
 ) -> list[dict[str, Any]]:
     """One backbone run; user-side variants read the rationale vectors of `source`."""
+    model, users, result = fit_sequential(kind, variant, seed, cfg, ev, inputs, checkpoint, source)
+    scores = _evaluate_splits(
+        lambda split_inputs: _sequential_scorer(model, split_inputs, users), inputs, ev
+    )
+    return _rows(kind, variant_label(variant, source), seed, scores, ev.ks, _train_facts(result))
+
+
+def fit_sequential(
+    kind: str,
+    variant: str,
+    seed: int,
+    cfg: RecommenderConfig,
+    ev: EvalConfig,
+    inputs: StageInputs,
+    checkpoint: Path | None = None,
+    source: str | None = None,
+    on_epoch: Callable[[int, float], None] | None = None,
+) -> tuple[SequentialRecommender, UserVectorIndex | None, TrainResult]:
+    """Train one backbone with early stopping on validation NDCG@10; the test split is not read."""
     data = inputs.data
     set_seed(seed)  # the initial weights too, not only the training order
     model = build_model(kind, variant, data.n_items, cfg, inputs, source)
@@ -317,11 +338,9 @@ def train_sequential(
         seed,
         checkpoint=checkpoint,
         description=f"{kind}/{variant}/{seed}",
+        on_epoch=on_epoch,
     )
-    scores = _evaluate_splits(
-        lambda split_inputs: _sequential_scorer(model, split_inputs, users), inputs, ev
-    )
-    return _rows(kind, variant_label(variant, source), seed, scores, ev.ks, _train_facts(result))
+    return model, users, result
 
 
 def _train_facts(result) -> dict[str, Any]:

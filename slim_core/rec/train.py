@@ -61,11 +61,13 @@ def fit(
     *,
     checkpoint: Path | None = None,
     description: str = "training",
+    on_epoch: Callable[[int, float], None] | None = None,
 ) -> TrainResult:
     """Train `model` on `batches(rng)` each epoch; keep the weights of the best validation score.
 
     `validate()` returns validation NDCG@10; training stops after `cfg.patience` epochs without a
     better one. The best weights are restored into `model` (and saved to `checkpoint`).
+    `on_epoch(epoch, score)` sees every validation score (a tuner's pruner stops a trial there).
     """
     set_seed(seed)
     rng = np.random.default_rng(seed)
@@ -93,6 +95,8 @@ def fit(
         with torch.no_grad():
             score = validate()
         history.append({"epoch": epoch, "loss": total / max(steps, 1), "valid_ndcg@10": score})
+        if on_epoch is not None:
+            on_epoch(epoch, score)
         bar.set_postfix(
             loss=f"{total / max(steps, 1):.4f}",
             valid_ndcg=f"{score:.4f}",

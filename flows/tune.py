@@ -1,0 +1,32 @@
+"""`slim tune`: hyper-parameter search for one backbone, each trial a Prefect task.
+
+Data and item vectors come from the same cached tasks as `slim train`; the study (Optuna, SQLite
+in the run folder) counts finished trials, so a rerun after a kill runs only what is missing.
+"""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from flows.pipeline import TRACED, _each, _load
+from slim_core.config import SlimConfig
+from slim_core.rec.tune import TuneResult, finished_trials, open_study, tune_study
+from tasks.data import run_prepare_data
+from tasks.recommend import encoding_task
+from tasks.tune import tune_summary_task, tune_trial_task
+
+
+@flow(name="slim-tune", flow_run_name="tune {config_path}", **TRACED)
+def tune_flow(config_path: str, trials: int | None = None) -> TuneResult:
+    """Search `tune.space` until the study has `trials` finished trials (default: tune.trials)."""
+    config: SlimConfig = _load(config_path)
+    wanted = trials or config.tuning.trials
+    data = run_prepare_data(config).result()
+    encoded = (
+        encoding_task(config, data)(config, data) if config.tuning.variant == "item_text" else None
+    )
+    where = tune_study(config, data.key, None if encoded is None else encoded.key)
+    missing = max(0, wanted - finished_trials(open_study(where, config)))
+    item_vectors = None if encoded is None else encoded.item_vectors
+    _each(config, [(tune_trial_task, (config, where, data.folder, item_vectors))] * missing)
+    return tune_summary_task(config, where)
