@@ -151,3 +151,22 @@ def test_bad_search_settings_name_the_field(tmp_path, tune, message):
     path.write_text(yaml.safe_dump(values))
     with pytest.raises(ConfigError, match=message):
         load_config(path)
+
+
+def test_trials_run_as_prefect_tasks_on_a_dask_cluster(tmp_path):
+    """Two Dask worker processes ask the same SQLite study for trials at once."""
+    from flows.runners import with_task_runner
+    from flows.tune import tune_flow
+    from tests.test_flow_and_cli import task_states
+
+    path = tune_config(tmp_path, trials=3)
+    values = yaml.safe_load(path.read_text())
+    values["run"]["task_runner"] = "dask"
+    path.write_text(yaml.safe_dump(values))
+    flow = with_task_runner(tune_flow, str(path))
+    assert type(flow.task_runner).__name__ == "DaskTaskRunner"
+    state = flow(str(path), return_state=True)
+    assert state.result().finished == 3
+    assert set(task_states(state)) <= {"Completed", "Cached"}
+    trials = study_of(path).trials
+    assert len(trials) == 3 and len({tuple(sorted(t.params.items())) for t in trials}) == 3
