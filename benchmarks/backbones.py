@@ -42,6 +42,12 @@ RUNS = ROOT / "runs" / "bench-backbones"
 CONFIGS = {
     "scientific": ROOT / "configs" / "scientific.yaml",
     "ml-100k": ROOT / "configs" / "ml-100k.yaml",
+    # The protocol of the project's Scientific figures before issue 23 (repeats dropped, the
+    # user's history excluded from the candidates): the before/after comparison on one protocol.
+    "scientific-excluded": ROOT / "configs" / "scientific.yaml",
+}
+PROTOCOL_OVERRIDES = {
+    "scientific-excluded": {"data": {"dedup": "first"}, "evaluation": {"exclude_history": True}}
 }
 
 # Published or peer figures on the same split and protocol (test NDCG@10, full ranking, in %).
@@ -69,6 +75,8 @@ def _config(dataset: str, overrides: dict[str, Any]):
     config = load_config(CONFIGS[dataset])
     values = config.model_dump(mode="json")
     values["run"]["output_dir"] = str(RUNS / dataset)
+    for section, changes in PROTOCOL_OVERRIDES.get(dataset, {}).items():
+        values[section].update(changes)
     # The backbones alone: no rationale variants or text matching (they need the LLM stages).
     values["recommender"].update(
         variants=["id", "item_text"], text_matching=False, zero_vector_control=False, **overrides
@@ -231,7 +239,9 @@ def print_table(rows: list[dict[str, Any]], label: str) -> None:
     )
     print("|---|---|---|---|---:|---:|---:|---:|---|---:|")
     for r in rows:
-        epochs = ", ".join(f"{e} ({b})" for e, b in zip(r["epochs"], r["best_epochs"], strict=True))
+        epochs = ", ".join(
+            f"{e} ({b})" for e, b in zip(r["epochs"], r["best_epochs"], strict=True) if e
+        )
         ref = "—" if r["reference"] is None else f"{r['reference']:.2f}"
         print(
             f"| {r['dataset']} | {r['model']} | {r.get(label) or '—'} | {len(r['seeds'])} "
@@ -244,7 +254,9 @@ def print_table(rows: list[dict[str, Any]], label: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--datasets", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument(
+        "--datasets", nargs="+", default=["scientific", "ml-100k"], choices=list(CONFIGS)
+    )
     parser.add_argument("--models", nargs="+", default=["sasrec", "gru4rec", "srgnn"])
     parser.add_argument("--variants", nargs="+", default=["id", "item_text"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
@@ -258,6 +270,7 @@ def main() -> None:
     parser.add_argument(
         "--runs-log", type=Path, default=None, help="also append each finished run here (JSONL)"
     )
+    parser.add_argument("--note", default=None, help="where the runs ran, for the JSON")
     parser.add_argument(
         "--from-runs", type=Path, default=None, help="summarise the runs of a JSONL log instead"
     )
@@ -281,6 +294,7 @@ def main() -> None:
             {"dataset": d, "model": m, "variant": v, "seed": s}
             for d in args.datasets
             for m in args.models
+            if m != "popularity"  # added once per data set below
             for v in args.variants
             for s in args.seeds
         ] + [
@@ -315,7 +329,8 @@ def main() -> None:
     import torch
 
     payload = {
-        "device": args.device,
+        "device": ", ".join(sorted({str(r["device"]) for r in runs})),
+        "note": args.note,
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "workers": args.workers,
         "wall_seconds": round(time.perf_counter() - started, 1),

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import torch
 import yaml
 from optuna.trial import TrialState
 
@@ -170,6 +171,8 @@ def run_trial(
         | {"models": [tune.model], "variants": [tune.variant], "seeds": [tune.seed]}
         | {"text_matching": False, "zero_vector_control": False, "user_vectors": None}
     )
+    if rec.threads:
+        torch.set_num_threads(rec.threads)
     inputs = load_inputs(
         rec, config.evaluation, data_folder, where.folder / "inputs", item_vectors, None
     )
