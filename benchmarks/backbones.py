@@ -272,6 +272,12 @@ def main() -> None:
     )
     parser.add_argument("--note", default=None, help="where the runs ran, for the JSON")
     parser.add_argument(
+        "--settings",
+        type=Path,
+        default=None,
+        help="a YAML fragment with a `recommender:` section (slim tune's best.yaml) to train with",
+    )
+    parser.add_argument(
         "--from-runs", type=Path, default=None, help="summarise the runs of a JSONL log instead"
     )
     args = parser.parse_args()
@@ -281,6 +287,10 @@ def main() -> None:
     overrides: dict[str, Any] = {"device": args.device}
     if args.max_epochs:
         overrides["max_epochs"] = args.max_epochs
+    if args.settings:
+        import yaml
+
+        overrides.update(yaml.safe_load(args.settings.read_text())["recommender"])
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
     if args.ablation:
         tasks = [
