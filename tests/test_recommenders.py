@@ -15,6 +15,7 @@ from slim_core.rec.data import (
 )
 from slim_core.rec.report import markdown_table, ndcg_bar_chart
 from slim_core.rec.stage import load_inputs, load_negatives, run_recommenders
+from slim_core.rec.train import window_batches
 from slim_core.vectors import write_vectors
 from tests.helpers import csv, run_stage
 
@@ -344,15 +345,16 @@ def test_prefixes_make_every_training_target_its_own_row(cyclic_data):
         assert history.tolist() == sequence[max(0, cutoff - 4) : cutoff].tolist()
 
 
-@pytest.mark.parametrize("name", ["SASRec", "GRU4Rec", "SRGNN"])
+@pytest.mark.parametrize("name", ["SASRec", "SRGNN"])
 def test_scores_do_not_depend_on_left_padding(name):
     """Training and evaluation cut each batch to its longest history: a user's scores must be
-    the same whatever the width (GRU4Rec used to run its GRU over the padding)."""
+    the same whatever the width."""
     from slim_core.rec import models
 
     torch.manual_seed(0)
     extra = {"max_len": 12} if name == "SASRec" else {}
     model = getattr(models, name)(20, 16, **extra).eval()
+    assert model.cuts_padding
     seq = torch.tensor([[0, 0, 0, 5, 3, 5, 7], [0, 0, 0, 0, 0, 2, 9], [1, 2, 3, 4, 5, 6, 7]])
     with torch.no_grad():
         narrow = model.full_sort_predict(seq)
@@ -362,8 +364,29 @@ def test_scores_do_not_depend_on_left_padding(name):
     assert torch.allclose(narrow[1:2, 1:], alone[:, 1:], atol=1e-6)
 
 
+def test_gru4rec_keeps_full_windows_so_no_score_depends_on_the_batch(cyclic_data):
+    """GRU4Rec reads the padding (its run-in tells the GRU the history's length), so its batches
+    are never cut: a user scores the same alone as beside a longer history."""
+    from slim_core.rec.models import GRU4Rec
+    from slim_core.rec.stage import _sequential_scorer
+
+    torch.manual_seed(0)
+    model = GRU4Rec(40, 16).eval()
+    assert not model.cuts_padding
+    data = load_sequence_data(cyclic_data.folder)
+    split = eval_inputs(data, "test", max_len=10)
+    score = _sequential_scorer(model, split, None)
+    with torch.no_grad():
+        together = score(slice(0, 3))
+        alone = score(slice(1, 2))
+    assert torch.allclose(together[1:2, 1:], alone[:, 1:], atol=1e-6)
+    windows = training_windows(data, max_len=10)
+    batches = window_batches(windows.inputs, windows.targets, 4, cut_padding=False)
+    assert all(seq.shape[1] == 10 for seq, _ in batches(np.random.default_rng(0)))
+
+
 def test_trimmed_batches_keep_every_item_and_target():
-    from slim_core.rec.train import trimmed_start, window_batches
+    from slim_core.rec.train import trimmed_start
 
     inputs = np.array([[0, 0, 0, 1, 2], [0, 0, 3, 4, 5], [0, 0, 0, 0, 6]])
     targets = np.array([[0, 0, 0, 2, 7], [0, 0, 4, 5, 8], [0, 0, 0, 0, 9]])

@@ -228,7 +228,9 @@ def _sequential_scorer(
     def score(part: slice) -> torch.Tensor:
         text = None if users is None else _user_text(users, split_inputs, part).to(device)
         history = torch.as_tensor(split_inputs.histories[part])
-        history = history[:, trimmed_start(history) :].to(device)
+        if model.cuts_padding:
+            history = history[:, trimmed_start(history) :]
+        history = history.to(device)
         return model.full_sort_predict(history, text).cpu()
 
     return score
@@ -322,7 +324,9 @@ def fit_sequential(
     user_rows = None if users is None else users.lookup(windows.users[:, None], windows.cutoffs)
     matrix = None if users is None else torch.as_tensor(users.matrix)
     batch_size = cfg.batch_size if model.every_position else cfg.prefix_batch_size
-    batches = window_batches(windows.inputs, windows.targets, batch_size, user_rows, matrix)
+    batches = window_batches(
+        windows.inputs, windows.targets, batch_size, user_rows, matrix, model.cuts_padding
+    )
 
     def validate() -> float:
         scorer = _sequential_scorer(model, inputs.valid, users)

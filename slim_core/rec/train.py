@@ -145,8 +145,10 @@ def window_batches(
     batch_size: int,
     user_rows: np.ndarray | None = None,
     user_matrix: torch.Tensor | None = None,
+    cut_padding: bool = True,
 ) -> Callable[[np.random.Generator], Iterator[Batch]]:
-    """Shuffled (item_seq, targets[, user_text]) batches of training windows."""
+    """Shuffled (item_seq, targets[, user_text]) batches of training windows, cut to their
+    longest history unless `cut_padding` is off."""
     inputs_t, targets_t = torch.as_tensor(inputs), torch.as_tensor(targets)
     rows_t = None if user_rows is None else torch.as_tensor(user_rows)
 
@@ -154,7 +156,7 @@ def window_batches(
         order = torch.as_tensor(rng.permutation(len(inputs_t)))
         for start in range(0, len(order), batch_size):
             pick = order[start : start + batch_size]
-            start_column = trimmed_start(inputs_t[pick])
+            start_column = trimmed_start(inputs_t[pick]) if cut_padding else 0
             seq, tgt = inputs_t[pick, start_column:], targets_t[pick, start_column:]
             if rows_t is None:
                 yield seq, tgt
