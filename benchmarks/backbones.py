@@ -70,7 +70,7 @@ ABLATIONS = {
 
 
 def _config(dataset: str, overrides: dict[str, Any]):
-    from slim_core.config import load_config
+    from slim_core.config import config_from_dict, load_config
 
     config = load_config(CONFIGS[dataset])
     values = config.model_dump(mode="json")
@@ -81,8 +81,6 @@ def _config(dataset: str, overrides: dict[str, Any]):
     values["recommender"].update(
         variants=["id", "item_text"], text_matching=False, zero_vector_control=False, **overrides
     )
-    from slim_core.config import config_from_dict
-
     return config_from_dict(values)
 
 

@@ -149,13 +149,14 @@ def training_prefixes(data: SequenceData, max_len: int) -> TrainingWindows:
             "per user (data.k_core_users)"
         )
     inputs_all, cutoffs_all = np.concatenate(inputs), np.concatenate(cutoffs)
+    users_all = np.concatenate(users)
     targets = np.zeros_like(inputs_all)
+    targets[:, -1] = [data.sequences[u][c] for u, c in zip(users_all, cutoffs_all, strict=True)]
     last_cutoffs = np.full_like(inputs_all, -1)
-    rows = np.arange(len(inputs_all))
-    user_all = np.concatenate(users)
-    targets[:, -1] = [data.sequences[u][c] for u, c in zip(user_all, cutoffs_all, strict=True)]
-    last_cutoffs[rows, -1] = cutoffs_all
-    return TrainingWindows(users=user_all, inputs=inputs_all, targets=targets, cutoffs=last_cutoffs)
+    last_cutoffs[:, -1] = cutoffs_all
+    return TrainingWindows(
+        users=users_all, inputs=inputs_all, targets=targets, cutoffs=last_cutoffs
+    )
 
 
 @dataclass(frozen=True)

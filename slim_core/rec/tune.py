@@ -30,7 +30,6 @@ from storage import RunFolder, canonical_hash
 log = logging.getLogger("slim_core.rec")
 
 STUDY_NAME = "slim-tune"
-INTEGER_SETTINGS = {"dim", "layers", "batch_size", "max_len"}
 
 
 @dataclass(frozen=True)
@@ -137,7 +136,7 @@ def suggest(trial: optuna.Trial, space: dict[str, SearchRange]) -> dict[str, Any
     """One value per searched setting."""
     params: dict[str, Any] = {}
     for name, search in space.items():
-        integer = name in INTEGER_SETTINGS
+        integer = RecommenderConfig.model_fields[name].annotation is int
         if search.choices is not None:
             choices = [int(c) if integer else float(c) for c in search.choices]
             params[name] = trial.suggest_categorical(name, choices)
