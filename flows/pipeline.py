@@ -16,7 +16,7 @@ from typing import TypeVar
 from prefect import Task, flow
 
 import tasks  # noqa: F401  (logging setup before Prefect runs anything)
-from slim_core.config import SlimConfig, load_config
+from slim_core.config import SlimConfig, TeacherConfig, load_config
 from slim_core.data import DataStageResult
 from slim_core.errors import ConfigError
 from slim_core.prompts import Prompt
@@ -45,7 +45,12 @@ from tasks.recommend import (
 from tasks.report import report_task
 from tasks.student import finetune_student_task, student_rationales_task, student_shard_task
 from tasks.student import release_backends as release_student_backends
-from tasks.teacher import backend_for, teacher_batch_task, teacher_rationales_task
+from tasks.teacher import (
+    backend_for,
+    stop_requests_on_signal,
+    teacher_batch_task,
+    teacher_rationales_task,
+)
 from tasks.teacher import release_backends as release_teacher_backends
 
 # Every flow run leaves a manifest (config hash, data fingerprint, seeds, versions, commit).
@@ -177,6 +182,13 @@ def _ask_in_batches(
     config: SlimConfig, prompts: list[Prompt], replay_failed: bool = False
 ) -> TeacherReport:
     cfg = teacher_config(config)
+    with stop_requests_on_signal():  # a stop cancels HTTP waits at once, not after them
+        return _ask_batches(config, cfg, prompts, replay_failed)
+
+
+def _ask_batches(
+    config: SlimConfig, cfg: TeacherConfig, prompts: list[Prompt], replay_failed: bool
+) -> TeacherReport:
     batches = [prompts[s : s + cfg.batch_size] for s in range(0, len(prompts), cfg.batch_size)]
     report = TeacherReport()
     if cfg.budget_usd is None and cfg.backend == "openai" and config.run.task_runner != "dask":

@@ -1,23 +1,29 @@
 """The teacher stage as Prefect tasks: one task per batch of prompts, never one per call.
 
 Batch tasks retry with exponential backoff (a whole batch failing means the endpoint is down;
-single-call faults are already retried inside the backend) and carry the `slim-teacher` tag, so
+single-call faults are already retried inside the backend), but never for a configuration
+error (a missing or refused API key) or a stop signal, which a retry cannot mend; they carry the `slim-teacher` tag, so
 `prefect concurrency-limit create slim-teacher 4` caps how many run at once. Answers are cached
 per prompt on disk, so a retried or replayed batch pays only for what is still unanswered.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
+import os
+import signal
 import threading
+from collections.abc import Iterator
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
+from prefect.states import State
 from prefect.tasks import exponential_backoff
 
 from slim_core.config import SlimConfig, TeacherConfig
-from slim_core.errors import ConfigError
+from slim_core.errors import ConfigError, SlimError
 from slim_core.llm.base import LLMBackend
 from slim_core.prompts import Prompt
 from slim_core.teacher.run import TeacherReport, ask_teacher
@@ -54,6 +60,51 @@ def _backend(cfg_json: str) -> LLMBackend:
 _BACKEND_LOCK = threading.Lock()
 
 
+@contextlib.contextmanager
+def stop_requests_on_signal() -> Iterator[None]:
+    """While teacher batches run, SIGTERM and SIGINT first cancel every HTTP request and backoff
+    wait, then do what they did before.
+
+    Why: the batches run in worker threads, and a stopped flow joins them before it exits.
+    Prefect turns SIGTERM into an exception in the main thread only, so a batch waiting out a
+    429's Retry-After kept the process alive and then sent a request, billed after the stop.
+    Handlers can only be set in the main thread; elsewhere (a Dask worker) this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    from slim_core.llm.openai_http import stop_all_requests
+
+    signals = (signal.SIGTERM, signal.SIGINT)
+    previous = {number: signal.getsignal(number) for number in signals}
+
+    def stop(number: int, frame: object) -> None:
+        stop_all_requests()
+        handler = previous[number]
+        if callable(handler):
+            handler(number, frame)
+        elif handler == signal.SIG_DFL and number == signal.SIGTERM:
+            signal.signal(number, signal.SIG_DFL)
+            os.kill(os.getpid(), number)
+        elif handler != signal.SIG_IGN:
+            raise KeyboardInterrupt(f"stopped by signal {number}")
+
+    for number in signals:
+        signal.signal(number, stop)
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def _worth_retrying(task: object, task_run: object, state: State) -> bool:
+    """Retry a failed batch unless its error is one a retry cannot mend."""
+    from slim_core.llm.openai_http import RequestsStopped
+
+    error = state.result(raise_on_failure=False)
+    return not isinstance(error, SlimError | RequestsStopped)
+
+
 def backend_for(config: SlimConfig) -> LLMBackend:
     # Batch tasks in two threads (HTTP) must share one backend, so one concurrency bound.
     with _BACKEND_LOCK:
@@ -73,6 +124,7 @@ def release_backends() -> None:
     task_run_name="teacher batch {number}",
     retries=2,
     retry_delay_seconds=exponential_backoff(backoff_factor=10),
+    retry_condition_fn=_worth_retrying,
     tags=["slim-teacher"],
 )
 def teacher_batch_task(

@@ -1,10 +1,13 @@
 """A real HTTP server on loopback speaking OpenAI's Chat Completions API, with fault injection.
 
 `plan[prompt]` lists what happens on each successive request for that prompt: "ok", "429"
-(with Retry-After), "400", "500", "slow" (sleeps past the client's timeout, then answers), "drop"
+(with Retry-After 0.05 s; "429:<seconds>" with another), "400", "500", "401", "403", "echo500"
+and "echo401" (the request's Authorization header quoted in the error body, as a careless
+endpoint does), "slow" (sleeps past the client's timeout, then answers), "drop"
 (closes the connection without a reply), "malformed" (200 with a body that is not a completion),
 "bad_steps" (a well-formed completion whose text lacks the three steps). After the plan runs out
-every request is "ok". The server counts requests per prompt and requests that arrive for a
+every request is "ok". With `required_key`, a request without that Bearer key gets 401.
+The server counts requests per prompt and requests that arrive for a
 prompt it already answered.
 """
 
@@ -33,6 +36,7 @@ class FakeOpenAI:
         self.answered: set[str] = set()
         self.after_answer = 0
         self.authorizations: list[str] = []
+        self.required_key: str | None = None
         self.connections: set[tuple[str, int]] = set()  # client (host, port): one per connection
         self.in_flight = 0
         self.peak_in_flight = 0
@@ -56,8 +60,14 @@ class FakeOpenAI:
         self.server.shutdown()
         self.server.server_close()
 
-    def reset(self, plan: dict[str, list[str]] | None = None, latency_s: float = 0.0) -> None:
+    def reset(
+        self,
+        plan: dict[str, list[str]] | None = None,
+        latency_s: float = 0.0,
+        required_key: str | None = None,
+    ) -> None:
         with self.lock:
+            self.required_key = required_key
             self.plan = defaultdict(list, {k: list(v) for k, v in (plan or {}).items()})
             self.calls.clear()
             self.arrivals.clear()
@@ -127,16 +137,27 @@ class FakeOpenAI:
                     fake.peak_in_flight = max(fake.peak_in_flight, fake.in_flight)
                 prompt = request["messages"][-1]["content"]
                 action = fake._next(prompt)
+                if fake.required_key and fake.authorizations[-1] != f"Bearer {fake.required_key}":
+                    action = "401"
                 if fake.latency_s:
                     time.sleep(fake.latency_s)
                 with fake.lock:
                     fake.in_flight -= 1
-                if action == "429":
-                    return self._reply(429, b'{"error": "rate limited"}', {"Retry-After": "0.05"})
-                if action == "400":
-                    return self._reply(400, b'{"error": "bad request"}')
-                if action == "500":
-                    return self._reply(500, b'{"error": "internal"}')
+                if action.startswith("429"):
+                    retry_after = action.partition(":")[2] or "0.05"
+                    return self._reply(
+                        429, b'{"error": "rate limited"}', {"Retry-After": retry_after}
+                    )
+                if action in ("400", "401", "403", "500"):
+                    return self._reply(int(action), b'{"error": "refused"}')
+                if action.startswith("echo"):
+                    echoed = {
+                        "error": {
+                            "message": "invalid request",
+                            "headers": {"Authorization": self.headers.get("Authorization")},
+                        }
+                    }
+                    return self._reply(int(action[4:]), json.dumps(echoed).encode())
                 if action == "drop":
                     self.close_connection = True
                     self.connection.shutdown(2)

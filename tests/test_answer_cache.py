@@ -91,3 +91,19 @@ def test_dead_letters_are_failures_without_a_later_answer(tmp_path):
     assert letters == {"a": "timeout", "b": "HTTP 500"}  # the latest failure of each
     cache.write_answers([answer("a")])  # a replay answered it
     assert [row["key"] for row in cache.dead_letters()] == ["b"]
+
+
+def test_one_cache_serves_many_threads_at_once(tmp_path):
+    """The teacher's two batch threads read one cache: no call may find DuckDB busy."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    cache = AnswerCache(tmp_path)
+    cache.write_answers([answer(f"k{n}") for n in range(20)])
+    cache.write_failures([failure("f1")])
+
+    def read(n: int) -> int:
+        keys = cache.answered_keys() | cache.failed_keys()
+        return len(keys) + len(cache.read_answers()) + len(cache.dead_letters())
+
+    with ThreadPoolExecutor(8) as pool:
+        assert set(pool.map(read, range(100))) == {21 + 20 + 1}

@@ -298,5 +298,89 @@ def test_transport_errors_never_quote_the_key():
 
     runner = _LoopRunner.__new__(_LoopRunner)  # only its headers are read
     runner.headers = [(b"Authorization", f"Bearer {SECRET}".encode())]
-    text = _redacted(ValueError(f"Illegal header value b'Bearer {SECRET}' / {SECRET}"), runner)
+    text = _redacted(f"Illegal header value b'Bearer {SECRET}' / {SECRET}", runner)
     assert SECRET not in text and "***" in text
+
+
+def test_a_retry_after_past_the_cap_dead_letters_the_prompt_at_once(server):
+    """A 429 asking for an hour (or forever) is not waited for: the prompt fails at once with
+    the reason, and nothing else waits behind it."""
+    import time
+
+    server.reset({"p0": ["429:3600"], "p1": ["429:inf"], "p2": ["429:0.05"]})
+    started = time.monotonic()
+    results = backend(server, max_backoff_s=2.0).generate(["p0", "p1", "p2"], Decoding())
+    assert time.monotonic() - started < 2.0  # neither the hour nor the cap was waited
+    for failed in results[:2]:
+        assert isinstance(failed, GenerationFailure) and failed.attempts == 1
+        assert "past max_backoff_s 2 s" in failed.error and failed.status == 429
+    assert server.calls["p0"] == server.calls["p1"] == 1
+    assert isinstance(results[2], Generation) and results[2].attempts == 2
+
+
+def test_our_own_backoff_never_waits_past_the_cap(server):
+    import time
+
+    server.reset({"p0": ["500", "500"]})
+    started = time.monotonic()
+    [result] = backend(server, backoff_s=30.0, max_backoff_s=0.1).generate(["p0"], Decoding())
+    assert isinstance(result, Generation) and result.attempts == 3
+    assert time.monotonic() - started < 5.0  # 30 and 60 s asked, 0.1 s each waited
+
+
+def test_an_endpoint_echoing_the_key_gets_it_neither_stored_nor_logged(server, caplog):
+    server.reset({"p0": ["echo500"] * 5, "p1": ["echo400"]})
+    with caplog.at_level("INFO", logger="slim_core.llm"):
+        results = backend(server, max_retries=1).generate(["p0", "p1"], Decoding())
+    assert all(isinstance(r, GenerationFailure) for r in results)
+    assert "HTTP 500" in results[0].error and "HTTP 400" in results[1].error
+    assert "***" in results[0].error  # the echoed header is there, its value is not
+    assert SECRET not in repr(results) and SECRET[:12] not in repr(results)
+    assert "retrying" in caplog.text and SECRET not in caplog.text
+
+
+@pytest.mark.parametrize("status", ["401", "403"])
+def test_a_refused_key_stops_the_batch_at_the_first_refusal(server, status):
+    """Every other prompt would be refused too: the batch ends with a clear error instead of
+    sending every prompt and dead-lettering them all."""
+    from slim_core.llm.openai_http import AuthenticationError
+
+    server.reset({"p2": [status]}, latency_s=0.1)
+    prompts = [f"p{n}" for n in range(40)]
+    with pytest.raises(AuthenticationError, match=f"refused the API key.*HTTP {status}") as error:
+        backend(server, max_concurrency=2).generate(prompts, Decoding())
+    assert "SLIM_TEST_KEY" in str(error.value) and SECRET not in str(error.value)
+    assert server.settled_calls() <= 6  # the first few, not all 40
+
+
+def test_stop_all_requests_cancels_backoff_waits_and_sends_nothing_after(server):
+    """What a stop signal does (the CLI calls it on SIGTERM / SIGINT): a caller blocked while
+    its requests back off is released at once, and no request leaves after the stop."""
+    import threading
+    import time
+
+    from slim_core.llm.openai_http import RequestsStopped, stop_all_requests
+
+    server.reset({f"p{n}": ["429:30"] for n in range(4)})
+    client = backend(server, max_backoff_s=60.0)
+    outcome: list = []
+
+    def ask() -> None:
+        try:
+            outcome.append(client.generate([f"p{n}" for n in range(6)], Decoding()))
+        except RequestsStopped as error:
+            outcome.append(error)
+
+    thread = threading.Thread(target=ask)
+    thread.start()
+    calls = server.settled_calls()  # 6 first requests; 4 of them now wait 30 s to retry
+    assert calls == 6
+    stop_all_requests()
+    thread.join(timeout=5)
+    assert not thread.is_alive()
+    assert isinstance(outcome[0], RequestsStopped)
+    time.sleep(0.5)
+    assert server.settled_calls() == calls
+    with pytest.raises(RequestsStopped):  # a stopped backend sends nothing more
+        client.generate(["p9"], Decoding())
+    assert server.calls["p9"] == 0

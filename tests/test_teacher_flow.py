@@ -1,6 +1,7 @@
 """The teacher flows on a real Prefect server against the fault-injecting OpenAI-compatible server."""
 
 import os
+import time
 from pathlib import Path
 
 import duckdb
@@ -56,7 +57,8 @@ def test_teacher_run_dead_letters_and_replay(tmp_path, fake, monkeypatch):
     prompts = teacher_prompts(config, prepare_data(config))
     assert len(prompts) == 20
     hopeless = [p.text for p in prompts[:3]]
-    fake.reset({text: ["500"] * 50 for text in hopeless} | {prompts[5].text: ["429"]})
+    # a careless endpoint quotes the request's Authorization header in its error body
+    fake.reset({text: ["echo500"] * 50 for text in hopeless} | {prompts[5].text: ["429"]})
 
     first = teacher_flow(str(path), return_state=True)
     result = first.result()["teacher"]
@@ -291,3 +293,89 @@ def test_sigterm_stops_the_command_and_its_temporary_prefect_server(tmp_path, fa
         with contextlib.suppress(ProcessLookupError):
             os.killpg(child.pid, signal.SIGKILL)
     assert len(cache.answered_keys()) >= 1
+
+
+def _slim_teacher(tmp_path: Path, path: Path, env: dict[str, str], **popen):
+    """`slim teacher run` as a user runs it, on the session's Prefect server."""
+    import subprocess
+    import sys
+
+    command = [str(Path(sys.executable).parent / "slim"), "teacher", "run", "-c", str(path)]
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "child-prefect"), **env}
+    if popen:
+        return subprocess.Popen(command, env=env, **popen)
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_a_missing_key_fails_at_once_and_is_never_retried(tmp_path, fake, monkeypatch):
+    monkeypatch.delenv("SLIM_TEST_TEACHER_KEY", raising=False)
+    fake.reset()
+    done = _slim_teacher(tmp_path, teacher_config(tmp_path, fake), {})
+    output = done.stdout + done.stderr
+    assert done.returncode != 0, output[-3000:]
+    assert "SLIM_TEST_TEACHER_KEY is not set" in output
+    assert "AwaitingRetry" not in output and "Retrying" not in output  # no 30 s of retries
+    assert fake.settled_calls() == 0
+
+
+def test_a_refused_key_stops_the_stage_with_an_error_and_a_non_zero_exit(tmp_path, fake):
+    """401 on every call: the stage stops at the first refusal instead of sending every prompt
+    and dead-lettering them all, and the command says why and exits non-zero."""
+    from slim_core.config import load_config
+    from slim_core.teacher.stage import answer_cache
+
+    fake.reset(required_key="the-key-the-endpoint-expects")
+    path = teacher_config(tmp_path, fake)
+    done = _slim_teacher(tmp_path, path, {"SLIM_TEST_TEACHER_KEY": SECRET})
+    output = done.stdout + done.stderr
+    assert done.returncode != 0, output[-3000:]
+    assert "refused the API key" in output and "HTTP 401" in output
+    assert SECRET not in output
+    assert fake.settled_calls() < 20  # not every prompt: the first refusals stop the stage
+    assert "AwaitingRetry" not in output
+    assert not answer_cache(load_config(path)).dead_letters()  # a key problem is no dead letter
+
+
+def test_sigterm_during_a_retry_after_wait_stops_at_once_and_keeps_the_answers(tmp_path, fake):
+    """A 429 asks for 30 s. A SIGTERM in that wait ends the command at once: the answers
+    already received are written (also those not yet due for writing), and no request leaves
+    after the stop, so none is billed after it."""
+    import contextlib
+    import signal
+    import subprocess
+
+    from slim_core.config import load_config
+    from slim_core.data import prepare_data
+    from slim_core.teacher.stage import answer_cache, prompt_keys, teacher_prompts
+    from slim_core.teacher.stage import teacher_config as teacher_config_of
+
+    path = teacher_config(tmp_path, fake)
+    config = load_config(path)
+    prompts = teacher_prompts(config, prepare_data(config))
+    fake.reset({p.text: ["429:30"] for p in prompts[10:]})  # the first 10 are answered
+    cache = answer_cache(config)
+    child = _slim_teacher(
+        tmp_path,
+        path,
+        {"SLIM_TEST_TEACHER_KEY": SECRET},
+        stdout=(tmp_path / "child.log").open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and child.poll() is None:
+            if fake.calls[prompts[19].text] and fake.calls[prompts[10].text]:
+                break  # the last batches' 429s arrived: their prompts now wait 30 s
+            time.sleep(0.1)
+        assert child.poll() is None, (tmp_path / "child.log").read_text()[-3000:]
+        calls = fake.settled_calls()
+        os.kill(child.pid, signal.SIGTERM)
+        assert child.wait(timeout=20) != 0  # not after the 30 s wait
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)
+    assert fake.settled_calls() == calls  # nothing sent after the stop
+    assert cache.answered_keys() == set(
+        prompt_keys(prompts[:10], "openai-compatible:teacher-test", teacher_config_of(config))
+    )

@@ -47,6 +47,7 @@ class GenerationFailure:
     error: str
     attempts: int
     raw: str | None = None
+    status: int | None = None  # the HTTP status of the last reply, where there was one
 
 
 class LLMBackend(Protocol):

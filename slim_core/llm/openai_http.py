@@ -1,10 +1,15 @@
 """OpenAI-compatible Chat Completions over HTTP: OpenAI, vLLM's server, llama.cpp's server.
 
 Async with bounded concurrency; every request has a timeout; 429, 5xx, timeouts and dropped
-connections are retried with exponential backoff and jitter, honouring `Retry-After`. Other 4xx
-answers are not retried (they will not get better). The API key is read from the environment
-at call time (or handed over by the caller, e.g. from a Prefect Secret block) and never logged,
-stored or put in an error message. HTTP(S)_PROXY / NO_PROXY from the environment are honoured.
+connections are retried with exponential backoff and jitter, honouring `Retry-After` up to
+`max_backoff_s` (a longer one dead-letters the prompt at once). Other 4xx answers are not
+retried (they will not get better); 401 and 403 stop the whole batch with `AuthenticationError`,
+since every other prompt would be refused too. The API key is read from the environment at call
+time (or handed over by the caller, e.g. from a Prefect Secret block) and never logged, stored
+or put in an error message, even when an endpoint echoes it in a reply. `stop_all_requests()`
+(the CLI calls it on SIGTERM and SIGINT) cancels every request and backoff wait in the process
+at once, so nothing is sent, and billed, after a stop. HTTP(S)_PROXY / NO_PROXY from the
+environment are honoured.
 
 The requests go through httpcore (httpx's transport layer) on plain asyncio streams. At a
 concurrency of 32-64 the client's CPU per request decides whether it keeps up with the
@@ -19,9 +24,11 @@ import asyncio
 import functools
 import json
 import logging
+import math
 import os
 import queue
 import random
+import re
 import ssl
 import threading
 import time
@@ -29,6 +36,7 @@ import urllib.parse
 import urllib.request
 import weakref
 from collections.abc import Coroutine, Iterable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from typing import Any
@@ -42,7 +50,24 @@ from slim_core.llm.base import Decoding, Generation, GenerationFailure
 log = logging.getLogger("slim_core.llm")
 
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+AUTH_STATUS = {401, 403}
 _FINISHED = object()  # put after the last answer of a `generate_each` call, or on its error
+
+
+class AuthenticationError(ConfigError):
+    """The endpoint refused the API key: no prompt of the stage can succeed."""
+
+
+class RequestsStopped(RuntimeError):
+    """`stop_all_requests()` was called (a stop signal): no request is sent any more."""
+
+
+def stop_all_requests() -> None:
+    """Cancel every request in flight and every backoff wait of every backend in this process,
+    and refuse new ones. Answers already handed to a caller are its to write (the teacher
+    writes them on the way out). Safe to call from a signal handler."""
+    for runner in list(_RUNNERS):
+        runner.stop()
 
 
 @dataclass
@@ -123,6 +148,8 @@ class OpenAICompatibleBackend:
                 # stops the thread and closes the connections once the backend is collected
                 weakref.finalize(self, self._runner.shutdown)
             runner = self._runner
+        if runner.stopped:
+            raise RequestsStopped("teacher requests were stopped (a stop signal); none sent")
         arrived: queue.SimpleQueue[Any] = queue.SimpleQueue()
         credits = asyncio.Semaphore(2 * self.max_concurrency)  # one back per result taken
 
@@ -139,16 +166,30 @@ class OpenAICompatibleBackend:
 
         future = asyncio.run_coroutine_threadsafe(ask_all(), runner.loop)
         future.add_done_callback(lambda _: arrived.put(_FINISHED))
+        runner.futures.add(future)
         try:
             for _ in prompts:
                 item = arrived.get()
                 if item is _FINISHED:  # the loop stopped before every answer came back
+                    if runner.stopped:
+                        raise RequestsStopped(
+                            "teacher requests stopped by a stop signal; answers received so "
+                            "far are kept"
+                        )
                     future.result()  # raises its error
                     raise RuntimeError("the HTTP client stopped before every prompt was answered")
                 runner.loop.call_soon_threadsafe(credits.release)
+                _, result = item
+                if isinstance(result, GenerationFailure) and result.status in AUTH_STATUS:
+                    source = self.api_key_env if not self.api_key else "the configured key"
+                    raise AuthenticationError(
+                        f"teacher: {self.base_url} refused the API key ({result.error}); check "
+                        f"{source} and the endpoint's access rules. No more prompts are sent."
+                    )
                 yield item
         finally:
             future.cancel()  # no-op when done; otherwise the requests in flight stop
+            runner.futures.discard(future)
 
     def close(self) -> None:
         """Close the connections and stop the loop thread (a later `generate` starts anew)."""
@@ -205,7 +246,7 @@ class OpenAICompatibleBackend:
                 **params,
             }
         ).encode()
-        error = "not attempted"
+        error, status = "not attempted", None
         for attempt in range(1, self.max_retries + 2):
             wait: float | None = None
             client = await runner.idle.get()  # waiting for a free connection is not timed
@@ -218,44 +259,52 @@ class OpenAICompatibleBackend:
                             "POST", runner.url, headers=runner.headers, content=content
                         )
                 except (TimeoutError, httpcore.TimeoutException):
+                    status = None
                     error = f"TimeoutError: no complete reply within {self.timeout_s} s"
                 except (httpcore.NetworkError, httpcore.ProtocolError, OSError) as exc:
-                    error = f"{type(exc).__name__}: request failed ({_redacted(exc, runner)})"
+                    status = None
+                    error = f"{type(exc).__name__}: request failed ({_redacted(str(exc), runner)})"
                 else:
-                    if response.status == 200:
+                    status = response.status
+                    if status == 200:
                         parsed = _parse(response.content)
                         if isinstance(parsed, str):
-                            error = parsed
+                            error = _redacted(parsed, runner)
                         else:
                             text, tokens_in, tokens_out = parsed
                             return Generation(
                                 text, tokens_in, tokens_out, time.perf_counter() - started, attempt
                             )
                     else:
-                        error = f"HTTP {response.status}: {_text(response.content)}"
-                        if response.status not in RETRYABLE_STATUS:
-                            return GenerationFailure(error, attempt)
+                        # the body too: an endpoint may echo the request's headers
+                        error = f"HTTP {status}: {_redacted(_text(response.content), runner)}"
+                        if status not in RETRYABLE_STATUS:
+                            return GenerationFailure(error, attempt, status=status)
                         wait = _retry_after(response.headers)
+                        if wait is not None and wait > self.max_backoff_s:
+                            return GenerationFailure(
+                                f"{error} (Retry-After {wait:g} s is past max_backoff_s "
+                                f"{self.max_backoff_s:g} s: not waiting)",
+                                attempt,
+                                status=status,
+                            )
             finally:
                 runner.idle.put_nowait(client)  # the connection is free while this prompt backs off
             if attempt <= self.max_retries:
-                delay = (
-                    wait
-                    if wait is not None
-                    else min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1))
-                )
-                delay = delay * (
-                    1 + 0.25 * random.random()
-                )  # jitter: retries do not arrive in step
+                delay = wait if wait is not None else self.backoff_s * 2 ** (attempt - 1)
+                # jitter: retries do not arrive in step; never past the cap
+                delay = min(self.max_backoff_s, delay * (1 + 0.25 * random.random()))
                 log.info("retrying in %.2f s after: %s", delay, error)
                 await asyncio.sleep(delay)
-        return GenerationFailure(error, self.max_retries + 1)
+        return GenerationFailure(error, self.max_retries + 1, status=status)
 
 
 class _LoopRunner:
     """An asyncio event loop in a daemon thread, and the HTTP clients that live on it."""
 
     def __init__(self) -> None:
+        self.futures: set[Future] = set()  # the `generate_each` calls running on this loop
+        self.stopped = False
         self.clients: list[httpcore.AsyncConnectionPool] = []
         self.idle: asyncio.Queue[httpcore.AsyncConnectionPool] | None = None  # not in a request
         self.headers: list[tuple[bytes, bytes]] = []
@@ -265,6 +314,14 @@ class _LoopRunner:
             target=self.loop.run_forever, name="slim-openai-http", daemon=True
         )
         self.thread.start()
+        _RUNNERS.add(self)
+
+    def stop(self) -> None:
+        """Refuse new calls and cancel the running ones (thread-safe: `Future.cancel` hands the
+        cancellation to the loop)."""
+        self.stopped = True
+        for future in list(self.futures):
+            future.cancel()
 
     def run(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
@@ -357,6 +414,7 @@ class _AsyncioBackend(httpcore.AsyncNetworkBackend):
 
 
 _ASYNCIO_BACKEND = _AsyncioBackend()
+_RUNNERS: weakref.WeakSet[_LoopRunner] = weakref.WeakSet()
 
 
 def _proxy_for(url: httpcore.URL) -> tuple[str, tuple[str, str] | None] | None:
@@ -395,26 +453,48 @@ def _ssl_context() -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 
-def _redacted(exc: BaseException, runner: _LoopRunner) -> str:
-    """The error's text without the Authorization header's value, should it quote it."""
-    text = str(exc)
+# What looks like a credential in a reply an endpoint echoes: "Bearer <token>",
+# "Authorization: <value>", "api_key": "<value>".
+_CREDENTIALS = [
+    (re.compile(r"(?i)\bbearer\s+[^\s\"',;}]+"), "Bearer ***"),
+    (
+        re.compile(
+            r"(?i)\b((?:authorization|x-api-key|api[_-]?key)[\"']?\s*[:=]\s*[\"']?)[^\s\"',;}]+"
+        ),
+        r"\1***",
+    ),
+]
+
+
+def _redacted(text: str, runner: _LoopRunner) -> str:
+    """`text` without this backend's key or anything that looks like a credential, at most 300
+    characters: error texts are stored in the dead-letter table and logged."""
     for name, value in runner.headers:
         if name == b"Authorization":
-            text = text.replace(value.decode(), "Bearer ***").replace(value[7:].decode(), "***")
+            key = value.decode()[len("Bearer ") :]
+            if key:
+                text = text.replace(key, "***")
+    for pattern, replacement in _CREDENTIALS:
+        text = pattern.sub(replacement, text)
     return text[:300]
 
 
 def _text(content: bytes) -> str:
-    return content[:200].decode("utf-8", errors="replace")
+    """The start of a reply body, for an error text. Longer than what is kept (`_redacted` cuts
+    it to 300 characters), so that a key straddling the cut is still found and redacted."""
+    return content[:4096].decode("utf-8", errors="replace")
 
 
 def _retry_after(headers: list[tuple[bytes, bytes]]) -> float | None:
     for name, value in headers:
         if name.lower() == b"retry-after":
             try:
-                return max(0.0, float(value))
+                seconds = float(value)
             except ValueError:
                 return None  # an HTTP date: fall back to our own backoff
+            if math.isnan(seconds):
+                return None
+            return max(0.0, seconds)  # inf stays inf: past any cap
     return None
 
 

@@ -63,7 +63,10 @@ def answer_key(model: str, template_version: str, prompt: str, decoding: dict[st
 
 
 class AnswerCache:
-    """Answers and failures as Parquet shards under `folder/answers` and `folder/failures`."""
+    """Answers and failures as Parquet shards under `folder/answers` and `folder/failures`.
+
+    Safe to share between threads (the teacher's batches run in two): every read opens its own
+    in-memory DuckDB connection; DuckDB's default connection serves one call at a time."""
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
@@ -77,8 +80,9 @@ class AnswerCache:
         pattern = self._glob(where)
         if pattern is None:
             return set()
-        query = f"SELECT DISTINCT key FROM read_parquet('{pattern}')"
-        return {row[0] for row in duckdb.sql(query).fetchall()}
+        with duckdb.connect() as con:
+            rows = con.execute("SELECT DISTINCT key FROM read_parquet(?)", [pattern]).fetchall()
+        return {row[0] for row in rows}
 
     def answered_keys(self) -> set[str]:
         return self._keys(self.answers)
@@ -101,11 +105,14 @@ class AnswerCache:
         pattern = self._glob(where)
         if pattern is None:
             return []
-        relation = duckdb.sql(
-            f"SELECT * FROM read_parquet('{pattern}') "
-            f"QUALIFY row_number() OVER (PARTITION BY key ORDER BY {order}) = 1 ORDER BY key"
-        )
-        return [dict(zip(relation.columns, values, strict=True)) for values in relation.fetchall()]
+        with duckdb.connect() as con:
+            result = con.execute(
+                "SELECT * FROM read_parquet(?) "
+                f"QUALIFY row_number() OVER (PARTITION BY key ORDER BY {order}) = 1 ORDER BY key",
+                [pattern],
+            )
+            columns = [column[0] for column in result.description]
+            return [dict(zip(columns, values, strict=True)) for values in result.fetchall()]
 
     def write_answers(self, rows: list[dict[str, Any]]) -> Path | None:
         return self._write(self.answers, rows, ANSWER_COLUMNS)
