@@ -8,6 +8,7 @@ Side flows: teacher only, student only, retry failed teacher prompts, scheduled 
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
@@ -33,7 +34,7 @@ from slim_core.student.inference import StudentInferenceResult, student_prompts
 from slim_core.student.stage import StudentModel, current_student, student_config
 from slim_core.teacher.run import TeacherReport
 from slim_core.teacher.stage import answer_cache, prompt_keys, teacher_config, teacher_prompts
-from storage import RunFolder
+from storage import RunFolder, remove_stale_temp_files
 from tasks.data import run_prepare_data
 from tasks.manifest import record_flow_run
 from tasks.recommend import (
@@ -53,6 +54,7 @@ from tasks.teacher import (
 )
 from tasks.teacher import release_backends as release_teacher_backends
 
+log = logging.getLogger("slim_core.storage")  # under slim_core: its lines reach Prefect
 # Every flow run leaves a manifest (config hash, data fingerprint, seeds, versions, commit).
 TRACED = {"on_completion": [record_flow_run], "on_failure": [record_flow_run]}
 
@@ -75,6 +77,8 @@ def _load(
         if values:
             setattr(config, section, type(current).model_validate(current.model_dump() | values))
     RunFolder(config.run.output_dir).save_config(config.to_yaml())
+    for leftover in remove_stale_temp_files(config.run.output_dir):
+        log.info("removed %s: a temporary file of a writer that was killed", leftover)
     return config
 
 

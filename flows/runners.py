@@ -23,6 +23,10 @@ def with_task_runner(flow: Flow, config_path: str) -> Flow:
         runner = DaskTaskRunner(address=run.dask_address)
     else:
         runner = DaskTaskRunner(
-            cluster_kwargs={"n_workers": run.dask_workers, "threads_per_worker": 1}
+            cluster_kwargs={
+                "n_workers": run.dask_workers,
+                "threads_per_worker": 1,
+                "dashboard_address": run.dask_dashboard_address,
+            }
         )
     return flow.with_options(task_runner=runner)

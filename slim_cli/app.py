@@ -174,13 +174,15 @@ def query(
         ),
     ],
 ) -> None:
-    """Query the run's current artifacts with DuckDB."""
+    """Query the run's current artifacts with DuckDB, read only (docs/operations.md, "Security
+    model"): SELECT and EXPLAIN over the current artifact files, no other file."""
     from slim_core.config import load_config
-    from storage import open_catalog
+    from storage.catalog import QueryRefused, open_catalog, read_only_statements
 
     try:
         resolved = load_config(config)
-    except SlimError as error:
+        read_only_statements(sql)
+    except (SlimError, QueryRefused) as error:
         raise _fail(error) from None
     con = open_catalog(resolved.run.output_dir)
     try:
@@ -345,14 +347,15 @@ def prune(
     ] = 30.0,
     dry_run: Annotated[bool, typer.Option(help="Only list what would be deleted.")] = False,
 ) -> None:
-    """Delete old Prefect flow runs and artifacts, and stage folders no longer current.
+    """Delete old Prefect flow runs and artifacts, stage folders no longer current, and
+    temporary files that killed writers left behind.
 
     Teacher answers, student generations and the current folder of every stage are kept.
     """
     from datetime import UTC, datetime, timedelta
 
     from slim_core.config import load_config
-    from storage import RunFolder
+    from storage import RunFolder, remove_stale_temp_files
     from storage.retention import prune_stage_folders
     from tasks.retention import prune_prefect
 
@@ -362,14 +365,15 @@ def prune(
         raise _fail(error) from None
     before = datetime.now(UTC) - timedelta(days=older_than_days)
     folders = prune_stage_folders(RunFolder(settings.run.output_dir), before, dry_run)
+    temporary = remove_stale_temp_files(settings.run.output_dir, dry_run)
     prefect = prune_prefect(before, dry_run)
     verb = "would delete" if dry_run else "deleted"
     console.print(
         f"{verb}: {len(prefect.flow_runs)} flow run(s), {len(prefect.artifacts)} artifact(s), "
-        f"{len(folders)} stage folder(s)"
+        f"{len(folders)} stage folder(s), {len(temporary)} temporary file(s) of killed writers"
     )
-    for folder in folders:
-        console.print(f"  {folder}")
+    for path in [*folders, *temporary]:
+        console.print(f"  {path}")
 
 
 models_app = typer.Typer(

@@ -64,6 +64,11 @@ class RunConfig(_Strict):
         None, description="Scheduler of an existing Dask cluster; None: a local one per run."
     )
     dask_workers: int = Field(2, ge=1, description="Worker processes of the local Dask cluster.")
+    dask_dashboard_address: str = Field(
+        "127.0.0.1:8787",
+        description="Where the local Dask cluster's dashboard listens: loopback by default "
+        "(Dask's own default, :8787, is every interface); ':8787' to open it to the network.",
+    )
 
 
 class InteractionColumns(_Strict):
@@ -191,7 +196,11 @@ class DataConfig(_Strict):
         "(products: customer, categories and brands; movies: viewer, genres).",
     )
     duckdb_threads: int | None = Field(None, ge=1, description="DuckDB threads (default: all).")
-    duckdb_memory_limit: str | None = Field(None, description="DuckDB memory limit, e.g. '1GB'.")
+    duckdb_memory_limit: str | None = Field(
+        None,
+        pattern=r"^\s*\d+(\.\d+)?\s*([KMGT]i?B|B)\s*$",
+        description="DuckDB memory limit, e.g. '1GB' or '512MiB'.",
+    )
 
 
 class EncoderConfig(_Strict):

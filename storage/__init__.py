@@ -3,7 +3,12 @@
 The bottom layer: it imports nothing from the rest of the project.
 """
 
-from storage.atomic import atomic_path, write_json_atomic, write_text_atomic
+from storage.atomic import (
+    atomic_path,
+    remove_stale_temp_files,
+    write_json_atomic,
+    write_text_atomic,
+)
 from storage.catalog import open_catalog
 from storage.fingerprint import canonical_hash, file_fingerprint
 from storage.layout import RunFolder, StageFolder
@@ -14,6 +19,7 @@ __all__ = [
     "RunFolder",
     "StageFolder",
     "atomic_path",
+    "remove_stale_temp_files",
     "open_catalog",
     "canonical_hash",
     "file_fingerprint",

@@ -15,6 +15,7 @@ result is never half-overwritten and a cached pointer to it never lies.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from dataclasses import dataclass
@@ -22,10 +23,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
+
 from storage.atomic import write_json_atomic, write_text_atomic
+from storage.fingerprint import file_fingerprint
 from storage.manifest import package_versions
 
 MANIFEST = "manifest.json"
+
+
+@functools.lru_cache(maxsize=1024)
+def _digest(path: str, size: int, mtime_ns: int, inode: int) -> str:
+    """A file's BLAKE2b, computed again only when its size, time or inode changed: stage
+    folders are checked several times a run, and vector files run to hundreds of MB."""
+    return file_fingerprint(path)["blake2b"]
 
 
 @dataclass(frozen=True)
@@ -44,11 +55,25 @@ class StageFolder:
         return self.path / MANIFEST
 
     def is_complete(self) -> bool:
-        """True when the manifest exists and every file it lists is present."""
+        """True when the manifest exists and every file it lists is there with the size and
+        digest it had when the folder was sealed: a modified artifact (an edit, a `COPY ... TO`
+        over it) makes the folder incomplete, so the stage is computed again, never reused."""
         manifest = self.read_manifest()
         if manifest is None:
             return False
-        return all((self.path / name).exists() for name in manifest.get("files", {}))
+        for name, facts in manifest.get("files", {}).items():
+            path = self.path / name
+            try:
+                stat = path.stat()
+            except FileNotFoundError:
+                return False
+            if "blake2b" in facts and (
+                stat.st_size != facts["size"]
+                or _digest(str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+                != facts["blake2b"]
+            ):
+                return False
+        return True
 
     def read_manifest(self) -> dict[str, Any] | None:
         try:
@@ -57,13 +82,19 @@ class StageFolder:
             return None
 
     def write_manifest(self, files: dict[str, Any], **facts: Any) -> dict[str, Any]:
-        """Seal the stage folder: call after every file of the stage is written."""
+        """Seal the stage folder: call after every file of the stage is written. Each file's
+        size and digest go into the manifest beside what `files` says about it."""
+        sealed = {}
+        for name, about in files.items():
+            stat = (self.path / name).stat()
+            digest = _digest(str(self.path / name), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+            sealed[name] = {**about, "size": stat.st_size, "blake2b": digest}
         manifest = {
             "stage": self.stage,
             "key": self.key,
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "versions": package_versions(),
-            "files": files,
+            "files": sealed,
             **facts,
         }
         write_json_atomic(self.manifest_path, manifest)
@@ -91,12 +122,17 @@ class RunFolder:
             return {"stages": {}}
 
     def record_stage(self, folder: StageFolder) -> None:
-        """Point the run at `folder` as the current output of its stage."""
-        manifest = self.read_manifest()
-        manifest.setdefault("stages", {})[folder.stage] = folder.key
-        manifest["updated_at"] = datetime.now(UTC).isoformat(timespec="seconds")
-        manifest["versions"] = package_versions()
-        write_json_atomic(self.manifest_path, manifest)
+        """Point the run at `folder` as the current output of its stage.
+
+        A read-modify-write under a file lock: two processes recording different stages at
+        once (two flows, Dask workers) lost one of the two pointers without it."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with FileLock(self.root / f".{MANIFEST}.lock"):
+            manifest = self.read_manifest()
+            manifest.setdefault("stages", {})[folder.stage] = folder.key
+            manifest["updated_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+            manifest["versions"] = package_versions()
+            write_json_atomic(self.manifest_path, manifest)
 
     def current(self, stage: str) -> StageFolder | None:
         """The stage folder the run currently points at, if it is complete."""

@@ -27,7 +27,7 @@ def run_stage(output_dir: Path, source: dict[str, Any], **data: Any) -> DataStag
 
 def rows(result: DataStageResult, artifact: str, order: str | None = None) -> list[dict[str, Any]]:
     """An artifact's rows as dicts."""
-    relation = duckdb.sql(f"SELECT * FROM read_parquet('{result.path(artifact)}')")
+    relation = duckdb.read_parquet(str(result.path(artifact)))
     if order:
         relation = relation.order(order)
     return [dict(zip(relation.columns, values, strict=True)) for values in relation.fetchall()]

@@ -175,3 +175,58 @@ def test_users_with_one_interaction_are_dropped_and_counted(write, tmp_path, cap
     assert "lonely" not in sequences_by_user(result)
     assert result.stats["dropped"]["k_core_users"] == 1
     assert "removed 1 users" in caplog.text
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e400"])
+def test_non_finite_timestamps_are_refused_with_their_row(write, tmp_path, value):
+    """nan, inf and 1e400 sort after every real time: accepted, they became test targets."""
+    path = write("x.csv", csv("user_id,item_id,timestamp", "u1,i1,1", f"u1,i2,{value}", "u1,i3,3"))
+    fails(tmp_path, table(path), "x.csv", "row 2", f"{value!r}", "not a finite time")
+
+
+def test_a_csv_error_keeps_duckdbs_reason(write, tmp_path):
+    """A title of 2 MB: DuckDB says why it cannot read the line; the error keeps that."""
+    items = write("items.csv", "item_id,title\ni1," + "x" * 2_200_000 + "\ni2,Two\n")
+    inter = write("x.csv", csv("user_id,item_id,timestamp", *GOOD_ROWS))
+    error = fails(tmp_path, table(inter, items=str(items)), "items.csv")
+    assert "max_line_size" in str(error) or "maximum line size" in str(error).lower(), str(error)
+
+
+def test_a_ragged_row_is_named_with_its_column_count(write, tmp_path):
+    path = write("x.csv", "user_id,item_id,timestamp\nu1,i1,1\nu1,i2\nu1,i3,3\n")
+    error = fails(tmp_path, table(path), "x.csv")
+    assert "not found" not in str(error) and "3" in str(error), str(error)
+    assert "line 3" in str(error) or "row 2" in str(error), str(error)
+
+
+def test_a_folder_where_a_file_belongs_is_a_clear_error(write, tmp_path):
+    (tmp_path / "folder.csv").mkdir()
+    fails(tmp_path, table(tmp_path / "folder.csv"), "folder.csv", "expected a file, found a folder")
+
+
+def test_sql_in_a_setting_is_refused_and_never_run(write, tmp_path):
+    """A quote in `duckdb_memory_limit` ran the SQL after it (it wrote a file)."""
+    from slim_core.errors import ConfigError
+    from tests.helpers import make_config
+
+    path = write("x.csv", csv("user_id,item_id,timestamp", *GOOD_ROWS))
+    pwned = tmp_path / "pwned.csv"
+    limit = f"1GB'; COPY (SELECT 1) TO '{pwned}'; --"
+    with pytest.raises((ConfigError, ValueError)) as error:
+        make_config(tmp_path / "run", table(path), duckdb_memory_limit=limit, **LOOSE)
+    assert "duckdb_memory_limit" in str(error.value)
+    assert not pwned.exists()
+
+
+def test_quotes_in_every_path_are_data_not_sql(write, tmp_path):
+    """An output folder and input files with a quote in their names: the data stage, the
+    recommender's reader and the catalogue all read them (a parser error before)."""
+    from slim_core.rec.data import load_sequence_data
+    from storage import open_catalog
+
+    path = write("it's.csv", csv("user_id,item_id,timestamp", *GOOD_ROWS))
+    result = run_stage(tmp_path / "o'run", table(path), **LOOSE)
+    assert result.stats["output"]["interactions"] == len(GOOD_ROWS)
+    assert load_sequence_data(result.folder).n_items == 4
+    con = open_catalog(tmp_path / "o'run")
+    assert con.execute("SELECT count(*) FROM interactions").fetchone()[0] == len(GOOD_ROWS)

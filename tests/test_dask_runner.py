@@ -70,3 +70,28 @@ def test_dask_runner_gives_the_default_runners_outputs(tmp_path, fake_openai):
     assert summary["rationales"] + summary["failed"] == 16 * 3
     assert metrics(on_dask) == metrics(on_thread)
     assert {("sasrec", "item_user_text+teacher")} <= {m[:2] for m in metrics(on_dask)}
+
+
+def test_the_local_clusters_dashboard_listens_on_loopback_only(tmp_path):
+    """Dask's dashboard binds every interface by default (:8787); ours binds 127.0.0.1."""
+    from distributed import LocalCluster
+
+    from flows.pipeline import slim_pipeline
+    from flows.runners import with_task_runner
+    from slim_core.config import RunConfig
+
+    assert RunConfig().dask_dashboard_address.startswith("127.0.0.1:")
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "run": {"task_runner": "dask", "dask_dashboard_address": "127.0.0.1:0"},
+                "data": {"source": {"format": "table", "interactions": "x.csv"}},
+            }
+        )
+    )
+    kwargs = with_task_runner(slim_pipeline, str(path)).task_runner.cluster_kwargs
+    with LocalCluster(**kwargs | {"n_workers": 1}) as cluster:
+        sockets = cluster.scheduler.http_server._sockets.values()
+        hosts = {sock.getsockname()[0] for sock in sockets}
+    assert hosts == {"127.0.0.1"}

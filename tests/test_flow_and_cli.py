@@ -87,6 +87,41 @@ def test_cli_prepare_prints_summary(tmp_path):
     assert "497" in query.output
 
 
+def test_slim_query_only_reads_and_a_modified_artifact_is_recomputed(tmp_path):
+    """`slim query` could write (`COPY ... TO` over the current sequences), read any file and
+    attach databases; and a stage folder whose artifact was overwritten was reused as a hit."""
+    import duckdb
+
+    from slim_cli.app import app
+    from storage import RunFolder
+
+    path = str(demo_config(tmp_path))
+    assert CliRunner().invoke(app, ["prepare", "-c", path]).exit_code == 0
+    sequences = RunFolder(tmp_path / "run").current("data").file("sequences.parquet")
+    size = sequences.stat().st_size
+    secret = tmp_path / "secret.csv"
+    secret.write_text("a\nsecret\n")
+    for sql, says in [
+        (f"COPY (SELECT 1 AS a) TO '{sequences}' (FORMAT parquet)", "COPY statements are refused"),
+        ("SET enable_external_access = true", "SET statements are refused"),
+        (f"ATTACH '{tmp_path / 'x.db'}' AS x", "ATTACH statements are refused"),
+        (f"SELECT * FROM read_csv('{secret}')", "disabled by configuration"),
+        ("SELECT 1 AS a; INSTALL httpfs", "LOAD statements are refused"),
+    ]:
+        refused = CliRunner().invoke(app, ["query", "-c", path, sql])
+        assert refused.exit_code == 2 and says in refused.output, (sql, refused.output)
+    assert sequences.stat().st_size == size and not (tmp_path / "x.db").exists()
+    explain = CliRunner().invoke(app, ["query", "-c", path, "EXPLAIN SELECT * FROM items"])
+    assert explain.exit_code == 0, explain.output
+
+    # Overwritten behind SLIM's back: the stage folder no longer counts as complete.
+    duckdb.sql(f"COPY (SELECT * FROM '{sequences}' LIMIT 1) TO '{sequences}' (FORMAT parquet)")
+    assert not RunFolder(tmp_path / "run").stage("data", sequences.parent.name).is_complete()
+    assert CliRunner().invoke(app, ["prepare", "-c", path]).exit_code == 0
+    count = CliRunner().invoke(app, ["query", "-c", path, "SELECT count(*) FROM sequences"])
+    assert "497" in count.output, count.output
+
+
 def test_cli_reports_errors_without_traceback(tmp_path):
     from slim_cli.app import app
 

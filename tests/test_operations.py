@@ -179,6 +179,23 @@ def test_prefect_yaml_names_real_flows_and_parameters():
 
 
 @pytest.mark.usefixtures("prefect_server")
+def _killed_writers_leftover(folder: Path) -> Path:
+    """The temporary file a writer killed with SIGKILL leaves (its process is gone)."""
+    import subprocess
+    import sys
+
+    writer = (
+        "import os, signal, sys\n"
+        "from storage import atomic_path\n"
+        "with atomic_path(sys.argv[1]) as tmp:\n"
+        "    tmp.write_bytes(b'x' * 100_000)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    subprocess.run([sys.executable, "-c", writer, str(folder / "x.parquet")], check=False)
+    [leftover] = folder.glob(".x.parquet.*.tmp")
+    return leftover
+
+
 def test_prune_old_runs_artifacts_and_stage_folders(tmp_path):
     from prefect.client.orchestration import get_client
     from typer.testing import CliRunner
@@ -189,9 +206,12 @@ def test_prune_old_runs_artifacts_and_stage_folders(tmp_path):
 
     first = demo_config(tmp_path, "a.yaml")
     old = prepare_flow(str(first), return_state=True)
+    run = RunFolder(tmp_path / "run")
+    killed_writer = _killed_writers_leftover(run.root / "data")
     changed = demo_config(tmp_path, "a.yaml", k_core_items=2)  # a new data folder is current
     prepare_flow(str(changed), return_state=True)
-    run = RunFolder(tmp_path / "run")
+    assert not killed_writer.exists()  # the next run removed it
+    killed_writer = _killed_writers_leftover(run.root / "data")
     folders = sorted((run.root / "data").iterdir())
     assert len(folders) == 2
     current = run.read_manifest()["stages"]["data"]
@@ -208,8 +228,11 @@ def test_prune_old_runs_artifacts_and_stage_folders(tmp_path):
     assert dry.exit_code == 0, dry.output
     assert "would delete" in dry.output and len(list((run.root / "data").iterdir())) == 2
 
+    assert "1 temporary file(s)" in dry.output and killed_writer.exists()
+
     done = CliRunner().invoke(app, ["prune", "-c", str(changed), "--older-than-days", "0"])
     assert done.exit_code == 0, done.output
+    assert not killed_writer.exists()
     assert [p.name for p in (run.root / "data").iterdir()] == [current]
     assert paid.read_bytes() == b"paid for"
     with get_client(sync_client=True) as client:

@@ -79,3 +79,69 @@ def test_run_points_at_current_stage_and_catalog_reads_it(tmp_path):
     assert run.current("data") == folder
     con = open_catalog(tmp_path)
     assert con.execute("SELECT sum(user_idx) FROM sequences").fetchone()[0] == 3
+
+
+def _record_many(root: str, prefix: str, count: int) -> None:
+    from storage import RunFolder
+
+    run = RunFolder(root)
+    for n in range(count):
+        run.record_stage(run.stage(f"{prefix}{n}", "k"))
+
+
+def test_two_processes_recording_stages_lose_no_pointer(tmp_path):
+    """An unlocked read-modify-write of manifest.json lost a pointer in 17 of 20 trials."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    writers = [
+        context.Process(target=_record_many, args=(str(tmp_path), prefix, 40)) for prefix in "ab"
+    ]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(timeout=120)
+        assert writer.exitcode == 0
+    stages = RunFolder(tmp_path).read_manifest()["stages"]
+    assert set(stages) == {f"{p}{n}" for p in "ab" for n in range(40)}
+
+
+def test_atomic_files_get_the_mode_any_new_file_gets(tmp_path):
+    """mkstemp makes 0600 files: artifacts written atomically were 0600, Parquet 0644."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    written = write_json_atomic(tmp_path / "a.json", {"a": 1})
+    with atomic_path(tmp_path / "b.parquet") as tmp:
+        pq.write_table(pa.table({"a": [1]}), tmp)
+    modes = {path.stat().st_mode & 0o777 for path in (plain, written, tmp_path / "b.parquet")}
+    assert modes == {plain.stat().st_mode & 0o777}
+
+
+def test_temp_files_of_killed_writers_are_found_and_live_ones_kept(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from storage import remove_stale_temp_files
+
+    writer = (
+        "import os, signal, sys\n"
+        "from storage import atomic_path\n"
+        "with atomic_path(sys.argv[1]) as tmp:\n"
+        "    tmp.write_bytes(b'x' * 1_000_000)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    target = tmp_path / "data" / "key" / "sequences.parquet"
+    killed = subprocess.run([sys.executable, "-c", writer, str(target)], cwd=os.getcwd())
+    assert killed.returncode == -signal.SIGKILL
+    [leftover] = target.parent.glob(".*.tmp")
+    with atomic_path(tmp_path / "live.parquet") as live:  # this process is still writing it
+        assert remove_stale_temp_files(tmp_path, dry_run=True) == [leftover]
+        assert leftover.exists()
+        assert remove_stale_temp_files(tmp_path) == [leftover]
+        assert not leftover.exists() and live.exists()
+        live.write_bytes(b"done")
+    assert (tmp_path / "live.parquet").read_bytes() == b"done"

@@ -11,6 +11,7 @@ as a `DataError` that names the file and the field, and the row where there is o
 
 from __future__ import annotations
 
+import csv
 import difflib
 import gzip
 import json
@@ -114,8 +115,14 @@ def _duckdb_error(error: duckdb.Error, path: Path, field: str) -> DataError:
             path=path,
             field=field,
         )
-    first = message.strip().splitlines()[0] if message.strip() else type(error).__name__
-    return DataError(f"could not be read: {first}", path=path, field=field)
+    # DuckDB's whole message: its reason and the fix it suggests are after the first line. Only
+    # a quoted line is cut (a 2 MB title would otherwise fill the terminal).
+    lines = [
+        line if len(line) <= 300 else f"{line[:200]}... ({len(line):,} characters)"
+        for line in message.strip().splitlines()
+    ]
+    reason = "\n".join(lines) if lines else type(error).__name__
+    return DataError(f"could not be read: {reason}", path=path, field=field)
 
 
 def _columns(con: duckdb.DuckDBPyConnection, view: str) -> list[str]:
@@ -176,6 +183,15 @@ def _read_table_sql(path: Path, *, delimiter: str | None, encoding: str) -> str:
 def _require_column(columns: list[str], wanted: str, path: Path, field: str) -> str:
     if wanted in columns:
         return wanted
+    ragged = _first_ragged_row(path, columns)
+    if ragged is not None:
+        row, found, expected = ragged
+        raise DataError(
+            f"row {row} (line {row + 1}) has {found} fields, the header {expected}: every row "
+            "needs the header's number of fields",
+            path=path,
+            field=field,
+        )
     close = difflib.get_close_matches(wanted, columns, n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
     raise DataError(
@@ -184,6 +200,24 @@ def _require_column(columns: list[str], wanted: str, path: Path, field: str) -> 
         path=path,
         field=field,
     )
+
+
+def _first_ragged_row(path: Path, columns: list[str]) -> tuple[int, int, int] | None:
+    """(data row, its field count, the header's) of the first row whose field count differs,
+    when DuckDB read a delimited file as one column: its sniffer finds no delimiter that fits
+    every row, so it names none; this finds the row a user must fix."""
+    if len(columns) != 1 or path.suffix.lower() in (".parquet", ".json", ".jsonl", ".gz"):
+        return None
+    delimiter = max(",;\t|", key=columns[0].count)
+    if delimiter not in columns[0]:
+        return None
+    with path.open(encoding="utf-8", errors="replace", newline="") as file:
+        rows = csv.reader(file, delimiter=delimiter)
+        expected = len(next(rows, []))
+        for number, fields in enumerate(rows, start=1):
+            if fields and len(fields) != expected:
+                return number, len(fields), expected
+    return None
 
 
 def _first_bad_row(
@@ -271,6 +305,15 @@ def _load_interactions(
                 timestamp,
                 "timestamp",
                 "cannot parse timestamp {value!r}: expected " + expected,
+            )
+        )
+        # nan, inf and 1e400 (read as inf) would sort after every real time: test targets
+        checks.append(
+            (
+                "NOT isfinite(ts)",
+                timestamp,
+                "timestamp",
+                "timestamp {value!r} is not a finite time (nan, inf or out of range)",
             )
         )
     if rating is not None:

@@ -61,6 +61,8 @@ def fingerprint_inputs(cfg: DataConfig) -> list[dict[str, Any]]:
             stat = path.stat()
         except FileNotFoundError:
             raise DataError("file not found", path=path, field="data.source") from None
+        if not path.is_file():
+            raise DataError("expected a file, found a folder", path=path, field="data.source")
         prints.append(_fingerprint_cached(str(path.resolve()), stat.st_size, stat.st_mtime_ns))
     return prints
 
@@ -85,15 +87,15 @@ def data_stage_folder(config: SlimConfig) -> StageFolder:
 def _connect(cfg: DataConfig) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect(":memory:")
     if cfg.duckdb_threads:
-        con.execute(f"SET threads = {int(cfg.duckdb_threads)}")
+        con.execute("SET threads = ?", [int(cfg.duckdb_threads)])
     if cfg.duckdb_memory_limit:
-        con.execute(f"SET memory_limit = '{cfg.duckdb_memory_limit}'")
+        con.execute("SET memory_limit = ?", [cfg.duckdb_memory_limit])
     return con
 
 
 def _copy_parquet(con: duckdb.DuckDBPyConnection, table: str, target: Path) -> int:
     with atomic_path(target) as tmp:
-        con.execute(f"COPY {table} TO '{tmp}' (FORMAT parquet, COMPRESSION zstd)")
+        con.execute(f"COPY {table} TO ? (FORMAT parquet, COMPRESSION zstd)", [str(tmp)])
     return con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
 
 

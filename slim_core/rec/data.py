@@ -64,12 +64,13 @@ def load_sequence_data(data_folder: Path) -> SequenceData:
         if not path.is_file():
             raise DataError("artifact not found: run the data stage first", path=path)
     con = duckdb.connect()
-    n_items = con.execute(f"SELECT count(*) FROM read_parquet('{items}')").fetchone()[0]
+    n_items = con.execute("SELECT count(*) FROM read_parquet(?)", [str(items)]).fetchone()[0]
     rows = con.execute(
-        f"""
-        SELECT user_idx, list(item_idx ORDER BY position) AS seq
-        FROM read_parquet('{interactions}') GROUP BY user_idx ORDER BY user_idx
         """
+        SELECT user_idx, list(item_idx ORDER BY position) AS seq
+        FROM read_parquet(?) GROUP BY user_idx ORDER BY user_idx
+        """,
+        [str(interactions)],
     ).fetchall()
     con.close()
     if not rows:

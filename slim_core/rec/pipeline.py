@@ -329,8 +329,10 @@ def load_recommender_result(config: SlimConfig) -> RecommenderResult | None:
         return None
     import duckdb
 
-    relation = duckdb.sql(f"SELECT * FROM read_parquet('{folder.file('metrics.parquet')}')")
-    rows = [dict(zip(relation.columns, values, strict=True)) for values in relation.fetchall()]
+    with duckdb.connect() as con:
+        result = con.execute("SELECT * FROM read_parquet(?)", [str(folder.file("metrics.parquet"))])
+        columns = [column[0] for column in result.description]
+        rows = [dict(zip(columns, values, strict=True)) for values in result.fetchall()]
     return RecommenderResult(folder.path, rows, report.markdown_table(rows))
 
 

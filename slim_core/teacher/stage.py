@@ -103,10 +103,13 @@ def answer_cache(config: SlimConfig) -> AnswerCache:
 
 
 def item_table(data: DataStageResult) -> dict[int, dict[str, Any]]:
-    relation = duckdb.sql(
-        f"SELECT item_idx, item_id, title, category, brand FROM read_parquet('{data.path('items')}')"
-    )
-    return {row[0]: dict(zip(relation.columns, row, strict=True)) for row in relation.fetchall()}
+    with duckdb.connect() as con:
+        result = con.execute(
+            "SELECT item_idx, item_id, title, category, brand FROM read_parquet(?)",
+            [str(data.path("items"))],
+        )
+        columns = [column[0] for column in result.description]
+        return {row[0]: dict(zip(columns, row, strict=True)) for row in result.fetchall()}
 
 
 def history_prompts(
