@@ -26,6 +26,11 @@ RUN pip install ".[dask]"
 
 # Models fetched at run time land here; mount a volume to keep them between containers.
 ENV SLIM_MODEL_CACHE=/models
+# Flows run as an unprivileged user that owns only the model cache and the run folders.
+RUN useradd --create-home --uid 10001 slim \
+    && mkdir -p /models /opt/slim/runs \
+    && chown slim /models /opt/slim/runs
+USER 10001
 VOLUME ["/models", "/opt/slim/runs"]
 
 CMD ["prefect", "worker", "start", "--pool", "slim-cpu", "--type", "process"]

@@ -23,6 +23,11 @@ COPY prefect.yaml ./
 # hadolint ignore=DL3013
 RUN pip install ".[dask]"
 
+# Flows run as an unprivileged user that owns only the model cache and the run folders.
+RUN useradd --create-home --uid 10001 slim \
+    && mkdir -p /models /opt/slim/runs \
+    && chown slim /models /opt/slim/runs
+USER 10001
 VOLUME ["/models", "/opt/slim/runs"]
 # The base image's entrypoint starts vLLM's server; this image is a Prefect worker instead.
 ENTRYPOINT []

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from prefect import Task, flow
+from prefect.runtime import flow_run
 
 import tasks  # noqa: F401  (logging setup before Prefect runs anything)
 from slim_core.config import SlimConfig, TeacherConfig, load_config
@@ -55,8 +56,14 @@ from tasks.teacher import (
 from tasks.teacher import release_backends as release_teacher_backends
 
 log = logging.getLogger("slim_core.storage")  # under slim_core: its lines reach Prefect
-# Every flow run leaves a manifest (config hash, data fingerprint, seeds, versions, commit).
-TRACED = {"on_completion": [record_flow_run], "on_failure": [record_flow_run]}
+# Every flow run leaves a manifest (its config, data fingerprint, seeds, versions, commit),
+# whether it completed, failed, crashed (SIGTERM) or was cancelled.
+TRACED = {
+    "on_completion": [record_flow_run],
+    "on_failure": [record_flow_run],
+    "on_crashed": [record_flow_run],
+    "on_cancellation": [record_flow_run],
+}
 
 
 def _load(
@@ -76,7 +83,9 @@ def _load(
             raise ConfigError(f"{', '.join(values)} given, but the configuration has no {section}")
         if values:
             setattr(config, section, type(current).model_validate(current.model_dump() | values))
-    RunFolder(config.run.output_dir).save_config(config.to_yaml())
+    # config.yaml is the latest run's; the flow run's own copy is what its manifest records, even
+    # when another configuration's run shares the output folder.
+    RunFolder(config.run.output_dir).save_config(config.to_yaml(), flow_run.id)
     for leftover in remove_stale_temp_files(config.run.output_dir):
         log.info("removed %s: a temporary file of a writer that was killed", leftover)
     return config

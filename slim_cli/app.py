@@ -347,8 +347,8 @@ def prune(
     ] = 30.0,
     dry_run: Annotated[bool, typer.Option(help="Only list what would be deleted.")] = False,
 ) -> None:
-    """Delete old Prefect flow runs and artifacts, stage folders no longer current, and
-    temporary files that killed writers left behind.
+    """Delete this run folder's old, finished Prefect flow runs and their artifacts, stage
+    folders no longer current, and temporary files that killed writers left behind.
 
     Teacher answers, student generations and the current folder of every stage are kept.
     """
@@ -366,7 +366,7 @@ def prune(
     before = datetime.now(UTC) - timedelta(days=older_than_days)
     folders = prune_stage_folders(RunFolder(settings.run.output_dir), before, dry_run)
     temporary = remove_stale_temp_files(settings.run.output_dir, dry_run)
-    prefect = prune_prefect(before, dry_run)
+    prefect = prune_prefect(settings.run.output_dir, before, dry_run)
     verb = "would delete" if dry_run else "deleted"
     console.print(
         f"{verb}: {len(prefect.flow_runs)} flow run(s), {len(prefect.artifacts)} artifact(s), "

@@ -142,5 +142,12 @@ class RunFolder:
         folder = self.stage(stage, key)
         return folder if folder.is_complete() else None
 
-    def save_config(self, yaml_text: str) -> Path:
+    def save_config(self, yaml_text: str, flow_run_id: str | None = None) -> Path:
+        """`config.yaml` (the latest run's), and with a flow run id that run's own copy,
+        `flow-runs/<id>.config.yaml`, which its run manifest records."""
+        if flow_run_id:
+            write_text_atomic(self.flow_run_config(flow_run_id), yaml_text)
         return write_text_atomic(self.root / "config.yaml", yaml_text)
+
+    def flow_run_config(self, flow_run_id: str) -> Path:
+        return self.root / "flow-runs" / f"{flow_run_id}.config.yaml"

@@ -1,9 +1,10 @@
 """One manifest per flow run: what ran, on what, with which software, so any result is traceable.
 
-`<output_dir>/flow-runs/<started>-<flow run id>.json` holds the flow's name and run id, the
-configuration hash, the data fingerprint (the data stage's key: input file contents plus data
-settings), the seeds, the stage folders the run ended with, package versions and the git commit
-of the code (with a flag when the working tree had uncommitted changes).
+`<output_dir>/flow-runs/<started>-<flow run id>.json` holds the flow's name, run id and end
+state, the configuration as the run resolved it and its hash, the data fingerprint (the data
+stage's key: input file contents plus data settings), the seeds, the stage folders the run
+ended with, package versions and the git commit of the code (with a flag when the working tree
+had uncommitted changes).
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ def write_run_manifest(
             "seconds": round((finished - started).total_seconds(), 3),
             "parameters": parameters or {},
             "config_hash": canonical_hash(config),
+            "config": config,
             "data_fingerprint": data_key,
             "seeds": seeds,
             "stages": run_folder.read_manifest().get("stages", {}),

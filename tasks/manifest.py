@@ -1,6 +1,7 @@
 """A flow-run hook that writes the run manifest (storage/run_manifest.py) when a flow ends.
 
-Declared on every flow as `on_completion` and `on_failure`: a failed run is traceable too.
+Declared on every flow for every end state (completed, failed, crashed, cancelled): a run stopped
+by SIGTERM is traceable too.
 """
 
 from __future__ import annotations
@@ -27,7 +28,10 @@ def record_flow_run(flow, flow_run, state) -> None:
     except SlimError:  # the run failed on its configuration: nothing to trace it to
         return
     run_folder = RunFolder(config.run.output_dir)
-    saved = run_folder.root / "config.yaml"  # as the run resolved it, with its parameters
+    # as this run resolved it, with its parameters (config.yaml may be another run's by now)
+    saved = run_folder.flow_run_config(str(flow_run.id))
+    if not saved.is_file():
+        saved = run_folder.root / "config.yaml"
     resolved = (
         yaml.safe_load(saved.read_text()) if saved.is_file() else config.model_dump(mode="json")
     )

@@ -1,18 +1,34 @@
-"""Retention on the Prefect side: delete flow runs (with their task runs and logs) that started
-before a cutoff, and artifacts created before it. Prefect keeps everything forever otherwise.
+"""Retention on the Prefect side: delete this run folder's finished flow runs (with their task
+runs, logs and artifacts) that started before a cutoff. Prefect keeps everything forever
+otherwise.
 
-Teacher answers and student generations are never touched: they were paid for.
+Only SLIM's own runs of this `output_dir` are candidates: the flow run ids its run manifests
+(`flow-runs/*.json`) name, in a final state. Other projects' runs on a shared server, and runs
+still going, are never touched; nor are teacher answers and student generations (paid for).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
+from uuid import UUID
 
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterStartTime
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    FlowRunFilter,
+    FlowRunFilterId,
+    FlowRunFilterStartTime,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
+from prefect.client.schemas.objects import StateType
 
 PAGE = 200
+FINAL = [StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED]
 
 
 @dataclass
@@ -21,35 +37,52 @@ class PruneReport:
     artifacts: list[str] = field(default_factory=list)
 
 
-def prune_prefect(before: datetime, dry_run: bool = False) -> PruneReport:
+def own_flow_runs(output_dir: str | Path) -> list[UUID]:
+    """The flow runs whose run manifests are in this run folder."""
+    ids = set()
+    for path in (Path(output_dir) / "flow-runs").glob("*.json"):
+        try:
+            ids.add(UUID(json.loads(path.read_text(encoding="utf-8"))["flow_run_id"]))
+        except (ValueError, KeyError, TypeError):
+            continue  # a local run without an id, or a file that is not a manifest
+    return sorted(ids)
+
+
+def prune_prefect(output_dir: str | Path, before: datetime, dry_run: bool = False) -> PruneReport:
     report = PruneReport()
+    candidates = own_flow_runs(output_dir)
+    if not candidates:
+        return report
     with get_client(sync_client=True) as client:
-        old_runs = set()
-        offset = 0
-        while True:  # the API pages at 200
-            runs = client.read_flow_runs(
-                flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(before_=before)),
+        old_runs = []
+        for start in range(0, len(candidates), PAGE):
+            old_runs += client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    id=FlowRunFilterId(any_=candidates[start : start + PAGE]),
+                    start_time=FlowRunFilterStartTime(before_=before),
+                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=FINAL)),
+                ),
                 limit=PAGE,
-                offset=offset,
             )
-            old_runs |= {run.id for run in runs}
-            if len(runs) < PAGE:
-                break
-            offset += PAGE
-        offset = 0
-        while True:
-            page = client.read_artifacts(limit=PAGE, offset=offset)
-            if not page:
-                break
-            for artifact in page:
-                created = artifact.created
-                if artifact.flow_run_id in old_runs or (created is not None and created < before):
-                    report.artifacts.append(str(artifact.id))
-            offset += PAGE
+        run_ids = [run.id for run in old_runs]
+        for start in range(0, len(run_ids), PAGE):
+            offset = 0
+            while True:  # the API pages at 200
+                page = client.read_artifacts(
+                    artifact_filter=ArtifactFilter(
+                        flow_run_id=ArtifactFilterFlowRunId(any_=run_ids[start : start + PAGE])
+                    ),
+                    limit=PAGE,
+                    offset=offset,
+                )
+                report.artifacts += [str(artifact.id) for artifact in page]
+                if len(page) < PAGE:
+                    break
+                offset += PAGE
         if not dry_run:
             for artifact_id in report.artifacts:
                 client.delete_artifact(artifact_id)
-            for run_id in old_runs:
+            for run_id in run_ids:
                 client.delete_flow_run(run_id)
-        report.flow_runs = [str(r) for r in old_runs]
+        report.flow_runs = [str(run_id) for run_id in run_ids]
     return report

@@ -207,11 +207,11 @@ def test_prune_old_runs_artifacts_and_stage_folders(tmp_path):
     first = demo_config(tmp_path, "a.yaml")
     old = prepare_flow(str(first), return_state=True)
     run = RunFolder(tmp_path / "run")
-    killed_writer = _killed_writers_leftover(run.root / "data")
+    killed_writer = _killed_writers_leftover(run.current("data").path)
     changed = demo_config(tmp_path, "a.yaml", k_core_items=2)  # a new data folder is current
     prepare_flow(str(changed), return_state=True)
     assert not killed_writer.exists()  # the next run removed it
-    killed_writer = _killed_writers_leftover(run.root / "data")
+    killed_writer = _killed_writers_leftover(run.current("data").path)
     folders = sorted((run.root / "data").iterdir())
     assert len(folders) == 2
     current = run.read_manifest()["stages"]["data"]
@@ -222,13 +222,20 @@ def test_prune_old_runs_artifacts_and_stage_folders(tmp_path):
     for folder in folders:
         os.utime(folder / "manifest.json", (old_time, old_time))
 
+    from prefect import flow
+
+    @flow(name="another-project")
+    def another_project() -> None:
+        """Someone else's flow on the same server: prune must leave it alone."""
+
+    theirs = another_project(return_state=True).state_details.flow_run_id
     dry = CliRunner().invoke(
         app, ["prune", "-c", str(changed), "--older-than-days", "0", "--dry-run"]
     )
     assert dry.exit_code == 0, dry.output
     assert "would delete" in dry.output and len(list((run.root / "data").iterdir())) == 2
 
-    assert "1 temporary file(s)" in dry.output and killed_writer.exists()
+    assert "1 temporary file(s)" in " ".join(dry.output.split()) and killed_writer.exists()
 
     done = CliRunner().invoke(app, ["prune", "-c", str(changed), "--older-than-days", "0"])
     assert done.exit_code == 0, done.output
@@ -240,6 +247,7 @@ def test_prune_old_runs_artifacts_and_stage_folders(tmp_path):
 
         with pytest.raises(ObjectNotFound):
             client.read_flow_run(old.state_details.flow_run_id)
+        assert client.read_flow_run(theirs).name  # another project's run is still there
 
 
 def test_docker_files_lint_and_compose_is_consistent():
@@ -271,6 +279,21 @@ def test_docker_files_lint_and_compose_is_consistent():
             assert volume.split(":")[0] in compose["volumes"]
     server_env = services["prefect-server"]["environment"]
     assert server_env["PREFECT_API_DATABASE_CONNECTION_URL"].startswith("postgresql+asyncpg://")
+
+    # No container runs as root, no secret has a default, vLLM needs a key the workers have.
+    for dockerfile in dockerfiles:
+        users = [
+            line.split()[1]
+            for line in dockerfile.read_text().splitlines()
+            if line.startswith("USER ")
+        ]
+        assert users and users[-1] not in ("root", "0"), dockerfile.name
+    text = (REPO / "docker" / "compose.yaml").read_text()
+    assert "${POSTGRES_PASSWORD:?" in text and "POSTGRES_PASSWORD:-" not in text
+    assert services["vllm"]["environment"]["VLLM_API_KEY"].startswith("${VLLM_API_KEY:?")
+    assert services["worker-cpu"]["environment"]["VLLM_API_KEY"].startswith("${VLLM_API_KEY:?")
+    ignored = (REPO / ".dockerignore").read_text().split()
+    assert {".venv", "runs", ".git"} <= set(ignored)
     assert (
         services["worker-cpu"]["environment"]["PREFECT_API_URL"] == "http://prefect-server:4200/api"
     )
@@ -292,3 +315,24 @@ def test_run_parameters_override_the_configuration_and_are_saved(tmp_path):
     assert (config.teacher.users, config.teacher.budget_usd, config.student.users) == (5, 1.5, 7)
     saved = load_config(tmp_path / "run" / "config.yaml")
     assert (saved.teacher.users, saved.student.users) == (5, 7)
+
+
+def test_two_configurations_on_one_output_folder_each_keep_their_own_in_the_run_manifest(
+    tmp_path,
+):
+    """config.yaml is the latest run's; each flow run's manifest records the configuration it
+    ran (it read config.yaml, which another configuration's run may have rewritten)."""
+    import json
+
+    from flows.pipeline import prepare_flow
+
+    first = prepare_flow(str(demo_config(tmp_path, "a.yaml")), return_state=True)
+    second = prepare_flow(str(demo_config(tmp_path, "b.yaml", k_core_items=2)), return_state=True)
+    manifests = {}
+    for path in (tmp_path / "run" / "flow-runs").glob("*.json"):
+        manifest = json.loads(path.read_text())
+        manifests[manifest["flow_run_id"]] = manifest["config"]["data"]["k_core_items"]
+    assert manifests == {
+        str(first.state_details.flow_run_id): 3,
+        str(second.state_details.flow_run_id): 2,
+    }

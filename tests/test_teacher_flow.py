@@ -1,5 +1,6 @@
 """The teacher flows on a real Prefect server against the fault-injecting OpenAI-compatible server."""
 
+import json
 import os
 import time
 from pathlib import Path
@@ -376,6 +377,8 @@ def test_sigterm_during_a_retry_after_wait_stops_at_once_and_keeps_the_answers(t
         with contextlib.suppress(ProcessLookupError):
             os.killpg(child.pid, signal.SIGKILL)
     assert fake.settled_calls() == calls  # nothing sent after the stop
+    [manifest] = (Path(config.run.output_dir) / "flow-runs").glob("*.json")
+    assert json.loads(manifest.read_text())["state"] == "Crashed"  # a stopped run is traced
     assert cache.answered_keys() == set(
         prompt_keys(prompts[:10], "openai-compatible:teacher-test", teacher_config_of(config))
     )
