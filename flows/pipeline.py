@@ -215,8 +215,10 @@ def _ask_batches(
             report = report.add(part)
         return report
     for number, batch in enumerate(batches, start=1):  # each batch needs what the last cost
-        remaining = cfg.budget_usd - report.cost_usd
-        report = report.add(teacher_batch_task(config, batch, number, remaining, replay_failed))
+        # the budget is checked against the cache's ledger: every run's spend, this one's too
+        report = report.add(
+            teacher_batch_task(config, batch, number, cfg.budget_usd, replay_failed)
+        )
         if report.stopped_by_budget:
             break
     return report

@@ -203,6 +203,21 @@ teacher_app = typer.Typer(
 app.add_typer(teacher_app, name="teacher")
 
 
+@teacher_app.command("reset-budget")
+def teacher_reset_budget(config: ConfigOption) -> None:
+    """Count the teacher's spend from zero again. `teacher.budget_usd` bounds the spend of
+    every run through the answer cache together; the answers already paid for stay."""
+    from slim_core.config import load_config
+    from slim_core.teacher.stage import answer_cache
+
+    try:
+        resolved = load_config(config)
+    except SlimError as error:
+        raise _fail(error) from None
+    spent = answer_cache(resolved).reset_budget()
+    console.print(f"teacher spend reset: ${spent:.4f} spent before, counting from $0 now")
+
+
 def _print_teacher(result, replayed: int | None = None) -> None:
     from rich.markdown import Markdown
 

@@ -4,7 +4,7 @@
 (with Retry-After 0.05 s; "429:<seconds>" with another), "400", "500", "401", "403", "echo500"
 and "echo401" (the request's Authorization header quoted in the error body, as a careless
 endpoint does), "slow" (sleeps past the client's timeout, then answers), "drop"
-(closes the connection without a reply), "malformed" (200 with a body that is not a completion),
+(closes the connection without a reply), "nousage" (a good answer without `usage`), "malformed" (200 with a body that is not a completion),
 "bad_steps" (a well-formed completion whose text lacks the three steps). After the plan runs out
 every request is "ok". With `required_key`, a request without that Bearer key gets 401.
 The server counts requests per prompt and requests that arrive for a
@@ -183,6 +183,8 @@ class FakeOpenAI:
                         "completion_tokens": len(text.split()),
                     },
                 }
+                if action == "nousage":
+                    del body["usage"]
                 if action != "bad_steps":
                     with fake.lock:
                         fake.answered.add(prompt)

@@ -382,3 +382,20 @@ def test_sigterm_during_a_retry_after_wait_stops_at_once_and_keeps_the_answers(t
     assert cache.answered_keys() == set(
         prompt_keys(prompts[:10], "openai-compatible:teacher-test", teacher_config_of(config))
     )
+
+
+def test_reset_budget_command_starts_the_spend_from_zero(tmp_path, fake):
+    from typer.testing import CliRunner
+
+    from slim_cli.app import app
+    from slim_core.config import load_config
+    from slim_core.teacher.stage import answer_cache
+
+    path = teacher_config(tmp_path, fake)
+    cache = answer_cache(load_config(path))
+    row = {"key": "k", "user_idx": 1, "cutoff": 3, "model": "m", "template_version": "v"}
+    cache.write_answers([row | {"answer": "a", "created_at": "t", "cost_usd": 0.25}])
+    done = CliRunner().invoke(app, ["teacher", "reset-budget", "-c", str(path)])
+    assert done.exit_code == 0, done.output
+    assert "$0.2500 spent before" in done.output and cache.spent_usd() == 0
+    assert cache.answered_keys() == {"k"}  # what was paid for stays

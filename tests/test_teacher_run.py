@@ -8,6 +8,7 @@ from slim_core.llm.openai_http import OpenAICompatibleBackend
 from slim_core.prompts import Prompt
 from slim_core.teacher.cache import AnswerCache
 from slim_core.teacher.run import Prices, ask_teacher
+from tests.fake_openai import GOOD_ANSWER
 
 PROMPTS = [
     Prompt(
@@ -26,15 +27,10 @@ def server(fake_openai):
     return fake_openai
 
 
-def teacher(server):
+def teacher(server, **overrides):
+    settings = {"timeout_s": 1.5, "max_retries": 2, "backoff_s": 0.01, "max_concurrency": 8}
     return OpenAICompatibleBackend(
-        base_url=server.url,
-        model="t",
-        api_key_env=None,
-        timeout_s=1.5,
-        max_retries=2,
-        backoff_s=0.01,
-        max_concurrency=8,
+        base_url=server.url, model="t", api_key_env=None, **{**settings, **overrides}
     )
 
 
@@ -184,3 +180,50 @@ def test_streamed_answers_are_written_batch_by_batch(server, tmp_path):
     assert sorted(pq.read_metadata(f).num_rows for f in files) == [8, 16, 16]
     assert report.answered == 40 and len(cache.answered_keys()) == 40
     assert all(calls == 1 for calls in server.calls.values())
+
+
+def test_the_budget_bounds_the_spend_of_every_run_until_reset(server, tmp_path):
+    """Three runs with budget_usd 0.005 spent $0.0131: the budget was per run."""
+    server.reset()
+    cache = AnswerCache(tmp_path)
+    prices = Prices(input_per_1k=1.0, output_per_1k=1.0)
+
+    def run(prompts):
+        return ask_teacher(
+            prompts, teacher(server), cache, Decoding(max_tokens=64), batch_size=8,
+            prices=prices, budget_usd=0.7,
+        )  # fmt: skip
+
+    first = run(PROMPTS[:8])  # $0.16 spent; a batch is estimated at $0.576
+    assert first.answered == 8 and cache.spent_usd() == pytest.approx(0.16)
+    second = run(PROMPTS[8:16])  # another run: 0.16 + 0.576 would pass 0.7
+    assert second.stopped_by_budget and second.answered == 0
+    assert server.settled_calls() == 8
+    assert cache.reset_budget() == pytest.approx(0.16) and cache.spent_usd() == 0
+    third = run(PROMPTS[8:16])
+    assert third.answered == 8 and cache.spent_usd() == pytest.approx(0.16)
+
+
+def test_replies_without_usage_and_billed_failures_are_charged(server, tmp_path, caplog):
+    """A reply without `usage` counted as $0, and so did a timeout after the request was sent;
+    both are now charged by an estimate, with a warning, and recorded in the ledger."""
+    from slim_core.teacher.run import estimated_tokens
+
+    server.reset({"p0": ["nousage"], "p1": ["slow"] * 5})
+    cache = AnswerCache(tmp_path)
+    prompts = [Prompt(n, 5, "teacher-v2", f"p{n}", (1, 2)) for n in range(2)]
+    prices = Prices(input_per_1k=1.0, output_per_1k=1.0)
+    with caplog.at_level("WARNING", logger="slim_core.teacher"):
+        report = ask_teacher(
+            prompts, teacher(server, timeout_s=0.5, max_retries=0), cache,
+            Decoding(max_tokens=64), batch_size=8, prices=prices,
+        )  # fmt: skip
+    assert report.answered == 1 and report.failed == 1 and report.estimated_calls == 2
+    answer_cost = (estimated_tokens("p0") + estimated_tokens(GOOD_ANSWER)) / 1000
+    failure_cost = (estimated_tokens("p1") + 64) / 1000
+    assert report.cost_usd == pytest.approx(answer_cost + failure_cost)
+    assert cache.spent_usd() == pytest.approx(answer_cost + failure_cost)
+    [answer] = cache.read_answers()
+    [failure] = cache.dead_letters()
+    assert answer["cost_estimated"] and failure["cost_estimated"]
+    assert "charged by an estimate" in caplog.text

@@ -48,6 +48,9 @@ class GenerationFailure:
     attempts: int
     raw: str | None = None
     status: int | None = None  # the HTTP status of the last reply, where there was one
+    # The endpoint may have billed it: the request was sent and no error status came back (a
+    # timeout while it answered, a 200 reply cut short). Counted against the budget.
+    billed: bool = False
 
 
 class LLMBackend(Protocol):

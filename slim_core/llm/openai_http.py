@@ -246,7 +246,7 @@ class OpenAICompatibleBackend:
                 **params,
             }
         ).encode()
-        error, status = "not attempted", None
+        error, status, billed = "not attempted", None, False
         for attempt in range(1, self.max_retries + 2):
             wait: float | None = None
             client = await runner.idle.get()  # waiting for a free connection is not timed
@@ -259,7 +259,7 @@ class OpenAICompatibleBackend:
                             "POST", runner.url, headers=runner.headers, content=content
                         )
                 except (TimeoutError, httpcore.TimeoutException):
-                    status = None
+                    status, billed = None, True  # it may have been answering, and billing
                     error = f"TimeoutError: no complete reply within {self.timeout_s} s"
                 except (httpcore.NetworkError, httpcore.ProtocolError, OSError) as exc:
                     status = None
@@ -269,7 +269,7 @@ class OpenAICompatibleBackend:
                     if status == 200:
                         parsed = _parse(response.content)
                         if isinstance(parsed, str):
-                            error = _redacted(parsed, runner)
+                            error, billed = _redacted(parsed, runner), True
                         else:
                             text, tokens_in, tokens_out = parsed
                             return Generation(
@@ -296,7 +296,7 @@ class OpenAICompatibleBackend:
                 delay = min(self.max_backoff_s, delay * (1 + 0.25 * random.random()))
                 log.info("retrying in %.2f s after: %s", delay, error)
                 await asyncio.sleep(delay)
-        return GenerationFailure(error, self.max_retries + 1, status=status)
+        return GenerationFailure(error, self.max_retries + 1, status=status, billed=billed)
 
 
 class _LoopRunner:

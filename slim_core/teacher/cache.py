@@ -8,7 +8,9 @@
 
 Every batch is its own file, renamed into place only when complete, so a crash or kill loses at
 most the batch being collected (and the requests in flight) and a rerun pays only for prompts
-without an answer. The key is a hash
+without an answer. Every row carries what its prompt cost (`cost_usd`), so the files are also
+the spend ledger: `spent_usd()` sums them across runs, less what `reset_budget()` set aside.
+The key is a hash
 of (model, template version, prompt text, decoding parameters): change any of them and the
 prompt is asked again; change nothing and it never is.
 """
@@ -24,7 +26,9 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from storage import atomic_path, canonical_hash
+from storage import atomic_path, canonical_hash, write_json_atomic
+
+BUDGET_RESET = "budget-reset.json"
 
 ANSWER_COLUMNS = {
     "key": pa.string(),
@@ -38,6 +42,8 @@ ANSWER_COLUMNS = {
     "latency_s": pa.float64(),
     "attempts": pa.int32(),
     "created_at": pa.string(),
+    "cost_usd": pa.float64(),  # every attempt of this prompt, billed or estimated
+    "cost_estimated": pa.bool_(),  # some of it estimated (no `usage` in a reply)
 }
 FAILURE_COLUMNS = {
     "key": pa.string(),
@@ -49,6 +55,8 @@ FAILURE_COLUMNS = {
     "raw_answer": pa.string(),
     "attempts": pa.int32(),
     "failed_at": pa.string(),
+    "cost_usd": pa.float64(),  # what the failed attempts may have been billed
+    "cost_estimated": pa.bool_(),
 }
 
 
@@ -84,6 +92,41 @@ class AnswerCache:
             rows = con.execute("SELECT DISTINCT key FROM read_parquet(?)", [pattern]).fetchall()
         return {row[0] for row in rows}
 
+    def _spent(self, where: Path) -> float:
+        pattern = self._glob(where)
+        if pattern is None:
+            return 0.0
+        with duckdb.connect() as con:  # files from before the ledger have no cost column
+            columns = {
+                row[0]
+                for row in con.execute(
+                    "DESCRIBE SELECT * FROM read_parquet(?, union_by_name = true)", [pattern]
+                ).fetchall()
+            }
+            if "cost_usd" not in columns:
+                return 0.0
+            total = con.execute(
+                "SELECT coalesce(sum(cost_usd), 0) FROM read_parquet(?, union_by_name = true)",
+                [pattern],
+            ).fetchone()[0]
+        return float(total)
+
+    def spent_usd(self) -> float:
+        """What every run has spent through this cache since the last `reset_budget()`."""
+        return self._spent(self.answers) + self._spent(self.failures) - self._reset_at()
+
+    def reset_budget(self) -> float:
+        """Start counting the spend from zero (the answers stay); returns what was spent."""
+        spent = self.spent_usd()
+        write_json_atomic(self.folder / BUDGET_RESET, {"set_aside_usd": spent + self._reset_at()})
+        return spent
+
+    def _reset_at(self) -> float:
+        try:
+            return float(json.loads((self.folder / BUDGET_RESET).read_text())["set_aside_usd"])
+        except FileNotFoundError:
+            return 0.0
+
     def answered_keys(self) -> set[str]:
         return self._keys(self.answers)
 
@@ -107,7 +150,7 @@ class AnswerCache:
             return []
         with duckdb.connect() as con:
             result = con.execute(
-                "SELECT * FROM read_parquet(?) "
+                "SELECT * FROM read_parquet(?, union_by_name = true) "
                 f"QUALIFY row_number() OVER (PARTITION BY key ORDER BY {order}) = 1 ORDER BY key",
                 [pattern],
             )

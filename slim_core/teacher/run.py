@@ -8,8 +8,11 @@ times; answers and failures are written `batch_size` at a time, one file each, s
 at most one batch of answers and the requests in flight. A backend that streams its answers
 (`generate_each`: the HTTP client) gets every prompt at once and keeps its connections busy
 while a batch is written; others (local models) get one batch per call. With `budget_usd`,
-prompts go batch by batch and the run stops cleanly before a batch would push the estimated cost
-over the budget.
+prompts go batch by batch and the run stops cleanly before a batch would push the spend over
+the budget. The spend is the cache's ledger (every run through this cache, `slim teacher
+reset-budget` starts it again), not this run's alone. A reply without `usage` is charged by an
+estimate from its text, and so is a failure the endpoint may have billed (a timeout while it
+answered, a reply cut short), at the prompt plus `max_tokens`.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ class TeacherReport:
     cost_usd: float = 0.0
     latencies_s: list[float] = field(default_factory=list)
     stopped_by_budget: bool = False
+    estimated_calls: int = 0  # calls charged by an estimate (no `usage`, or a billed failure)
 
     def add(self, other: TeacherReport) -> TeacherReport:
         """The sum of two reports (batches of one run)."""
@@ -66,6 +70,7 @@ class TeacherReport:
             self.cost_usd + other.cost_usd,
             self.latencies_s + other.latencies_s,
             self.stopped_by_budget or other.stopped_by_budget,
+            self.estimated_calls + other.estimated_calls,
         )
 
     def latency_percentiles(self) -> dict[str, float]:
@@ -76,6 +81,41 @@ class TeacherReport:
             f"p{q}": ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
             for q in (50, 90, 99)
         }
+
+
+def estimated_tokens(text: str) -> int:
+    """Tokens in `text` by OpenAI's rule of thumb (about 4 characters a token): for replies
+    without `usage`, where the endpoint's tokenizer is not at hand."""
+    return max(1, -(-len(text) // 4))
+
+
+@dataclass
+class _Charges:
+    """What each prompt cost over its attempts, until its row is written with it."""
+
+    report: TeacherReport
+    prices: Prices
+    max_tokens: int
+    open: dict[str, tuple[float, bool]] = field(default_factory=dict)
+
+    def charge(self, key: str, prompt: Prompt, result: Generation | GenerationFailure) -> None:
+        tokens_in, tokens_out, estimated = 0, 0, False
+        if isinstance(result, Generation):
+            tokens_in, tokens_out = result.tokens_in, result.tokens_out
+            if not tokens_in and not tokens_out:  # the reply had no `usage`
+                tokens_in, tokens_out = estimated_tokens(prompt.text), estimated_tokens(result.text)
+                estimated = True
+        elif result.billed:
+            tokens_in, tokens_out, estimated = estimated_tokens(prompt.text), self.max_tokens, True
+        cost = self.prices.cost(tokens_in, tokens_out)
+        self.report.cost_usd += cost
+        self.report.estimated_calls += estimated
+        usd, was_estimated = self.open.get(key, (0.0, False))
+        self.open[key] = (usd + cost, was_estimated or estimated)
+
+    def settle(self, key: str) -> dict[str, float | bool]:
+        usd, estimated = self.open.pop(key, (0.0, False))
+        return {"cost_usd": usd, "cost_estimated": estimated}
 
 
 def _now() -> str:
@@ -104,6 +144,7 @@ def ask_teacher(
     (student rationales: the recommenders can still read its text).
     """
     report = TeacherReport(requested=len(prompts))
+    charges = _Charges(report, prices, decoding.max_tokens)
     done = cache.answered_keys()
     if skip_failed:
         done |= cache.failed_keys()
@@ -122,9 +163,10 @@ def ask_teacher(
     if stream is not None and budget_usd is None:
         _ask_streaming(
             todo, stream, backend.model_id, cache, decoding, batch_size,
-            malformed_retries, report, prices, require_steps, bar, progress,
+            malformed_retries, charges, require_steps, bar, progress,
         )  # fmt: skip
         bar.close()
+        _warn_estimates(report, prices)
         return report
     for start in range(0, len(todo), batch_size):
         batch = todo[start : start + batch_size]
@@ -132,17 +174,19 @@ def ask_teacher(
             estimate = prices.cost(
                 sum(len(p.text.split()) * 2 for _, p in batch), decoding.max_tokens * len(batch)
             )
-            if report.cost_usd + estimate > budget_usd:
+            spent = cache.spent_usd()  # every run's, from the ledger
+            if spent + estimate > budget_usd:
                 log.warning(
-                    "budget: stopping before a batch estimated at $%.4f would pass $%.2f (spent $%.4f)",
+                    "budget: stopping before a batch estimated at $%.4f would pass $%.2f (spent "
+                    "$%.4f through this cache; `slim teacher reset-budget` starts again)",
                     estimate,
                     budget_usd,
-                    report.cost_usd,
+                    spent,
                 )
                 report.stopped_by_budget = True
                 break
         answers, failures = _ask_batch(
-            batch, backend, decoding, malformed_retries, report, prices, require_steps
+            batch, backend, decoding, malformed_retries, charges, require_steps
         )
         cache.write_answers(answers)
         cache.write_failures(failures)
@@ -155,7 +199,17 @@ def ask_teacher(
             len(failures),
         )
     bar.close()
+    _warn_estimates(report, prices)
     return report
+
+
+def _warn_estimates(report: TeacherReport, prices: Prices) -> None:
+    if report.estimated_calls and (prices.input_per_1k or prices.output_per_1k):
+        log.warning(
+            "%d call(s) charged by an estimate (a reply without `usage`, or a failure the "
+            "endpoint may have billed): about 4 characters a token, max_tokens for failures",
+            report.estimated_calls,
+        )
 
 
 def _ask_streaming(
@@ -166,8 +220,7 @@ def _ask_streaming(
     decoding: Decoding,
     batch_size: int,
     malformed_retries: int,
-    report: TeacherReport,
-    prices: Prices,
+    charges: _Charges,
     require_steps: bool,
     bar: tqdm,
     progress: str | None,
@@ -177,6 +230,7 @@ def _ask_streaming(
     failures: list[dict] = []
     attempts = {key: 0 for key, _ in todo}
     written = 0
+    report = charges.report
 
     def write() -> None:
         nonlocal written
@@ -209,7 +263,7 @@ def _ask_streaming(
                     key, prompt = pending[index]
                     attempts[key] += result.attempts
                     outcome = _settle(
-                        key, prompt, result, model_id, attempts[key], report, prices, require_steps,
+                        key, prompt, result, model_id, attempts[key], charges, require_steps,
                         last_round=round_ == malformed_retries,
                     )  # fmt: skip
                     if outcome is None:
@@ -231,8 +285,7 @@ def _settle(
     result: Generation | GenerationFailure,
     model_id: str,
     attempts: int,
-    report: TeacherReport,
-    prices: Prices,
+    charges: _Charges,
     require_steps: bool,
     last_round: bool,
 ) -> dict | None:
@@ -244,7 +297,9 @@ def _settle(
         "model": model_id,
         "template_version": prompt.version,
     }
+    report = charges.report
     report.calls += result.attempts
+    charges.charge(key, prompt, result)
     if isinstance(result, GenerationFailure):
         return {
             **common,
@@ -252,10 +307,10 @@ def _settle(
             "raw_answer": result.raw,
             "attempts": attempts,
             "failed_at": _now(),
+            **charges.settle(key),
         }
     report.tokens_in += result.tokens_in
     report.tokens_out += result.tokens_out
-    report.cost_usd += prices.cost(result.tokens_in, result.tokens_out)
     report.latencies_s.append(result.latency_s)
     if not require_steps or parse_rationale(result.text) is not None:
         return {
@@ -266,6 +321,7 @@ def _settle(
             "latency_s": result.latency_s,
             "attempts": attempts,
             "created_at": _now(),
+            **charges.settle(key),
         }
     if not last_round:
         return None
@@ -275,6 +331,7 @@ def _settle(
         "raw_answer": result.text,
         "attempts": attempts,
         "failed_at": _now(),
+        **charges.settle(key),
     }
 
 
@@ -283,8 +340,7 @@ def _ask_batch(
     backend: LLMBackend,
     decoding: Decoding,
     malformed_retries: int,
-    report: TeacherReport,
-    prices: Prices,
+    charges: _Charges,
     require_steps: bool = True,
 ) -> tuple[list[dict], list[dict]]:
     answers: list[dict] = []
@@ -297,7 +353,7 @@ def _ask_batch(
         for (key, prompt), result in zip(pending, results, strict=True):
             attempts[key] += result.attempts
             outcome = _settle(
-                key, prompt, result, backend.model_id, attempts[key], report, prices,
+                key, prompt, result, backend.model_id, attempts[key], charges,
                 require_steps, last_round=round_ == malformed_retries,
             )  # fmt: skip
             if outcome is None:
@@ -307,6 +363,6 @@ def _ask_batch(
         pending = again
         if not pending:
             break
-    report.answered += len(answers)
-    report.failed += len(failures)
+    charges.report.answered += len(answers)
+    charges.report.failed += len(failures)
     return answers, failures
