@@ -406,7 +406,12 @@ class TeacherConfig(_Strict):
     )
     price_input_per_1k: float = Field(0.0, ge=0, description="USD per 1,000 prompt tokens.")
     price_output_per_1k: float = Field(0.0, ge=0, description="USD per 1,000 answer tokens.")
-    budget_usd: float | None = Field(None, gt=0, description="Stop cleanly before spending more.")
+    budget_usd: float | None = Field(
+        None,
+        gt=0,
+        description="Stop cleanly before the spend of every run through this teacher's answer "
+        "cache would pass this (`slim teacher reset-budget` counts from zero again).",
+    )
 
     @model_validator(mode="after")
     def _steps_fit(self) -> TeacherConfig:
