@@ -9,6 +9,7 @@ had uncommitted changes).
 
 from __future__ import annotations
 
+import functools
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,8 +23,13 @@ from storage.manifest import package_versions
 FOLDER = "flow-runs"
 
 
+@functools.cache
 def git_commit(where: Path) -> dict[str, Any] | None:
-    """HEAD of the repository holding `where` and whether its tree was dirty; None outside git."""
+    """HEAD of the repository holding `where` and whether its tree was dirty; None outside git.
+
+    Read once per process: a run's manifest is written when it ends, and the commit it names
+    must be the code the process loaded, not one checked out while it ran (`CODE` below is read
+    when this module is imported)."""
     try:
         head = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=10
@@ -74,7 +80,10 @@ def write_run_manifest(
             "seeds": seeds,
             "stages": run_folder.read_manifest().get("stages", {}),
             "versions": package_versions(),
-            "code": git_commit(Path(__file__).resolve().parent),
+            "code": CODE,
         },
     )
     return path
+
+
+CODE = git_commit(Path(__file__).resolve().parent)  # the code this process runs
