@@ -391,6 +391,49 @@ def prune(
         console.print(f"  {path}")
 
 
+rationales_app = typer.Typer(
+    help="The run's rationales: how well each one's text points at the next item.",
+    no_args_is_help=True,
+)
+app.add_typer(rationales_app, name="rationales")
+
+
+@rationales_app.command("score")
+def rationales_score(
+    config: ConfigOption,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Also write the rows as JSON here.")
+    ] = None,
+) -> None:
+    """Zero-shot score of every rationale, no training: rank all items by cosine between the
+    rationale's vector and the item text vectors (history excluded); the target is the item at
+    the rationale's cutoff. Beside it, two controls on the same pairs without an LLM: the mean of
+    the shown history items' text vectors, and the last shown item's."""
+    import json
+    from dataclasses import asdict
+
+    from slim_core.config import load_config
+    from slim_core.rationale_score import markdown_table, score_run
+    from storage import RunFolder
+
+    try:
+        resolved = load_config(config)
+        shown = {
+            source: section.max_history_items
+            for source, section in (("teacher", resolved.teacher), ("student", resolved.student))
+            if section is not None
+        }
+        rows = score_run(RunFolder(resolved.run.output_dir), shown)
+    except SlimError as error:
+        raise _fail(error) from None
+    from rich.markdown import Markdown
+
+    console.print("Zero-shot NDCG@10 (%), full ranking, history excluded:")
+    console.print(Markdown(markdown_table(rows)))
+    if json_path is not None:
+        json_path.write_text(json.dumps({"rows": [asdict(r) for r in rows]}, indent=2) + "\n")
+
+
 models_app = typer.Typer(
     help="Real small models shipped in PyPI packages (fetched without a model hub).",
     no_args_is_help=True,

@@ -233,6 +233,15 @@ def examples_markdown(teacher_file: Path | None, student_file: Path | None, coun
     return "\n".join(out) + "\n" if out else ""
 
 
+ZERO_SHOT_NOTE = (
+    "Each rationale's vector ranks every item by cosine against the item text vectors; the "
+    "target is the item at its cutoff. The two controls use no LLM and the same (user, cutoff) "
+    "pairs: the mean text vector of the history items the prompt showed, and the last one's. A "
+    "rationale below them adds nothing the history's text does not say "
+    "(`slim rationales score -c CONFIG`)."
+)
+
+
 def write_report(
     folder: Path,
     *,
@@ -245,6 +254,7 @@ def write_report(
     student: dict[str, Any] | None = None,
     student_file: Path | None = None,
     quality: str | None = None,
+    zero_shot: str | None = None,
     timings: dict[str, float] | None = None,
 ) -> Report:
     """Write report.md, ndcg.png and sparsity.png into `folder`."""
@@ -283,6 +293,12 @@ def write_report(
         sections += [
             "## Student quality on held-out teacher pairs\n",
             quality,
+        ]
+    if zero_shot:
+        sections += [
+            "## Rationales scored zero-shot (NDCG@10, %, full ranking, history excluded)\n",
+            ZERO_SHOT_NOTE + "\n",
+            zero_shot + "\n",
         ]
     examples = examples_markdown(teacher_file, student_file)
     if examples:

@@ -15,12 +15,15 @@ from prefect.artifacts import create_markdown_artifact
 
 from slim_core.config import SlimConfig
 from slim_core.data import DataStageResult
+from slim_core.errors import DataError
+from slim_core.rationale_score import markdown_table, score_run
 from slim_core.rec.data import load_sequence_data
 from slim_core.rec.pipeline import RecommenderResult, protocol_note
-from slim_core.report import Report, write_report
+from slim_core.report import ZERO_SHOT_NOTE, Report, write_report
 from slim_core.student.inference import StudentInferenceResult
 from slim_core.student.stage import StudentModel, quality_markdown
 from slim_core.teacher.stage import TeacherStageResult
+from storage import RunFolder
 
 
 def embed_images(markdown: str, folder: Path) -> str:
@@ -47,7 +50,9 @@ def report_task(
     student: StudentInferenceResult | None = None,
     timings: dict[str, float] | None = None,
 ) -> Report:
-    """Results, SLIM's improvement, sparsity groups, cost and latency, example rationales."""
+    """Results, SLIM's improvement, sparsity groups, cost and latency, zero-shot rationale
+    scores, example rationales."""
+    zero_shot = _zero_shot(config)
     report = write_report(
         config.run.output_dir / "report",
         title=f"SLIM report: {config.run.name}",
@@ -59,11 +64,34 @@ def report_task(
         student=None if student is None else student.summary,
         student_file=None if student is None else student.rationales,
         quality=None if student_model is None else quality_markdown(student_model.quality),
+        zero_shot=zero_shot,
         timings=timings,
     )
+    if zero_shot and student_model is not None:  # the fine-tuning's artifact, completed
+        create_markdown_artifact(
+            key="student-quality",
+            markdown=f"# Student quality\n\n{quality_markdown(student_model.quality)}\n\n"
+            f"## Rationales scored zero-shot (NDCG@10, %)\n\n{ZERO_SHOT_NOTE}\n\n{zero_shot}\n",
+            description="Held-out quality against the teacher, and every rationale's zero-shot score",
+        )
     create_markdown_artifact(
         key="slim-report",
         markdown=embed_images(report.markdown, report.folder) + f"\n\nFolder: `{report.folder}`\n",
         description="Every variant under both protocols, SLIM's gain, sparsity, cost, examples",
     )
     return report
+
+
+def _zero_shot(config: SlimConfig) -> str | None:
+    """The zero-shot table of the run's rationales, or None when the run has none."""
+    shown = {
+        source: section.max_history_items
+        for source, section in (("teacher", config.teacher), ("student", config.student))
+        if section is not None
+    }
+    if not shown:
+        return None
+    try:
+        return markdown_table(score_run(RunFolder(config.run.output_dir), shown))
+    except DataError:  # no rationale vectors in this run (no LLM variants)
+        return None

@@ -145,6 +145,7 @@ def test_whole_pipeline_then_cached_rerun(tmp_path, fake_openai, monkeypatch):
         "By history length",
         "Cost and latency",
         "Student quality",
+        "Rationales scored zero-shot",
         "Example rationales",
     ):
         assert heading in text
@@ -163,6 +164,21 @@ def test_whole_pipeline_then_cached_rerun(tmp_path, fake_openai, monkeypatch):
     assert manifest["data_fingerprint"] == out["data"].key
     assert {"torch", "prefect", "duckdb"} <= set(manifest["versions"])
     assert len(manifest["code"]["commit"]) == 40 and "recommenders" in manifest["stages"]
+
+    # Every rationale scored zero-shot, beside the controls on the same pairs, from the CLI.
+    from typer.testing import CliRunner
+
+    from slim_cli.app import app
+
+    scored = CliRunner().invoke(
+        app, ["rationales", "score", "-c", str(path), "--json", str(tmp_path / "z.json")]
+    )
+    assert scored.exit_code == 0, scored.output
+    zero_shot = json.loads((tmp_path / "z.json").read_text())["rows"]
+    parts = {(r["source"], r["part"]) for r in zero_shot}
+    assert {("teacher", "full"), ("student", "full"), ("student", "history")} <= parts
+    assert {("teacher", "last_item")} <= parts and "history mean" in scored.output
+    assert all(0 <= r["ndcg10"] <= r["hit10"] <= 100 and r["rationales"] > 0 for r in zero_shot)
 
     # Rerun with nothing changed: no LLM loads, no teacher call (not even for the dead letter:
     # `slim teacher retry-failed` replays those), every task cached or trivial.

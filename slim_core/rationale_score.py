@@ -1,0 +1,161 @@
+"""A score for every rationale without training anything: does its text point at the next item?
+
+For each rationale at (user, cutoff), its vector (the full text, or one step) ranks every item by
+cosine against the item text vectors, with the user's history before the cutoff excluded, and
+the item at the cutoff (the one the rationale was written to help predict) is the target.
+NDCG@10, Hit@10 and MRR over a source's rationales say how much the text alone points at it.
+
+Two controls without an LLM are scored on the very same (user, cutoff) pairs: the mean of the
+text vectors of the history items the prompt showed (`history`), and the text vector of the
+last of them (`last item`). A rationale that does not beat them adds nothing the history's own
+text does not say. Nothing is encoded here: the pipeline's vectors are read as they are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from slim_core.errors import DataError
+from slim_core.rationale_vectors import PARTS
+from slim_core.rec.data import SequenceData, load_sequence_data
+from slim_core.rec.metrics import full_ranks, metrics_from_ranks
+from slim_core.vectors import UserVectors, read_item_vectors, read_user_vectors
+from storage import RunFolder
+
+CONTROLS = ("history", "last_item")
+
+
+@dataclass(frozen=True)
+class ZeroShot:
+    """One row: a source's rationales (or a control on the same pairs) scored zero-shot."""
+
+    source: str  # teacher | student
+    part: str  # full | step1..3 | history | last_item
+    rationales: int
+    ndcg10: float  # %
+    hit10: float  # %
+    mrr: float  # %
+
+
+def zero_shot_scores(
+    data: SequenceData,
+    item_vectors: np.ndarray,
+    sources: dict[str, Path],
+    history_items: int,
+) -> list[ZeroShot]:
+    """Rows for every source (a folder of `{part}.parquet` rationale vectors) and part, then the
+    two controls on the pairs of that source's full rationales. `item_vectors` is
+    [n_items + 1, dim] by item_idx; `history_items` is how many history items a prompt shows."""
+    row_of = {int(user): row for row, user in enumerate(data.user_idx.tolist())}
+    items = _unit(torch.as_tensor(item_vectors))
+    rows = []
+    for source, folder in sources.items():
+        pairs: list[tuple[int, int]] = []
+        for part in PARTS:
+            vectors = read_user_vectors(folder / f"{part}.parquet", item_vectors.shape[1])
+            scored = _pairs(vectors, data, row_of)
+            if part == "full":
+                pairs = scored
+            if scored:
+                queries = torch.as_tensor(np.stack([vectors.get(u, c) for u, c in scored]))
+                rows.append(_score(source, part, queries, scored, data, row_of, items))
+        if not pairs:
+            continue
+        shown = [_shown(data, row_of[u], c, history_items) for u, c in pairs]
+        history = torch.stack([items[torch.as_tensor(s)].mean(dim=0) for s in shown])
+        last = torch.stack([items[s[-1]] for s in shown])
+        rows.append(_score(source, "history", history, pairs, data, row_of, items))
+        rows.append(_score(source, "last_item", last, pairs, data, row_of, items))
+    return rows
+
+
+def _pairs(
+    vectors: UserVectors, data: SequenceData, row_of: dict[int, int]
+) -> list[tuple[int, int]]:
+    """The (user_idx, cutoff) pairs with a vector and an item at the cutoff to predict."""
+    return sorted(
+        (u, c) for u, c in vectors.index if u in row_of and 0 < c < len(data.sequences[row_of[u]])
+    )
+
+
+def _shown(data: SequenceData, row: int, cutoff: int, history_items: int) -> list[int]:
+    sequence = data.sequences[row]
+    return [int(i) for i in sequence[max(0, cutoff - history_items) : cutoff]]
+
+
+def _unit(matrix: torch.Tensor) -> torch.Tensor:
+    return matrix.float() / matrix.float().norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def _score(
+    source: str,
+    part: str,
+    queries: torch.Tensor,
+    pairs: list[tuple[int, int]],
+    data: SequenceData,
+    row_of: dict[int, int],
+    items: torch.Tensor,
+) -> ZeroShot:
+    scores = _unit(queries) @ items.T  # cosine; row 0 (padding) is never a candidate
+    targets = torch.as_tensor([int(data.sequences[row_of[u]][c]) for u, c in pairs])
+    longest = max(c for _, c in pairs)
+    history = torch.zeros(len(pairs), longest, dtype=torch.long)  # 0 = padding
+    for n, (u, c) in enumerate(pairs):
+        history[n, :c] = torch.as_tensor(data.sequences[row_of[u]][:c])
+    metrics = metrics_from_ranks(full_ranks(scores, targets, history), ks=[10])
+    return ZeroShot(
+        source,
+        part,
+        len(pairs),
+        100 * metrics["ndcg@10"],
+        100 * metrics["hit@10"],
+        100 * metrics["mrr"],
+    )
+
+
+def markdown_table(rows: list[ZeroShot]) -> str:
+    """One line per source: NDCG@10 of each part and of the two controls on the same pairs."""
+    columns = [*PARTS, *CONTROLS]
+    names = {"history": "history mean (no LLM)", "last_item": "last item (no LLM)"}
+    header = " | ".join(names.get(c, c) for c in columns)
+    lines = [
+        f"| source | rationales | {header} |",
+        "|---|---:|" + "---:|" * len(columns),
+    ]
+    for source in dict.fromkeys(r.source for r in rows):
+        mine = {r.part: r for r in rows if r.source == source}
+        count = mine["full"].rationales if "full" in mine else 0
+        cells = [f"{mine[c].ndcg10:.2f}" if c in mine else "—" for c in columns]
+        lines.append(f"| {source} | {count} | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
+def score_run(run: RunFolder, history_items: dict[str, int]) -> list[ZeroShot]:
+    """Score the current rationale vectors of a run folder; `history_items` per source (how many
+    history items its prompts show: `teacher.max_history_items`, `student.max_history_items`)."""
+    data_stage, encode = run.current("data"), run.current("encode")
+    if data_stage is None or encode is None:
+        raise DataError(
+            "no current data or item-vector stage: run the pipeline first", path=run.root
+        )
+    data = load_sequence_data(data_stage.path)
+    item_vectors, _ = read_item_vectors(
+        encode.file("item_vectors.parquet"), data.n_items, require_all=False
+    )
+    sources = {}
+    for source in history_items:
+        stage = run.current(f"rationale-vectors-{source}")
+        if stage is not None:
+            sources[source] = stage.path
+    if not sources:
+        raise DataError(
+            "no rationale vectors in this run: run the teacher / student stages", path=run.root
+        )
+    rows = []
+    for source, folder in sources.items():
+        rows += zero_shot_scores(data, item_vectors, {source: folder}, history_items[source])
+    return rows
