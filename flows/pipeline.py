@@ -35,7 +35,7 @@ from slim_core.student.inference import StudentInferenceResult, student_prompts
 from slim_core.student.stage import StudentModel, current_student, student_config
 from slim_core.teacher.run import TeacherReport
 from slim_core.teacher.stage import answer_cache, prompt_keys, teacher_config, teacher_prompts
-from storage import RunFolder, remove_stale_temp_files
+from storage import RunFolder, code_version, remove_stale_temp_files
 from tasks.data import run_prepare_data
 from tasks.manifest import record_flow_run
 from tasks.recommend import (
@@ -74,6 +74,7 @@ def _load(
 ) -> SlimConfig:
     """Validate the configuration, apply the run's parameters (what deployments let users change
     per run), and save it, resolved, beside the run's outputs."""
+    code_version()  # the commit this process started with: its run manifest names it
     config = load_config(config_path)
     teacher = {"users": teacher_users, "budget_usd": budget_usd}
     for section, values in (("teacher", teacher), ("student", {"users": student_users})):

@@ -198,8 +198,8 @@ class DataConfig(_Strict):
     duckdb_threads: int | None = Field(None, ge=1, description="DuckDB threads (default: all).")
     duckdb_memory_limit: str | None = Field(
         None,
-        pattern=r"^\s*\d+(\.\d+)?\s*([KMGT]i?B|B)\s*$",
-        description="DuckDB memory limit, e.g. '1GB' or '512MiB'.",
+        pattern=r"(?i)^\s*\d+(\.\d+)?\s*(%|b|bytes|[kmgt]i?b?)\s*$",
+        description="DuckDB memory limit, e.g. '1GB', '512MiB', '8G' or '80%'.",
     )
 
 

@@ -13,7 +13,7 @@ from storage.catalog import open_catalog
 from storage.fingerprint import canonical_hash, file_fingerprint
 from storage.layout import RunFolder, StageFolder
 from storage.manifest import package_versions
-from storage.run_manifest import git_commit, write_run_manifest
+from storage.run_manifest import code_version, git_commit, write_run_manifest
 
 __all__ = [
     "RunFolder",
@@ -24,6 +24,7 @@ __all__ = [
     "canonical_hash",
     "file_fingerprint",
     "package_versions",
+    "code_version",
     "git_commit",
     "write_run_manifest",
     "write_json_atomic",

@@ -81,10 +81,13 @@ def remove_stale_temp_files(
         host, _, pid = tmp.name.rsplit(".", 3)[-3].rpartition("-")
         if not pid.isdigit():
             continue  # not one of ours
-        if host == _HOST:
-            stale = not _running(int(pid))
-        else:
-            stale = time.time() - tmp.stat().st_mtime > other_hosts_after_s
+        try:
+            if host == _HOST:
+                stale = not _running(int(pid))
+            else:
+                stale = time.time() - tmp.stat().st_mtime > other_hosts_after_s
+        except OSError:  # renamed into place or removed while we looked
+            continue
         if stale:
             if not dry_run:
                 tmp.unlink(missing_ok=True)

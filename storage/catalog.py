@@ -4,8 +4,8 @@ What a query may touch: the current artifact files, read only. Once the views ex
 connection loses file system access except to those files (`enable_external_access = false`
 with `allowed_paths`) and its configuration is locked, so a query can neither read other files
 (`read_csv('/etc/passwd')`) nor attach databases nor turn access back on. `read_only_statements`
-refuses every statement but SELECT and EXPLAIN before anything runs, so `COPY ... TO` an
-artifact never runs either.
+refuses every statement but SELECT and EXPLAIN (not EXPLAIN ANALYZE, which runs what it
+explains) before anything runs, so `COPY ... TO` an artifact never runs either.
 """
 
 from __future__ import annotations
@@ -56,8 +56,11 @@ def read_only_statements(sql: str) -> None:
     except duckdb.Error:
         return  # a syntax error: DuckDB says what is wrong when the query runs
     for statement in statements:
-        if statement.type not in READ_ONLY:
+        # EXPLAIN ANALYZE runs the statement it explains (a COPY TO would write)
+        analyze = statement.query.split()[:2] == ["EXPLAIN", "ANALYZE"]
+        if statement.type not in READ_ONLY or analyze:
+            kind = "EXPLAIN ANALYZE" if analyze else statement.type.name
             raise QueryRefused(
-                f"`slim query` only reads the run's artifacts: {statement.type.name} statements "
-                "are refused (SELECT and EXPLAIN run)"
+                f"`slim query` only reads the run's artifacts: {kind} statements are refused "
+                "(SELECT and EXPLAIN run)"
             )

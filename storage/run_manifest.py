@@ -28,8 +28,8 @@ def git_commit(where: Path) -> dict[str, Any] | None:
     """HEAD of the repository holding `where` and whether its tree was dirty; None outside git.
 
     Read once per process: a run's manifest is written when it ends, and the commit it names
-    must be the code the process loaded, not one checked out while it ran (`CODE` below is read
-    when this module is imported)."""
+    must be the code the process loaded, not one checked out while it ran (`code_version()` is
+    called when a flow starts)."""
     try:
         head = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=10
@@ -80,10 +80,12 @@ def write_run_manifest(
             "seeds": seeds,
             "stages": run_folder.read_manifest().get("stages", {}),
             "versions": package_versions(),
-            "code": CODE,
+            "code": code_version(),
         },
     )
     return path
 
 
-CODE = git_commit(Path(__file__).resolve().parent)  # the code this process runs
+def code_version() -> dict[str, Any] | None:
+    """The commit of the code this process runs (read at its first call: call it at start)."""
+    return git_commit(Path(__file__).resolve().parent)

@@ -7,6 +7,7 @@ cached: a rerun's report always shows the run's current results.
 from __future__ import annotations
 
 import base64
+import logging
 import re
 from pathlib import Path
 
@@ -24,6 +25,8 @@ from slim_core.student.inference import StudentInferenceResult
 from slim_core.student.stage import StudentModel, quality_markdown
 from slim_core.teacher.stage import TeacherStageResult
 from storage import RunFolder
+
+log = logging.getLogger("slim_core.report")
 
 
 def embed_images(markdown: str, folder: Path) -> str:
@@ -94,4 +97,7 @@ def _zero_shot(config: SlimConfig) -> str | None:
     try:
         return markdown_table(score_run(RunFolder(config.run.output_dir), shown))
     except DataError:  # no rationale vectors in this run (no LLM variants)
+        return None
+    except Exception as error:  # a report section must not fail the run at its last step
+        log.warning("zero-shot rationale scores left out of the report: %s", error)
         return None

@@ -74,21 +74,25 @@ def stop_requests_on_signal() -> Iterator[None]:
         return
     from slim_core.llm.openai_http import stop_all_requests
 
-    signals = (signal.SIGTERM, signal.SIGINT)
-    previous = {number: signal.getsignal(number) for number in signals}
+    # An ignored signal stays ignored (`nohup`), and one set outside Python (None) is left alone.
+    previous = {
+        number: handler
+        for number in (signal.SIGTERM, signal.SIGINT)
+        if (handler := signal.getsignal(number)) not in (signal.SIG_IGN, None)
+    }
 
     def stop(number: int, frame: object) -> None:
         stop_all_requests()
         handler = previous[number]
         if callable(handler):
             handler(number, frame)
-        elif handler == signal.SIG_DFL and number == signal.SIGTERM:
+        elif number == signal.SIGTERM:  # SIG_DFL: end as the default would
             signal.signal(number, signal.SIG_DFL)
             os.kill(os.getpid(), number)
-        elif handler != signal.SIG_IGN:
+        else:
             raise KeyboardInterrupt(f"stopped by signal {number}")
 
-    for number in signals:
+    for number in previous:
         signal.signal(number, stop)
     try:
         yield

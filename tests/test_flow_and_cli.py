@@ -107,6 +107,10 @@ def test_slim_query_only_reads_and_a_modified_artifact_is_recomputed(tmp_path):
         (f"ATTACH '{tmp_path / 'x.db'}' AS x", "ATTACH statements are refused"),
         (f"SELECT * FROM read_csv('{secret}')", "disabled by configuration"),
         ("SELECT 1 AS a; INSTALL httpfs", "LOAD statements are refused"),
+        (
+            f"EXPLAIN ANALYZE COPY (SELECT 1 AS a) TO '{sequences}' (USE_TMP_FILE false)",
+            "EXPLAIN ANALYZE statements are refused",
+        ),
     ]:
         refused = CliRunner().invoke(app, ["query", "-c", path, sql])
         assert refused.exit_code == 2 and says in refused.output, (sql, refused.output)

@@ -227,3 +227,35 @@ def test_replies_without_usage_and_billed_failures_are_charged(server, tmp_path,
     [failure] = cache.dead_letters()
     assert answer["cost_estimated"] and failure["cost_estimated"]
     assert "charged by an estimate" in caplog.text
+
+
+def test_a_refused_key_mid_batch_keeps_what_was_paid_for_under_a_budget(server, tmp_path):
+    """With a budget, batches go one at a time; a refusal in the middle of one still writes
+    (and counts) the answers that came before it."""
+    from slim_core.llm.openai_http import AuthenticationError
+
+    server.reset({PROMPTS[6].text: ["401"]})
+    cache = AnswerCache(tmp_path)
+    with pytest.raises(AuthenticationError):
+        ask_teacher(
+            PROMPTS[:8], teacher(server, max_concurrency=1), cache, Decoding(max_tokens=64),
+            batch_size=8, prices=Prices(input_per_1k=1.0, output_per_1k=1.0), budget_usd=100.0,
+        )  # fmt: skip
+    assert cache.answered_keys() and len(cache.answered_keys()) == 6
+    assert cache.spent_usd() == pytest.approx(6 * (4 + len(GOOD_ANSWER.split())) / 1000)
+
+
+def test_the_stop_handler_leaves_an_ignored_signal_ignored():
+    """Under `nohup` (SIGINT ignored) a Ctrl-C must not stop the requests of a running stage."""
+    import signal
+
+    from tasks.teacher import stop_requests_on_signal
+
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with stop_requests_on_signal():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_IGN, signal.SIG_DFL)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)

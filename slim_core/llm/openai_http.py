@@ -167,6 +167,8 @@ class OpenAICompatibleBackend:
         future = asyncio.run_coroutine_threadsafe(ask_all(), runner.loop)
         future.add_done_callback(lambda _: arrived.put(_FINISHED))
         runner.futures.add(future)
+        if runner.stopped:  # stopped since the check above: this call was not yet cancelled
+            future.cancel()
         try:
             for _ in prompts:
                 item = arrived.get()

@@ -185,11 +185,18 @@ def ask_teacher(
                 )
                 report.stopped_by_budget = True
                 break
-        answers, failures = _ask_batch(
-            batch, backend, decoding, malformed_retries, charges, require_steps
-        )
-        cache.write_answers(answers)
-        cache.write_failures(failures)
+        answers: list[dict] = []
+        failures: list[dict] = []
+        try:
+            _ask_batch(
+                batch, backend, decoding, malformed_retries, charges, require_steps,
+                answers, failures,
+            )  # fmt: skip
+        finally:  # on a stop or a refused key too: what was paid for stays, and is counted
+            cache.write_answers(answers)
+            cache.write_failures(failures)
+            report.answered += len(answers)
+            report.failed += len(failures)
         bar.update(len(batch))
         log.info(
             "%s batch %d: %d answered, %d failed",
@@ -341,16 +348,18 @@ def _ask_batch(
     decoding: Decoding,
     malformed_retries: int,
     charges: _Charges,
-    require_steps: bool = True,
-) -> tuple[list[dict], list[dict]]:
-    answers: list[dict] = []
-    failures: list[dict] = []
+    require_steps: bool,
+    answers: list[dict],
+    failures: list[dict],
+) -> None:
+    """Settle one batch into `answers` and `failures` as results arrive: when a stop or a
+    refused key ends the batch early, what was already paid for is in the lists to write."""
     pending = list(batch)
     attempts: dict[str, int] = {key: 0 for key, _ in batch}
     for round_ in range(malformed_retries + 1):
-        results = backend.generate([p.text for _, p in pending], decoding)
         again = []
-        for (key, prompt), result in zip(pending, results, strict=True):
+        for index, result in _results(backend, [p.text for _, p in pending], decoding):
+            key, prompt = pending[index]
             attempts[key] += result.attempts
             outcome = _settle(
                 key, prompt, result, backend.model_id, attempts[key], charges,
@@ -363,6 +372,15 @@ def _ask_batch(
         pending = again
         if not pending:
             break
-    charges.report.answered += len(answers)
-    charges.report.failed += len(failures)
-    return answers, failures
+
+
+def _results(
+    backend: LLMBackend, prompts: list[str], decoding: Decoding
+) -> Iterator[tuple[int, Generation | GenerationFailure]]:
+    """(index, result) as each arrives from a streaming backend, else after the whole batch."""
+    stream = getattr(backend, "generate_each", None)
+    if stream is None:
+        yield from enumerate(backend.generate(prompts, decoding))
+        return
+    with contextlib.closing(stream(prompts, decoding)) as results:
+        yield from results
