@@ -1,0 +1,120 @@
+"""Rationale quality of finished runs: each source's zero-shot NDCG@10 and three-step share.
+
+Reads run folders that `slim run` finished (nothing is generated or encoded here) and scores
+every rationale with `slim_core.rationale_score`: the rationale's vector ranks all items by
+cosine to the item text vectors, the user's history excluded, and the target is the item at the
+rationale's cutoff. The `history` row is the no-LLM control on the student's pairs: the mean
+text vector of the history items its prompts showed. Rows merge into
+`benchmarks/results/rationale_quality.json` by (dataset, source, model, filter), so data sets
+measured in different sessions add up.
+
+    python benchmarks/rationale_quality.py --config configs/demo.yaml --dataset demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from slim_core.config import load_config
+from slim_core.rationale_score import score_run
+from storage import RunFolder
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results" / "rationale_quality.json"
+
+
+def three_step_share(run: RunFolder, source: str) -> float | None:
+    """Share of the source's current rationales that parsed into three steps."""
+    stage = run.current(f"rationale-vectors-{source}")
+    if stage is None:
+        return None
+    step3 = pq.read_table(stage.file("step3.parquet"), columns=["vector"]).column("vector")
+    return round(1 - step3.null_count / max(1, len(step3)), 4)
+
+
+def rows_for(config_path: Path, dataset: str) -> list[dict]:
+    config = load_config(config_path)
+    run = RunFolder(config.run.output_dir)
+    sections = {"teacher": config.teacher, "student": config.student}
+    shown = {s: c.max_history_items for s, c in sections.items() if c is not None}
+    models = {
+        "teacher": config.teacher.model if config.teacher else None,
+        "student": config.student.base_model if config.student else None,
+    }
+    scores = score_run(run, shown)
+    rows = []
+    for score in scores:
+        if score.part == "full":
+            rows.append(
+                {
+                    "dataset": dataset,
+                    "source": score.source,
+                    "model": models[score.source],
+                    "filter": "none",
+                    "users": len({u for u, _ in _pairs(run, score.source)}),
+                    "rationales": score.rationales,
+                    "ndcg10_zero_shot": round(score.ndcg10, 2),
+                    "three_step_share": three_step_share(run, score.source),
+                }
+            )
+        elif score.part == "history" and score.source == "student":
+            rows.append(
+                {
+                    "dataset": dataset,
+                    "source": "history",
+                    "model": None,
+                    "filter": "none",
+                    "users": rows[-1]["users"] if rows else None,
+                    "rationales": score.rationales,
+                    "ndcg10_zero_shot": round(score.ndcg10, 2),
+                    "three_step_share": None,
+                }
+            )
+    return rows
+
+
+def _pairs(run: RunFolder, source: str) -> list[tuple[int, int]]:
+    stage = run.current(f"rationale-vectors-{source}")
+    table = pq.read_table(stage.file("full.parquet"), columns=["user_idx", "cutoff"])
+    users, cutoffs = table.column("user_idx").to_pylist(), table.column("cutoff").to_pylist()
+    return list(zip(users, cutoffs, strict=True))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, required=True, help="a config whose run finished")
+    parser.add_argument("--dataset", required=True, help="the name the rows carry, e.g. ml-100k")
+    args = parser.parse_args()
+    rows = rows_for(args.config, args.dataset)
+    kept = []
+    if RESULTS.is_file():
+        new = {(r["dataset"], r["source"], r["model"], r["filter"]) for r in rows}
+        kept = [
+            r
+            for r in json.loads(RESULTS.read_text())["rows"]
+            if (r["dataset"], r["source"], r["model"], r["filter"]) not in new
+        ]
+    RESULTS.write_text(
+        json.dumps(
+            {"updated": datetime.now(UTC).isoformat(timespec="seconds"), "rows": kept + rows},
+            indent=2,
+        )
+        + "\n"
+    )
+    print("| dataset | source | model | users | rationales | zero-shot NDCG@10 | three steps |")
+    print("|---|---|---|---:|---:|---:|---:|")
+    for r in kept + rows:
+        share = "—" if r["three_step_share"] is None else f"{100 * r['three_step_share']:.0f}%"
+        print(
+            f"| {r['dataset']} | {r['source']} | {r['model'] or '—'} | {r['users']} | "
+            f"{r['rationales']} | {r['ndcg10_zero_shot']:.2f} | {share} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
