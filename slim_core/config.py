@@ -455,6 +455,17 @@ class StudentConfig(_Strict):
         "lists otherwise teach the student to spend its max_tokens before step 3.",
     )
     min_pairs: int = Field(8, ge=1, description="Fewest teacher pairs worth training on.")
+    select: Literal["none", "top_fraction"] = Field(
+        "none",
+        description="Which teacher answers at training cutoffs the student learns from. "
+        "top_fraction: only the `select_fraction` whose text ranks the item that came next "
+        "best, zero-shot (cosine to the item texts, history excluded). Answers at other "
+        "cutoffs and held-out pairs are never filtered: their next item is a validation or test "
+        "target.",
+    )
+    select_fraction: float = Field(
+        0.5, gt=0, le=1, description="With select: top_fraction, the share of answers kept."
+    )
     save_steps: int = Field(20, ge=1, description="Checkpoint every N steps (resume after a kill).")
     gradient_checkpointing: bool = Field(
         False,
@@ -636,6 +647,20 @@ class SlimConfig(BaseSettings):
                     f"variants would measure nothing. Add 'train' to {source}.cutoffs (one "
                     f"more prompt per user), or remove {source!r} from recommender.rationales"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _selection_needs_train_answers(self) -> SlimConfig:
+        # Selection looks at the item after each answer's cutoff: only a training cutoff's is
+        # allowed to be seen, so without one there is nothing to select from.
+        student, teacher = self.student, self.teacher
+        selects = student is not None and student.select != "none"
+        if selects and (teacher is None or "train" not in teacher.cutoffs):
+            raise ValueError(
+                f"student.select {student.select!r} ranks teacher answers by the item after "
+                "their cutoff, which only a training cutoff may look at: add 'train' to "
+                "teacher.cutoffs, or set student.select: none"
+            )
         return self
 
     def to_yaml(self) -> str:

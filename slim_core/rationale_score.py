@@ -92,6 +92,16 @@ def _unit(matrix: torch.Tensor) -> torch.Tensor:
     return matrix.float() / matrix.float().norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
+def zero_shot_ranks(
+    queries: np.ndarray, pairs: list[tuple[int, int]], data: SequenceData, item_vectors: np.ndarray
+) -> np.ndarray:
+    """0-based rank of the item at each (user_idx, cutoff) among all items, by cosine between
+    its query vector and the item text vectors, the history before the cutoff excluded."""
+    row_of = {int(user): row for row, user in enumerate(data.user_idx.tolist())}
+    items = _unit(torch.as_tensor(item_vectors))
+    return _ranks(torch.as_tensor(queries), pairs, data, row_of, items).numpy()
+
+
 def _score(
     source: str,
     part: str,
@@ -101,6 +111,24 @@ def _score(
     row_of: dict[int, int],
     items: torch.Tensor,
 ) -> ZeroShot:
+    metrics = metrics_from_ranks(_ranks(queries, pairs, data, row_of, items), ks=[10])
+    return ZeroShot(
+        source,
+        part,
+        len(pairs),
+        100 * metrics["ndcg@10"],
+        100 * metrics["hit@10"],
+        100 * metrics["mrr"],
+    )
+
+
+def _ranks(
+    queries: torch.Tensor,
+    pairs: list[tuple[int, int]],
+    data: SequenceData,
+    row_of: dict[int, int],
+    items: torch.Tensor,
+) -> torch.Tensor:
     ranks = []
     queries = _unit(queries)
     for start in range(0, len(pairs), CHUNK):  # [chunk x items] at a time, not [pairs x items]
@@ -111,15 +139,7 @@ def _score(
         for n, (u, c) in enumerate(chunk):
             history[n, :c] = torch.as_tensor(data.sequences[row_of[u]][:c])
         ranks.append(full_ranks(scores, targets, history))
-    metrics = metrics_from_ranks(torch.cat(ranks), ks=[10])
-    return ZeroShot(
-        source,
-        part,
-        len(pairs),
-        100 * metrics["ndcg@10"],
-        100 * metrics["hit@10"],
-        100 * metrics["mrr"],
-    )
+    return torch.cat(ranks)
 
 
 def markdown_table(rows: list[ZeroShot]) -> str:

@@ -51,8 +51,9 @@ def prepare(folder: Path, extra: dict[int, int] | None = None):
     return run_stage(folder / "out", **data_section(folder, extra))
 
 
-def teacher_file(folder: Path, data, users: int = USERS) -> Path:
-    """A teacher_rationales.parquet as the teacher stage writes it (answers written by hand)."""
+def teacher_file(folder: Path, data, users: int = USERS, back: int = 2) -> Path:
+    """A teacher_rationales.parquet as the teacher stage writes it (answers written by hand),
+    at cutoff length - `back` (2: the validation cutoff, 3: the last training cutoff)."""
     rows = []
     sequences = duckdb.sql(
         f"SELECT user_idx, len(items) FROM read_parquet('{data.path('sequences')}') "
@@ -62,7 +63,7 @@ def teacher_file(folder: Path, data, users: int = USERS) -> Path:
         rows.append(
             {
                 "user_idx": user_idx,
-                "cutoff": length - 2,
+                "cutoff": length - back,
                 "model": "teacher",
                 "template_version": "teacher-v2",
                 "prompt": "p",
@@ -593,3 +594,88 @@ def test_real_small_student_learns_the_three_step_format(tmp_path, smollm2):
     backend = TransformersBackend(str(result.merged), batch_size=2)
     answers = backend.generate([p.prompt for p in pairs[:2]], Decoding(max_tokens=24))
     assert all(isinstance(a, Generation) and a.text for a in answers)
+
+
+def test_selection_keeps_the_answers_that_point_at_the_next_item():
+    """student.select: top_fraction ranks each answer at a training cutoff by its next item and
+    keeps the best; held-out pairs and answers whose next item is a validation target stay."""
+    import numpy as np
+
+    from slim_core.encoding import TextEncoder
+    from slim_core.rec.data import SequenceData
+    from slim_core.student.pairs import Pair
+    from slim_core.student.select import select_top_fraction
+
+    titles = [
+        "",
+        "Nitrile lab gloves",
+        "Digital caliper",
+        "Borosilicate glass beaker set",
+        "Soldering iron station",
+        "Safety goggles",
+        "Cordless drill",
+    ]
+    encoder = TextEncoder()
+    items = np.zeros((len(titles), encoder.dim), dtype=np.float32)
+    items[1:] = encoder.encode(titles[1:])
+    data = SequenceData(n_items=6, user_idx=np.array([7, 8]), sequences=[
+        np.array([1, 2, 3, 4, 5, 6]), np.array([6, 5, 4, 3, 2, 1]),
+    ])  # fmt: skip
+
+    def pair(user, cutoff, completion, heldout=False):
+        return Pair(user, cutoff, f"prompt {user} {cutoff}", completion, heldout)
+
+    pairs = [
+        pair(7, 2, "Step 3: a glass beaker set for the lab bench."),  # next item 3: good
+        pair(7, 3, "Step 3: gardening tools and seeds."),  # next item 4: bad
+        pair(8, 2, "Step 3: nitrile lab gloves."),  # next item 4 (soldering): bad
+        pair(8, 3, "Step 3: a beaker set of borosilicate glass."),  # next item 3: good
+        pair(7, 4, "Step 3: anything."),  # next item 5 is user 7's validation item: kept
+        pair(8, 1, "Step 3: anything.", heldout=True),  # held out: kept
+    ]
+    selection = select_top_fraction(pairs, data, items, encoder, fraction=0.5)
+    assert (selection.candidates, selection.kept) == (4, 2)
+    assert [p.completion for p in selection.pairs] == [
+        pairs[0].completion, pairs[3].completion, pairs[4].completion, pairs[5].completion,
+    ]  # fmt: skip
+    assert selection.median_rank_kept < selection.median_rank_dropped
+
+
+def test_selection_needs_teacher_answers_at_a_training_cutoff(tmp_path):
+    from slim_core.config import config_from_dict
+    from slim_core.errors import ConfigError
+
+    values = {
+        "run": {"output_dir": str(tmp_path / "run")},
+        "data": {"source": {"format": "table", "interactions": "x.csv"}},
+        "teacher": {"model": "m", "cutoffs": ["valid"]},
+        "student": {"base_model": "b", "select": "top_fraction"},
+    }
+    with pytest.raises((ConfigError, ValueError), match="student.select 'top_fraction'"):
+        config_from_dict(values)
+    values["teacher"]["cutoffs"] = ["train", "valid"]
+    assert config_from_dict(values).student.select_fraction == 0.5
+
+
+def test_a_selecting_student_trains_on_the_kept_half_of_its_training_cutoff_pairs(tmp_path, tiny):
+    import json
+
+    from slim_core.config import config_from_dict
+    from slim_core.data import prepare_data
+    from slim_core.student import stage
+
+    values = {
+        "run": {"output_dir": str(tmp_path / "run")},
+        "data": data_section(tmp_path),
+        "teacher": {"model": "m", "cutoffs": ["train", "valid"]},
+        "student": student_cfg(tiny, max_steps=1).model_dump(mode="json")
+        | {"select": "top_fraction", "select_fraction": 0.5},
+    }
+    config = config_from_dict(values)
+    data = prepare_data(config)
+    teacher = teacher_file(tmp_path, data, back=3)  # every answer at a training cutoff
+    model = stage.finetune_student(config, data, teacher)
+    training = json.loads((model.folder / "training.json").read_text())
+    heldout = training["heldout_pairs"]
+    assert training["train_pairs"] == -(-(USERS - heldout) // 2)  # half of the rest, rounded up
+    assert (tmp_path / "run" / "encode").is_dir()  # item vectors from the encode stage

@@ -113,6 +113,8 @@ def finetune_student(
     """LoRA fine-tuning plus before/after quality on the held-out pairs (cached on disk)."""
     cfg = student_config(config)
     pairs = distillation_pairs(cfg, data, teacher_rationales, config.data.domain)
+    if cfg.select == "top_fraction":
+        pairs = _selected(config, data, pairs)
     base, gguf_file = base_model(cfg)
     key = canonical_hash(
         {
@@ -172,6 +174,33 @@ def finetune_student(
         student_folder(config) / "current.json", {"folder": str(folder), "base": str(base)}
     )
     return model
+
+
+def _selected(config: SlimConfig, data: DataStageResult, pairs: list) -> list:
+    """The pairs `student.select` keeps (slim_core/student/select.py); item text vectors come
+    from the encode stage, which the recommenders then reuse."""
+    from slim_core.rec.data import load_sequence_data
+    from slim_core.rec.pipeline import encode_stage
+    from slim_core.student.select import select_top_fraction
+    from slim_core.vectors import read_item_vectors
+
+    sequences = load_sequence_data(data.folder)
+    encoded = encode_stage(config, data)
+    items, _ = read_item_vectors(encoded.item_vectors, sequences.n_items, require_all=False)
+    encoder = TextEncoder.from_config(config.encoder)
+    fraction = student_config(config).select_fraction
+    selection = select_top_fraction(pairs, sequences, items, encoder, fraction)
+    log.info(
+        "student.select top_fraction %.2f: kept %d of %d teacher answers at training cutoffs "
+        "(median zero-shot rank of the next item: kept %s, dropped %s); %d pairs in all",
+        fraction,
+        selection.kept,
+        selection.candidates,
+        selection.median_rank_kept,
+        selection.median_rank_dropped,
+        len(selection.pairs),
+    )
+    return selection.pairs
 
 
 def current_student(config: SlimConfig) -> StudentModel:

@@ -1,0 +1,64 @@
+"""Selected distillation data: learn from the teacher answers that point at what came next.
+
+At a training cutoff the next item is known, so each teacher answer there can be scored the way
+`slim_core.rationale_score` scores any rationale: the rank of that item among all items, by
+cosine between the answer's text vector and the item text vectors, history excluded. With
+`student.select: top_fraction` the student trains on the best-ranked `select_fraction` of those
+answers (in the spirit of STaR and distilling step by step). Answers at later cutoffs, whose next
+item is a validation or test target, and held-out pairs are kept as they are: selection never
+looks at an item a recommender is evaluated on, and only shapes the student's training pairs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from slim_core.encoding import TextEncoder
+from slim_core.rationale_score import zero_shot_ranks
+from slim_core.rec.data import SequenceData
+from slim_core.student.pairs import Pair
+
+
+@dataclass(frozen=True)
+class Selection:
+    pairs: list[Pair]  # what the student trains and is scored on, in the original order
+    candidates: int  # training-cutoff answers that were ranked
+    kept: int
+    median_rank_kept: float | None
+    median_rank_dropped: float | None
+
+
+def select_top_fraction(
+    pairs: list[Pair],
+    data: SequenceData,
+    item_vectors: np.ndarray,
+    encoder: TextEncoder,
+    fraction: float,
+) -> Selection:
+    """Keep the best-ranked `fraction` of the training-cutoff answers; every other pair stays."""
+    length = {int(u): len(s) for u, s in zip(data.user_idx.tolist(), data.sequences, strict=True)}
+    # a training cutoff: the item at it lies before the validation item (position length - 2)
+    candidates = [
+        n
+        for n, p in enumerate(pairs)
+        if not p.heldout and p.user_idx in length and p.cutoff < length[p.user_idx] - 2
+    ]
+    if not candidates:
+        return Selection(pairs, 0, 0, None, None)
+    vectors = encoder.encode([pairs[n].completion for n in candidates])
+    keys = [(pairs[n].user_idx, pairs[n].cutoff) for n in candidates]
+    ranks = zero_shot_ranks(vectors, keys, data, item_vectors)
+    order = np.argsort(ranks, kind="stable")
+    keep = max(1, math.ceil(fraction * len(candidates)))
+    dropped = {candidates[i] for i in order[keep:]}
+    kept_ranks, dropped_ranks = ranks[order[:keep]], ranks[order[keep:]]
+    return Selection(
+        [p for n, p in enumerate(pairs) if n not in dropped],
+        len(candidates),
+        keep,
+        float(np.median(kept_ranks)),
+        float(np.median(dropped_ranks)) if dropped_ranks.size else None,
+    )
