@@ -3,12 +3,18 @@
 Reads run folders that `slim run` finished (nothing is generated or encoded here) and scores
 every rationale with `slim_core.rationale_score`: the rationale's vector ranks all items by
 cosine to the item text vectors, the user's history excluded, and the target is the item at the
-rationale's cutoff. The `history` row is the no-LLM control on the student's pairs: the mean
-text vector of the history items its prompts showed. Rows merge into
+rationale's cutoff. The `history` row is the no-LLM control on the student's pairs (the
+teacher's in a run without a student): the mean text vector of the history items its prompts
+showed. Rows merge into
 `benchmarks/results/rationale_quality.json` by (dataset, source, model, filter), so data sets
 measured in different sessions add up.
 
     python benchmarks/rationale_quality.py --config configs/demo.yaml --dataset demo
+    python benchmarks/rationale_quality.py --config my-teacher-only.yaml --dataset demo --encode
+
+`--encode` first encodes the item texts and the run's teacher / student rationales, for runs
+that stopped before the pipeline's encoding stage (e.g. `slim teacher run` with another
+teacher model).
 """
 
 from __future__ import annotations
@@ -37,6 +43,28 @@ def three_step_share(run: RunFolder, source: str) -> float | None:
     return round(1 - step3.null_count / max(1, len(step3)), 4)
 
 
+def encode_run(config_path: Path) -> None:
+    """Item vectors and rationale vectors of a run that stopped before its encoding stage."""
+    from slim_core.data import prepare_data
+    from slim_core.encoding import TextEncoder
+    from slim_core.rationale_vectors import encode_rationales
+    from slim_core.rec.pipeline import encode_stage
+    from slim_core.student.stage import student_folder
+    from slim_core.teacher.stage import teacher_folder
+
+    config = load_config(config_path)
+    encode_stage(config, prepare_data(config))
+    encoder = TextEncoder.from_config(config.encoder)
+    files = {}
+    if config.teacher is not None:
+        files["teacher"] = teacher_folder(config) / "teacher_rationales.parquet"
+    if config.student is not None:
+        files["student"] = student_folder(config) / "student_rationales.parquet"
+    for source, path in files.items():
+        if path.is_file():
+            encode_rationales(source, path, RunFolder(config.run.output_dir), encoder)
+
+
 def rows_for(config_path: Path, dataset: str) -> list[dict]:
     config = load_config(config_path)
     run = RunFolder(config.run.output_dir)
@@ -47,6 +75,8 @@ def rows_for(config_path: Path, dataset: str) -> list[dict]:
         "student": config.student.base_model if config.student else None,
     }
     scores = score_run(run, shown)
+    # the no-LLM control on the student's pairs, or the teacher's in a run without a student
+    control_source = "student" if any(s.source == "student" for s in scores) else "teacher"
     rows = []
     for score in scores:
         if score.part == "full":
@@ -62,7 +92,7 @@ def rows_for(config_path: Path, dataset: str) -> list[dict]:
                     "three_step_share": three_step_share(run, score.source),
                 }
             )
-        elif score.part == "history" and score.source == "student":
+        elif score.part == "history" and score.source == control_source:
             rows.append(
                 {
                     "dataset": dataset,
@@ -89,7 +119,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, required=True, help="a config whose run finished")
     parser.add_argument("--dataset", required=True, help="the name the rows carry, e.g. ml-100k")
+    parser.add_argument(
+        "--encode", action="store_true", help="encode items and rationales first (see above)"
+    )
     args = parser.parse_args()
+    if args.encode:
+        encode_run(args.config)
     rows = rows_for(args.config, args.dataset)
     kept = []
     if RESULTS.is_file():
