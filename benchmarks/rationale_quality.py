@@ -6,8 +6,8 @@ cosine to the item text vectors, the user's history excluded, and the target is 
 rationale's cutoff. The `history` row is the no-LLM control on the student's pairs (the
 teacher's in a run without a student): the mean text vector of the history items its prompts
 showed. Rows merge into
-`benchmarks/results/rationale_quality.json` by (dataset, source, model, filter), so data sets
-measured in different sessions add up.
+`benchmarks/results/rationale_quality.json` by (dataset, source, model, filter, users), so
+measurements from different sessions add up.
 
     python benchmarks/rationale_quality.py --config configs/demo.yaml --dataset demo
     python benchmarks/rationale_quality.py --config my-teacher-only.yaml --dataset demo --encode
@@ -115,6 +115,12 @@ def _pairs(run: RunFolder, source: str) -> list[tuple[int, int]]:
     return list(zip(users, cutoffs, strict=True))
 
 
+def _key(row: dict) -> tuple:
+    """Rows replace earlier ones of the same measurement: the history control differs by the
+    pairs it was scored on, hence the user count in the key."""
+    return (row["dataset"], row["source"], row["model"], row["filter"], row["users"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, required=True, help="a config whose run finished")
@@ -128,12 +134,8 @@ def main() -> None:
     rows = rows_for(args.config, args.dataset)
     kept = []
     if RESULTS.is_file():
-        new = {(r["dataset"], r["source"], r["model"], r["filter"]) for r in rows}
-        kept = [
-            r
-            for r in json.loads(RESULTS.read_text())["rows"]
-            if (r["dataset"], r["source"], r["model"], r["filter"]) not in new
-        ]
+        new = {_key(r) for r in rows}
+        kept = [r for r in json.loads(RESULTS.read_text())["rows"] if _key(r) not in new]
     RESULTS.write_text(
         json.dumps(
             {"updated": datetime.now(UTC).isoformat(timespec="seconds"), "rows": kept + rows},
