@@ -389,6 +389,13 @@ class TeacherConfig(_Strict):
     )
     max_tokens: int = Field(256, ge=1, description="Longest answer.")
     temperature: float = Field(0.0, ge=0, description="Sampling temperature (0: greedy).")
+    samples: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description="Answers drawn per prompt (needs temperature > 0). The first is the "
+        "teacher's rationale everywhere; the others only feed `student.select: best_of_k`.",
+    )
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling.")
     repetition_penalty: float = Field(
         1.0,
@@ -416,6 +423,11 @@ class TeacherConfig(_Strict):
     @model_validator(mode="after")
     def _steps_fit(self) -> TeacherConfig:
         check_step_budget(self.step_tokens, self.max_tokens, self.backend)
+        if self.samples > 1 and self.temperature == 0:
+            raise ValueError(
+                f"teacher.samples {self.samples} with temperature 0: greedy decoding gives the "
+                "same answer every time; set teacher.temperature (e.g. 0.7) or samples: 1"
+            )
         return self
 
 
@@ -455,13 +467,13 @@ class StudentConfig(_Strict):
         "lists otherwise teach the student to spend its max_tokens before step 3.",
     )
     min_pairs: int = Field(8, ge=1, description="Fewest teacher pairs worth training on.")
-    select: Literal["none", "top_fraction"] = Field(
+    select: Literal["none", "top_fraction", "best_of_k"] = Field(
         "none",
-        description="Which teacher answers at training cutoffs the student learns from. "
-        "top_fraction: only the `select_fraction` whose text ranks the item that came next "
-        "best, zero-shot (cosine to the item texts, history excluded). Answers at other "
-        "cutoffs and held-out pairs are never filtered: their next item is a validation or test "
-        "target.",
+        description="Which teacher answers at training cutoffs the student learns from, by how "
+        "well their text ranks the item that came next, zero-shot (cosine to the item texts, "
+        "history excluded). top_fraction: the best `select_fraction` of them; best_of_k: of "
+        "the teacher.samples answers to each prompt, the best one. Answers at other cutoffs "
+        "and held-out pairs are never chosen this way: their next item is an evaluation target.",
     )
     select_fraction: float = Field(
         0.5, gt=0, le=1, description="With select: top_fraction, the share of answers kept."
@@ -660,6 +672,11 @@ class SlimConfig(BaseSettings):
                 f"student.select {student.select!r} ranks teacher answers by the item after "
                 "their cutoff, which only a training cutoff may look at: add 'train' to "
                 "teacher.cutoffs, or set student.select: none"
+            )
+        if selects and student.select == "best_of_k" and teacher.samples < 2:
+            raise ValueError(
+                "student.select 'best_of_k' picks among several answers to each prompt: set "
+                "teacher.samples to 2 or more (with a temperature above 0)"
             )
         return self
 

@@ -92,6 +92,7 @@ class Prompt:
     version: str
     text: str
     history_items: tuple[int, ...]  # item_idx of the items shown, oldest first
+    sample: int = 0  # which of teacher.samples answers to the same text this prompt asks for
 
 
 MAX_TITLE_WORDS = 12

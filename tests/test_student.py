@@ -679,3 +679,34 @@ def test_a_selecting_student_trains_on_the_kept_half_of_its_training_cutoff_pair
     heldout = training["heldout_pairs"]
     assert training["train_pairs"] == -(-(USERS - heldout) // 2)  # half of the rest, rounded up
     assert (tmp_path / "run" / "encode").is_dir()  # item vectors from the encode stage
+
+
+def test_best_of_k_takes_each_training_pairs_best_answer():
+    import numpy as np
+
+    from slim_core.encoding import TextEncoder
+    from slim_core.rec.data import SequenceData
+    from slim_core.student.pairs import Pair
+    from slim_core.student.select import select_best_of_k
+
+    titles = ["", "Nitrile lab gloves", "Digital caliper", "Borosilicate glass beaker set",
+              "Soldering iron station", "Safety goggles", "Cordless drill"]  # fmt: skip
+    encoder = TextEncoder()
+    items = np.zeros((len(titles), encoder.dim), dtype=np.float32)
+    items[1:] = encoder.encode(titles[1:])
+    data = SequenceData(n_items=6, user_idx=np.array([7]), sequences=[np.arange(1, 7)])
+
+    def pair(cutoff, completion):
+        return Pair(7, cutoff, f"prompt {cutoff}", completion, False)
+
+    firsts = [pair(2, "Step 3: gardening seeds."), pair(4, "Step 3: anything.")]
+    others = [
+        pair(2, "Step 3: a borosilicate glass beaker set."),  # points at item 3: the best
+        pair(2, "Step 3: knitting yarn."),
+        pair(4, "Step 3: safety goggles."),  # the validation cutoff: never chosen this way
+    ]
+    selection = select_best_of_k(firsts, others, data, items, encoder)
+    assert [p.completion for p in selection.pairs] == [
+        "Step 3: a borosilicate glass beaker set.", "Step 3: anything.",
+    ]  # fmt: skip
+    assert (selection.candidates, selection.kept) == (3, 1)

@@ -399,3 +399,44 @@ def test_reset_budget_command_starts_the_spend_from_zero(tmp_path, fake):
     assert done.exit_code == 0, done.output
     assert "$0.2500 spent before" in done.output and cache.spent_usd() == 0
     assert cache.answered_keys() == {"k"}  # what was paid for stays
+
+
+def test_several_samples_per_prompt_keep_the_first_as_the_rationale(tmp_path, fake, monkeypatch):
+    """teacher.samples 3: every prompt is asked three times (three cache keys, three paid
+    calls); teacher_rationales holds the first answer of each, teacher_samples the others."""
+    import pyarrow.parquet as pq
+
+    from flows.pipeline import teacher_flow
+    from slim_core.config import load_config
+    from slim_core.teacher.stage import teacher_samples_file
+
+    monkeypatch.setenv("SLIM_TEST_TEACHER_KEY", SECRET)
+    path = teacher_config(tmp_path, fake)
+    values = yaml.safe_load(path.read_text())
+    values["teacher"].update(samples=3, temperature=0.7)
+    path.write_text(yaml.safe_dump(values))
+    fake.reset()
+    result = teacher_flow(str(path))["teacher"]
+    assert fake.settled_calls() == 60 and set(fake.calls.values()) == {3}
+    assert result.summary["prompts"] == 20 and result.summary["answered"] == 20
+    assert result.summary["other_samples_answered"] == 40
+    samples = pq.read_table(teacher_samples_file(load_config(path))).to_pylist()
+    assert sorted({r["sample"] for r in samples}) == [1, 2]
+    assert len(pq.read_table(result.rationales)) == 20
+
+
+def test_samples_need_a_temperature_and_best_of_k_needs_samples(tmp_path, fake):
+    from slim_core.config import load_config
+    from slim_core.errors import ConfigError
+
+    path = teacher_config(tmp_path, fake)
+    values = yaml.safe_load(path.read_text())
+    values["teacher"]["samples"] = 3
+    path.write_text(yaml.safe_dump(values))
+    with pytest.raises(ConfigError, match="teacher.samples 3 with temperature 0"):
+        load_config(path)
+    values["teacher"].update(samples=1, cutoffs=["train", "valid"])
+    values["student"] = {"base_model": "b", "select": "best_of_k"}
+    path.write_text(yaml.safe_dump(values))
+    with pytest.raises(ConfigError, match="set teacher.samples to 2 or more"):
+        load_config(path)

@@ -4,7 +4,8 @@ At a training cutoff the next item is known, so each teacher answer there can be
 `slim_core.rationale_score` scores any rationale: the rank of that item among all items, by
 cosine between the answer's text vector and the item text vectors, history excluded. With
 `student.select: top_fraction` the student trains on the best-ranked `select_fraction` of those
-answers (in the spirit of STaR and distilling step by step). Answers at later cutoffs, whose next
+answers; with `best_of_k` (and `teacher.samples: k`), on the best of the k answers to each
+prompt (in the spirit of STaR and distilling step by step). Answers at later cutoffs, whose next
 item is a validation or test target, and held-out pairs are kept as they are: selection never
 looks at an item a recommender is evaluated on, and only shapes the student's training pairs.
 """
@@ -61,4 +62,42 @@ def select_top_fraction(
         keep,
         float(np.median(kept_ranks)),
         float(np.median(dropped_ranks)) if dropped_ranks.size else None,
+    )
+
+
+def select_best_of_k(
+    pairs: list[Pair],
+    other_samples: list[Pair],
+    data: SequenceData,
+    item_vectors: np.ndarray,
+    encoder: TextEncoder,
+) -> Selection:
+    """For each training-cutoff pair, the best-ranked of its answers (the first sample in
+    `pairs`, the others in `other_samples`); every other pair stays as it is."""
+    length = {int(u): len(s) for u, s in zip(data.user_idx.tolist(), data.sequences, strict=True)}
+
+    def trainable(p: Pair) -> bool:
+        return not p.heldout and p.user_idx in length and p.cutoff < length[p.user_idx] - 2
+
+    firsts = {(p.user_idx, p.cutoff): n for n, p in enumerate(pairs) if trainable(p)}
+    options = [pairs[n] for n in firsts.values()] + [
+        p for p in other_samples if (p.user_idx, p.cutoff) in firsts
+    ]
+    if not options:
+        return Selection(pairs, 0, 0, None, None)
+    vectors = encoder.encode([p.completion for p in options])
+    ranks = zero_shot_ranks(vectors, [(p.user_idx, p.cutoff) for p in options], data, item_vectors)
+    best: dict[tuple[int, int], tuple[int, Pair]] = {}
+    for option, rank in zip(options, ranks.tolist(), strict=True):
+        key = (option.user_idx, option.cutoff)
+        if key not in best or rank < best[key][0]:  # ties keep the first sample
+            best[key] = (rank, option)
+    chosen = {firsts[key]: pair for key, (_, pair) in best.items()}
+    kept_ranks = [rank for rank, _ in best.values()]
+    return Selection(
+        [chosen.get(n, p) for n, p in enumerate(pairs)],
+        len(options),
+        len(best),
+        float(np.median(kept_ranks)),
+        None,
     )

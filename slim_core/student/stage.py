@@ -18,7 +18,7 @@ from typing import Any
 from slim_core.config import SlimConfig, StudentConfig
 from slim_core.data import DataStageResult
 from slim_core.encoding import TextEncoder
-from slim_core.errors import ConfigError
+from slim_core.errors import ConfigError, DataError
 from slim_core.llm.base import LLMBackend
 from slim_core.llm.transformers_local import TransformersBackend, resolve_dtype
 from slim_core.student.inference import (
@@ -113,7 +113,7 @@ def finetune_student(
     """LoRA fine-tuning plus before/after quality on the held-out pairs (cached on disk)."""
     cfg = student_config(config)
     pairs = distillation_pairs(cfg, data, teacher_rationales, config.data.domain)
-    if cfg.select == "top_fraction":
+    if cfg.select != "none":
         pairs = _selected(config, data, pairs)
     base, gguf_file = base_model(cfg)
     key = canonical_hash(
@@ -181,19 +181,31 @@ def _selected(config: SlimConfig, data: DataStageResult, pairs: list) -> list:
     from the encode stage, which the recommenders then reuse."""
     from slim_core.rec.data import load_sequence_data
     from slim_core.rec.pipeline import encode_stage
-    from slim_core.student.select import select_top_fraction
+    from slim_core.student.select import select_best_of_k, select_top_fraction
+    from slim_core.teacher.stage import teacher_samples_file
     from slim_core.vectors import read_item_vectors
 
     sequences = load_sequence_data(data.folder)
     encoded = encode_stage(config, data)
     items, _ = read_item_vectors(encoded.item_vectors, sequences.n_items, require_all=False)
     encoder = TextEncoder.from_config(config.encoder)
-    fraction = student_config(config).select_fraction
-    selection = select_top_fraction(pairs, sequences, items, encoder, fraction)
+    cfg = student_config(config)
+    if cfg.select == "best_of_k":
+        samples = teacher_samples_file(config)
+        try:  # every extra answer is a candidate, however few there are
+            others = distillation_pairs(
+                cfg.model_copy(update={"min_pairs": 1}), data, samples, config.data.domain
+            )
+        except DataError as error:
+            log.warning("student.select best_of_k: no other samples to choose from (%s)", error)
+            others = []
+        selection = select_best_of_k(pairs, others, sequences, items, encoder)
+    else:
+        selection = select_top_fraction(pairs, sequences, items, encoder, cfg.select_fraction)
     log.info(
-        "student.select top_fraction %.2f: kept %d of %d teacher answers at training cutoffs "
+        "student.select %s: kept %d of %d teacher answers at training cutoffs "
         "(median zero-shot rank of the next item: kept %s, dropped %s); %d pairs in all",
-        fraction,
+        cfg.select,
         selection.kept,
         selection.candidates,
         selection.median_rank_kept,

@@ -70,6 +70,14 @@ def answer_key(model: str, template_version: str, prompt: str, decoding: dict[st
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
+def prompt_key(model: str, prompt: Any, decoding: dict[str, Any]) -> str:
+    """`answer_key` of a prompt; the n-th extra sample of the same text has a key of its own
+    (the first sample's key is the one a prompt always had)."""
+    if getattr(prompt, "sample", 0):
+        decoding = {**decoding, "sample": prompt.sample}
+    return answer_key(model, prompt.version, prompt.text, decoding)
+
+
 class AnswerCache:
     """Answers and failures as Parquet shards under `folder/answers` and `folder/failures`.
 

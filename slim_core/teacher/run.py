@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from slim_core.llm.base import Decoding, Generation, GenerationFailure, LLMBackend
 from slim_core.prompts import Prompt, parse_rationale
-from slim_core.teacher.cache import AnswerCache, answer_key
+from slim_core.teacher.cache import AnswerCache, prompt_key
 
 log = logging.getLogger("slim_core.teacher")
 
@@ -151,7 +151,7 @@ def ask_teacher(
     todo = []
     params = decoding.as_dict()
     for prompt in prompts:
-        key = answer_key(backend.model_id, prompt.version, prompt.text, params)
+        key = prompt_key(backend.model_id, prompt, params)
         if key in done:
             report.cached += 1
         else:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from slim_core.llm.base import Decoding, LLMBackend
 from slim_core.prompts import TEACHER_VERSION, Prompt, build_prompt, parse_rationale
 from slim_core.rec.data import SequenceData, load_sequence_data
 from slim_core.sampling import stratified_users
-from slim_core.teacher.cache import AnswerCache, answer_key
+from slim_core.teacher.cache import AnswerCache, prompt_key
 from slim_core.teacher.run import Prices, TeacherReport
 from storage import atomic_path, write_json_atomic
 
@@ -98,6 +98,11 @@ def teacher_folder(config: SlimConfig) -> Path:
     return Path(config.run.output_dir).resolve() / "teacher"
 
 
+def teacher_samples_file(config: SlimConfig) -> Path:
+    """The answers beyond the first of each prompt (teacher.samples > 1)."""
+    return teacher_folder(config) / "teacher_samples.parquet"
+
+
 def answer_cache(config: SlimConfig) -> AnswerCache:
     return AnswerCache(teacher_folder(config) / "cache")
 
@@ -164,12 +169,14 @@ def teacher_prompts(config: SlimConfig, data: DataStageResult) -> list[Prompt]:
         domain=config.data.domain,
         train_lead=cfg.train_cutoff_lead,
     )
-    return [prompt for _, prompt in prompts]
+    # with teacher.samples k, each prompt k times; sample 0 is the rationale, the rest feed
+    # student.select: best_of_k
+    return [replace(p, sample=n) for _, p in prompts for n in range(cfg.samples)]
 
 
 def prompt_keys(prompts: list[Prompt], model_id: str, cfg: TeacherConfig) -> list[str]:
     params = decoding(cfg).as_dict()
-    return [answer_key(model_id, p.version, p.text, params) for p in prompts]
+    return [prompt_key(model_id, p, params) for p in prompts]
 
 
 @dataclass(frozen=True)
@@ -181,18 +188,20 @@ class TeacherStageResult:
 def write_teacher_rationales(
     config: SlimConfig, prompts: list[Prompt], model_id: str, report: TeacherReport
 ) -> TeacherStageResult:
-    """teacher_rationales.parquet: the answered prompts with their three parsed steps."""
+    """teacher_rationales.parquet: the answered prompts with their three parsed steps (the
+    first sample of each); with teacher.samples > 1 the other samples go to
+    teacher_samples.parquet (the same columns and `sample`), for student.select: best_of_k."""
     cfg = teacher_config(config)
     cache = answer_cache(config)
     answers = {row["key"]: row for row in cache.read_answers()}
     keys = prompt_keys(prompts, model_id, cfg)
-    rows = []
+    rows, samples = [], []
     for prompt, key in zip(prompts, keys, strict=True):
         row = answers.get(key)
         if row is None:
             continue
         steps = parse_rationale(row["answer"]) or ("", "", "")
-        rows.append(
+        (samples if prompt.sample else rows).append(
             {
                 "user_idx": prompt.user_idx,
                 "cutoff": prompt.cutoff,
@@ -207,14 +216,20 @@ def write_teacher_rationales(
                 "tokens_out": row["tokens_out"],
                 "latency_s": row["latency_s"],
             }
+            | ({"sample": prompt.sample} if prompt.sample else {})
         )
     path = teacher_folder(config) / "teacher_rationales.parquet"
     with atomic_path(path) as tmp:
         pq.write_table(pa.Table.from_pylist(rows, schema=RATIONALE_SCHEMA), tmp)
+    if cfg.samples > 1:
+        schema = RATIONALE_SCHEMA.append(pa.field("sample", pa.int32()))
+        with atomic_path(teacher_samples_file(config)) as tmp:
+            pq.write_table(pa.Table.from_pylist(samples, schema=schema), tmp)
     dead = {row["key"] for row in cache.dead_letters()} & set(keys)
     summary = {
-        "prompts": len(prompts),
+        "prompts": sum(1 for p in prompts if not p.sample),
         "answered": len(rows),
+        "other_samples_answered": len(samples),
         "dead_letters": len(dead),
         "calls": report.calls,
         "cached": report.cached,
