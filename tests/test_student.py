@@ -375,6 +375,10 @@ def test_new_scoring_settings_rescore_the_student_without_training_it_again(
     teacher = teacher_file(tmp_path, data)
     first = stage.finetune_student(config, data, teacher)
     assert first.quality["scored_with"]["dtype"] == "float32"
+    zero_shot = first.quality["zero_shot"]  # base, student, teacher, history on held-out pairs
+    assert zero_shot["pairs"] == first.quality["after"]["pairs"]
+    assert all(0 <= zero_shot[k] <= 100 for k in ("base", "student", "teacher", "history"))
+    assert "zero-shot NDCG@10 of the next item" in stage.quality_markdown(first.quality)
 
     def no_training(*args, **kwargs):
         raise AssertionError("the student was fine-tuned again")

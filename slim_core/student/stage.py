@@ -140,7 +140,7 @@ def finetune_student(
             finetune(pairs, cfg, base, folder, gguf_file=gguf_file, seed=config.run.seed)
         heldout = [p for p in pairs if p.heldout]
         encoder = TextEncoder.from_config(config.encoder)
-        before, _ = student_quality(
+        before, base_answers = student_quality(
             TransformersBackend(
                 str(base), gguf_file, batch_size=cfg.inference_batch_size, dtype=cfg.dtype
             ),
@@ -162,6 +162,7 @@ def finetune_student(
         quality = {
             "before": before,
             "after": after,
+            "zero_shot": _heldout_zero_shot(config, data, heldout, base_answers, answers, encoder),
             "scored_with": scoring,
             "examples": [
                 {"prompt": p.prompt, "teacher": p.completion, "student": a}
@@ -174,6 +175,52 @@ def finetune_student(
         student_folder(config) / "current.json", {"folder": str(folder), "base": str(base)}
     )
     return model
+
+
+def _heldout_zero_shot(
+    config: SlimConfig,
+    data: DataStageResult,
+    heldout: list,
+    base_answers: list[str],
+    answers: list[str],
+    encoder: TextEncoder,
+) -> dict[str, float] | None:
+    """Zero-shot NDCG@10 (%) of the held-out pairs' answers, base and fine-tuned, beside the
+    teacher's and the history-mean control on the same pairs (slim_core/rationale_score.py):
+    does distillation keep what the teacher's text says about the next item?"""
+    if not heldout:
+        return None
+    import numpy as np
+    import torch
+
+    from slim_core.rationale_score import zero_shot_ranks
+    from slim_core.rec.data import load_sequence_data
+    from slim_core.rec.metrics import metrics_from_ranks
+    from slim_core.rec.pipeline import encode_stage
+    from slim_core.vectors import read_item_vectors
+
+    sequences = load_sequence_data(data.folder)
+    items, _ = read_item_vectors(
+        encode_stage(config, data).item_vectors, sequences.n_items, require_all=False
+    )
+    keys = [(p.user_idx, p.cutoff) for p in heldout]
+    row_of = {int(u): n for n, u in enumerate(sequences.user_idx.tolist())}
+    shown = student_config(config).max_history_items
+
+    def ndcg(vectors: np.ndarray) -> float:
+        ranks = zero_shot_ranks(vectors, keys, sequences, items)
+        return round(100 * metrics_from_ranks(torch.as_tensor(ranks), ks=[10])["ndcg@10"], 2)
+
+    history = np.stack(
+        [items[sequences.sequences[row_of[u]][max(0, c - shown) : c]].mean(axis=0) for u, c in keys]
+    )
+    return {
+        "pairs": len(keys),
+        "teacher": ndcg(encoder.encode([p.completion for p in heldout])),
+        "base": ndcg(encoder.encode([a or " " for a in base_answers])),
+        "student": ndcg(encoder.encode([a or " " for a in answers])),
+        "history": ndcg(history),
+    }
 
 
 def _selected(config: SlimConfig, data: DataStageResult, pairs: list) -> list:
@@ -247,7 +294,19 @@ def quality_markdown(quality: dict[str, Any]) -> str:
             f"| answers that loop (a 1-3 word run 4 times in a row) | {before['looping']:.0%} "
             f"| {after['looping']:.0%} |"
         )
-    return "\n".join(lines) + f"\n\n{int(after['pairs'])} held-out (user, cutoff) pairs.\n"
+    zero_shot = quality.get("zero_shot")
+    note = ""
+    if zero_shot:  # quality files scored before the metric existed lack it
+        lines.append(
+            f"| zero-shot NDCG@10 of the next item (%) | {zero_shot['base']:.2f} "
+            f"| {zero_shot['student']:.2f} |"
+        )
+        note = (
+            f" Zero-shot on the same pairs: the teacher's answers {zero_shot['teacher']:.2f}, "
+            f"the mean text of the history shown {zero_shot['history']:.2f} (no LLM)."
+        )
+    pairs = int(after["pairs"])
+    return "\n".join(lines) + f"\n\n{pairs} held-out (user, cutoff) pairs.{note}\n"
 
 
 def make_student_backend(cfg: StudentConfig, model: StudentModel) -> LLMBackend:
