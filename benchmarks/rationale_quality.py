@@ -27,7 +27,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from slim_core.config import load_config
-from slim_core.rationale_score import score_run
+from slim_core.rationale_score import score_run, shown_history_items
 from storage import RunFolder
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,51 +68,38 @@ def encode_run(config_path: Path) -> None:
 def rows_for(config_path: Path, dataset: str) -> list[dict]:
     config = load_config(config_path)
     run = RunFolder(config.run.output_dir)
-    sections = {"teacher": config.teacher, "student": config.student}
-    shown = {s: c.max_history_items for s, c in sections.items() if c is not None}
     models = {
         "teacher": config.teacher.model if config.teacher else None,
         "student": config.student.base_model if config.student else None,
     }
-    scores = score_run(run, shown)
+    scores = score_run(run, shown_history_items(config))
     # the no-LLM control on the student's pairs, or the teacher's in a run without a student
     control_source = "student" if any(s.source == "student" for s in scores) else "teacher"
     rows = []
     for score in scores:
         if score.part == "full":
-            rows.append(
-                {
-                    "dataset": dataset,
-                    "source": score.source,
-                    "model": models[score.source],
-                    "filter": "none",
-                    "users": len({u for u, _ in _pairs(run, score.source)}),
-                    "rationales": score.rationales,
-                    "ndcg10_zero_shot": round(score.ndcg10, 2),
-                    "three_step_share": three_step_share(run, score.source),
-                }
+            source, model, share = (
+                score.source,
+                models[score.source],
+                three_step_share(run, score.source),
             )
         elif score.part == "history" and score.source == control_source:
-            rows.append(
-                {
-                    "dataset": dataset,
-                    "source": "history",
-                    "model": None,
-                    "filter": "none",
-                    "users": rows[-1]["users"] if rows else None,
-                    "rationales": score.rationales,
-                    "ndcg10_zero_shot": round(score.ndcg10, 2),
-                    "three_step_share": None,
-                }
-            )
+            source, model, share = "history", None, None
+        else:
+            continue
+        rows.append(
+            {
+                "dataset": dataset,
+                "source": source,
+                "model": model,
+                "filter": "none",
+                "users": score.users,
+                "rationales": score.rationales,
+                "ndcg10_zero_shot": round(score.ndcg10, 2),
+                "three_step_share": share,
+            }
+        )
     return rows
-
-
-def _pairs(run: RunFolder, source: str) -> list[tuple[int, int]]:
-    stage = run.current(f"rationale-vectors-{source}")
-    table = pq.read_table(stage.file("full.parquet"), columns=["user_idx", "cutoff"])
-    users, cutoffs = table.column("user_idx").to_pylist(), table.column("cutoff").to_pylist()
-    return list(zip(users, cutoffs, strict=True))
 
 
 def _key(row: dict) -> tuple:

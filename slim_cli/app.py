@@ -413,17 +413,12 @@ def rationales_score(
     from dataclasses import asdict
 
     from slim_core.config import load_config
-    from slim_core.rationale_score import markdown_table, score_run
+    from slim_core.rationale_score import markdown_table, score_run, shown_history_items
     from storage import RunFolder
 
     try:
         resolved = load_config(config)
-        shown = {
-            source: section.max_history_items
-            for source, section in (("teacher", resolved.teacher), ("student", resolved.student))
-            if section is not None
-        }
-        rows = score_run(RunFolder(resolved.run.output_dir), shown)
+        rows = score_run(RunFolder(resolved.run.output_dir), shown_history_items(resolved))
     except SlimError as error:
         raise _fail(error) from None
     from rich.markdown import Markdown

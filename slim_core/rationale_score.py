@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from slim_core.config import SlimConfig
 from slim_core.errors import DataError
 from slim_core.rationale_vectors import PARTS
 from slim_core.rec.data import SequenceData, load_sequence_data
@@ -37,6 +38,7 @@ class ZeroShot:
     source: str  # teacher | student
     part: str  # full | step1..3 | history | last_item
     rationales: int
+    users: int
     ndcg10: float  # %
     hit10: float  # %
     mrr: float  # %
@@ -66,9 +68,8 @@ def zero_shot_scores(
                 rows.append(_score(source, part, queries, scored, data, row_of, items))
         if not pairs:
             continue
-        shown = [_shown(data, row_of[u], c, history_items) for u, c in pairs]
-        history = torch.stack([items[torch.as_tensor(s)].mean(dim=0) for s in shown])
-        last = torch.stack([items[s[-1]] for s in shown])
+        history = torch.as_tensor(history_means(data, pairs, item_vectors, history_items))
+        last = torch.stack([items[_shown(data, row_of[u], c, history_items)[-1]] for u, c in pairs])
         rows.append(_score(source, "history", history, pairs, data, row_of, items))
         rows.append(_score(source, "last_item", last, pairs, data, row_of, items))
     return rows
@@ -81,6 +82,23 @@ def _pairs(
     return sorted(
         (u, c) for u, c in vectors.index if u in row_of and 0 < c < len(data.sequences[row_of[u]])
     )
+
+
+def history_means(
+    data: SequenceData, pairs: list[tuple[int, int]], item_vectors: np.ndarray, history_items: int
+) -> np.ndarray:
+    """The no-LLM control's queries: per (user_idx, cutoff), the mean text vector of the last
+    `history_items` items before the cutoff (what a prompt shows)."""
+    row_of = {int(user): row for row, user in enumerate(data.user_idx.tolist())}
+    return np.stack(
+        [item_vectors[_shown(data, row_of[u], c, history_items)].mean(axis=0) for u, c in pairs]
+    )
+
+
+def shown_history_items(config: SlimConfig) -> dict[str, int]:
+    """How many history items each configured LLM source's prompts show, by source."""
+    sections = (("teacher", config.teacher), ("student", config.student))
+    return {source: cfg.max_history_items for source, cfg in sections if cfg is not None}
 
 
 def _shown(data: SequenceData, row: int, cutoff: int, history_items: int) -> list[int]:
@@ -116,6 +134,7 @@ def _score(
         source,
         part,
         len(pairs),
+        len({user for user, _ in pairs}),
         100 * metrics["ndcg@10"],
         100 * metrics["hit@10"],
         100 * metrics["mrr"],

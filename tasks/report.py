@@ -17,7 +17,7 @@ from prefect.artifacts import create_markdown_artifact
 from slim_core.config import SlimConfig
 from slim_core.data import DataStageResult
 from slim_core.errors import DataError
-from slim_core.rationale_score import markdown_table, score_run
+from slim_core.rationale_score import markdown_table, score_run, shown_history_items
 from slim_core.rec.data import load_sequence_data
 from slim_core.rec.pipeline import RecommenderResult, protocol_note
 from slim_core.report import ZERO_SHOT_NOTE, Report, write_report
@@ -87,11 +87,7 @@ def report_task(
 
 def _zero_shot(config: SlimConfig) -> str | None:
     """The zero-shot table of the run's rationales, or None when the run has none."""
-    shown = {
-        source: section.max_history_items
-        for source, section in (("teacher", config.teacher), ("student", config.student))
-        if section is not None
-    }
+    shown = shown_history_items(config)
     if not shown:
         return None
     try:

@@ -13,6 +13,7 @@ looks at an item a recommender is evaluated on, and only shapes the student's tr
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +33,17 @@ class Selection:
     median_rank_dropped: float | None
 
 
+def _training_cutoff(data: SequenceData) -> Callable[[Pair], bool]:
+    """Whether a pair may be selected: not held out, and its next item lies before the user's
+    validation item (`SequenceData.cutoff`), so choosing by it looks at no evaluation target."""
+    row_of = {int(user): row for row, user in enumerate(data.user_idx.tolist())}
+    return lambda p: (
+        not p.heldout
+        and p.user_idx in row_of
+        and p.cutoff < data.cutoff(row_of[p.user_idx], "valid")
+    )
+
+
 def select_top_fraction(
     pairs: list[Pair],
     data: SequenceData,
@@ -40,13 +52,8 @@ def select_top_fraction(
     fraction: float,
 ) -> Selection:
     """Keep the best-ranked `fraction` of the training-cutoff answers; every other pair stays."""
-    length = {int(u): len(s) for u, s in zip(data.user_idx.tolist(), data.sequences, strict=True)}
-    # a training cutoff: the item at it lies before the validation item (position length - 2)
-    candidates = [
-        n
-        for n, p in enumerate(pairs)
-        if not p.heldout and p.user_idx in length and p.cutoff < length[p.user_idx] - 2
-    ]
+    trainable = _training_cutoff(data)
+    candidates = [n for n, p in enumerate(pairs) if trainable(p)]
     if not candidates:
         return Selection(pairs, 0, 0, None, None)
     vectors = encoder.encode([pairs[n].completion for n in candidates])
@@ -74,11 +81,7 @@ def select_best_of_k(
 ) -> Selection:
     """For each training-cutoff pair, the best-ranked of its answers (the first sample in
     `pairs`, the others in `other_samples`); every other pair stays as it is."""
-    length = {int(u): len(s) for u, s in zip(data.user_idx.tolist(), data.sequences, strict=True)}
-
-    def trainable(p: Pair) -> bool:
-        return not p.heldout and p.user_idx in length and p.cutoff < length[p.user_idx] - 2
-
+    trainable = _training_cutoff(data)
     firsts = {(p.user_idx, p.cutoff): n for n, p in enumerate(pairs) if trainable(p)}
     options = [pairs[n] for n in firsts.values()] + [
         p for p in other_samples if (p.user_idx, p.cutoff) in firsts

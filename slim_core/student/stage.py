@@ -177,6 +177,19 @@ def finetune_student(
     return model
 
 
+def _sequences_and_item_vectors(config: SlimConfig, data: DataStageResult):
+    """The user sequences and the item text vectors (from the encode stage, which the
+    recommenders then reuse) that selection and the held-out zero-shot scores both read."""
+    from slim_core.rec.data import load_sequence_data
+    from slim_core.rec.pipeline import encode_stage
+    from slim_core.vectors import read_item_vectors
+
+    sequences = load_sequence_data(data.folder)
+    vectors = encode_stage(config, data).item_vectors
+    items, _ = read_item_vectors(vectors, sequences.n_items, require_all=False)
+    return sequences, items
+
+
 def _heldout_zero_shot(
     config: SlimConfig,
     data: DataStageResult,
@@ -193,27 +206,17 @@ def _heldout_zero_shot(
     import numpy as np
     import torch
 
-    from slim_core.rationale_score import zero_shot_ranks
-    from slim_core.rec.data import load_sequence_data
+    from slim_core.rationale_score import history_means, zero_shot_ranks
     from slim_core.rec.metrics import metrics_from_ranks
-    from slim_core.rec.pipeline import encode_stage
-    from slim_core.vectors import read_item_vectors
 
-    sequences = load_sequence_data(data.folder)
-    items, _ = read_item_vectors(
-        encode_stage(config, data).item_vectors, sequences.n_items, require_all=False
-    )
+    sequences, items = _sequences_and_item_vectors(config, data)
     keys = [(p.user_idx, p.cutoff) for p in heldout]
-    row_of = {int(u): n for n, u in enumerate(sequences.user_idx.tolist())}
-    shown = student_config(config).max_history_items
 
     def ndcg(vectors: np.ndarray) -> float:
         ranks = zero_shot_ranks(vectors, keys, sequences, items)
         return round(100 * metrics_from_ranks(torch.as_tensor(ranks), ks=[10])["ndcg@10"], 2)
 
-    history = np.stack(
-        [items[sequences.sequences[row_of[u]][max(0, c - shown) : c]].mean(axis=0) for u, c in keys]
-    )
+    history = history_means(sequences, keys, items, student_config(config).max_history_items)
     return {
         "pairs": len(keys),
         "teacher": ndcg(encoder.encode([p.completion for p in heldout])),
@@ -226,15 +229,10 @@ def _heldout_zero_shot(
 def _selected(config: SlimConfig, data: DataStageResult, pairs: list) -> list:
     """The pairs `student.select` keeps (slim_core/student/select.py); item text vectors come
     from the encode stage, which the recommenders then reuse."""
-    from slim_core.rec.data import load_sequence_data
-    from slim_core.rec.pipeline import encode_stage
     from slim_core.student.select import select_best_of_k, select_top_fraction
     from slim_core.teacher.stage import teacher_samples_file
-    from slim_core.vectors import read_item_vectors
 
-    sequences = load_sequence_data(data.folder)
-    encoded = encode_stage(config, data)
-    items, _ = read_item_vectors(encoded.item_vectors, sequences.n_items, require_all=False)
+    sequences, items = _sequences_and_item_vectors(config, data)
     encoder = TextEncoder.from_config(config.encoder)
     cfg = student_config(config)
     if cfg.select == "best_of_k":
