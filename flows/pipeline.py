@@ -24,6 +24,7 @@ from slim_core.errors import ConfigError
 from slim_core.prompts import Prompt
 from slim_core.rationale_vectors import RationaleVectors
 from slim_core.rec.pipeline import (
+    EncodeResult,
     RecommenderResult,
     needs_item_text,
     needs_user_text,
@@ -42,6 +43,7 @@ from tasks.recommend import (
     encode_rationales_task,
     encoding_task,
     evaluate_recommenders_task,
+    history_vectors_task,
     training_task,
 )
 from tasks.report import report_task
@@ -102,6 +104,7 @@ def _recommenders(
     config: SlimConfig, data: DataStageResult, rationales: tuple[RationaleVectors, ...] = ()
 ) -> RecommenderResult:
     encoded = encoding_task(config, data)(config, data) if needs_item_text(config) else None
+    rationales = _with_history_control(config, data, encoded, rationales)
     specs = run_specs(config, list(user_sources(config, rationales)))
     arguments = [(config, data, encoded, spec, rationales) for spec in specs]
     rec = config.recommender
@@ -112,6 +115,20 @@ def _recommenders(
         runs = _each(config, [(training_task(*args), args) for args in arguments], workers > 1)
     rows = [row for run in runs for row in run]
     return evaluate_recommenders_task(config, data, encoded, rows, rationales)
+
+
+def _with_history_control(
+    config: SlimConfig,
+    data: DataStageResult,
+    encoded: EncodeResult | None,
+    rationales: tuple[RationaleVectors, ...],
+) -> tuple[RationaleVectors, ...]:
+    """Add the `history` source (no LLM) when configured: it needs the student's pairs and the
+    item vectors, so it comes after encoding."""
+    student = next((r for r in rationales if r.source == "student"), None)
+    if "history" not in config.recommender.rationales or student is None or encoded is None:
+        return rationales
+    return (*rationales, history_vectors_task(config, data, encoded, student))
 
 
 @flow(name="slim-train", flow_run_name="train {config_path}", **TRACED)
@@ -166,7 +183,7 @@ def slim_pipeline(
         student = _timed(
             timings, "student inference", lambda: _student_inference(config, data, model)
         )
-        if "student" in wanted:
+        if wanted & {"student", "history"}:  # the history control sits at the student's pairs
             encodings.append((encode_rationales_task, (config, "student", student.rationales)))
     vectors = _each(config, encodings)  # one encoding task per source
     recommenders = _timed(

@@ -235,12 +235,14 @@ class RecommenderConfig(_Strict):
     text_matching: bool = Field(
         False, description="Also train the ID-agnostic text matcher on rationale vectors."
     )
-    rationales: list[Literal["student", "teacher"]] = Field(
+    rationales: list[Literal["student", "teacher", "history"]] = Field(
         ["student"],
         description="Rationale sources for the user_text variants and text matching, one run "
-        "each: student (SLIM: the distilled student's rationale for every user) and teacher "
+        "each: student (SLIM: the distilled student's rationale for every user), teacher "
         "(the teacher's own rationales, for the sampled users only: the paper's LLM-enhancer "
-        "baseline without distillation). Ignored when user_vectors is set.",
+        "baseline without distillation) and history (a control without an LLM: at each of the "
+        "student's (user, cutoff) pairs, the mean text vector of the history items its prompt "
+        "showed; needs item text vectors). Ignored when user_vectors is set.",
     )
     text_matching_parts: list[Literal["full", "step1", "step2", "step3"]] = Field(
         ["full"],
@@ -649,15 +651,22 @@ class SlimConfig(BaseSettings):
         rec = self.recommender
         if rec.user_vectors is not None or not uses_user_vectors(rec):
             return self
+        if "history" in rec.rationales and self.student is None:
+            raise ValueError(
+                "recommender.rationales has 'history', the mean history text at the student's "
+                "(user, cutoff) pairs, but there is no student section to take them from"
+            )
         for source in rec.rationales:
-            stage = {"student": self.student, "teacher": self.teacher}[source]
+            # history vectors sit at the student's pairs: the student's train cutoff covers them
+            section = "teacher" if source == "teacher" else "student"
+            stage = getattr(self, section)
             if stage is not None and "train" not in stage.cutoffs:
                 raise ValueError(
-                    f"recommender.rationales has {source!r} but {source}.cutoffs "
+                    f"recommender.rationales has {source!r} but {section}.cutoffs "
                     f"{stage.cutoffs} has no 'train': no training target could read a {source} "
-                    "rationale (a target reads only rationales written before it), so its "
-                    f"variants would measure nothing. Add 'train' to {source}.cutoffs (one "
-                    f"more prompt per user), or remove {source!r} from recommender.rationales"
+                    "vector (a target reads only vectors written before it), so its variants "
+                    f"would measure nothing. Add 'train' to {section}.cutoffs (one more prompt "
+                    f"per user), or remove {source!r} from recommender.rationales"
                 )
         return self
 

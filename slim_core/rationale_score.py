@@ -21,11 +21,11 @@ import torch
 
 from slim_core.config import SlimConfig
 from slim_core.errors import DataError
-from slim_core.rationale_vectors import PARTS
+from slim_core.rationale_vectors import PARTS, RationaleVectors
 from slim_core.rec.data import SequenceData, load_sequence_data
 from slim_core.rec.metrics import full_ranks, metrics_from_ranks
-from slim_core.vectors import UserVectors, read_item_vectors, read_user_vectors
-from storage import RunFolder
+from slim_core.vectors import UserVectors, read_item_vectors, read_user_vectors, write_vectors
+from storage import RunFolder, canonical_hash
 
 CONTROLS = ("history", "last_item")
 CHUNK = 1024  # rationales scored at once: 1,024 x 12k items of float32 is 50 MB
@@ -203,3 +203,49 @@ def score_run(run: RunFolder, history_items: dict[str, int]) -> list[ZeroShot]:
     for source, folder in sources.items():
         rows += zero_shot_scores(data, item_vectors, {source: folder}, history_items[source])
     return rows
+
+
+HISTORY_SOURCE = "history"
+HISTORY_VECTORS_VERSION = 1
+
+
+def history_vectors(
+    pairs_of: RationaleVectors,
+    data_folder: Path,
+    item_vectors: Path,
+    item_vectors_key: str,
+    history_items: int,
+    run: RunFolder,
+) -> RationaleVectors:
+    """The no-LLM control as a user-side source: at every (user, cutoff) where `pairs_of` (the
+    student's rationales) has one, the mean text vector of the `history_items` items before the
+    cutoff that its prompt showed. Read through the same fusion as the rationales, it tells
+    what a rationale adds over the history's own text (rows `+history`)."""
+    data = load_sequence_data(data_folder)
+    matrix, _ = read_item_vectors(item_vectors, data.n_items, require_all=False)
+    key = canonical_hash(
+        {
+            "version": HISTORY_VECTORS_VERSION,
+            "pairs": pairs_of.key,
+            "items": item_vectors_key,
+            "history_items": history_items,
+        }
+    )
+    folder = run.stage(f"rationale-vectors-{HISTORY_SOURCE}", key)
+    if not folder.is_complete():
+        row_of = {int(user): row for row, user in enumerate(data.user_idx.tolist())}
+        rationales = read_user_vectors(pairs_of.path("full"), matrix.shape[1])
+        pairs = sorted((u, c) for u, c in rationales.index if u in row_of and c > 0)
+        if not pairs:
+            raise DataError("no rationales to take (user, cutoff) pairs from", path=pairs_of.folder)
+        keys = {
+            "user_idx": np.array([u for u, _ in pairs], dtype=np.int64),
+            "cutoff": np.array([c for _, c in pairs], dtype=np.int64),
+        }
+        means = history_means(data, pairs, matrix, history_items)
+        write_vectors(folder.file("full.parquet"), keys, means)
+        facts = {"rationales": len(pairs), "users": len({u for u, _ in pairs})}
+        folder.write_manifest({"full.parquet": {}}, facts=facts, pairs_from=pairs_of.source)
+    run.record_stage(folder)
+    facts = (folder.read_manifest() or {})["facts"]
+    return RationaleVectors(HISTORY_SOURCE, folder.path, key, facts)

@@ -25,11 +25,12 @@ GROUPS = 5
 # tokens would have cost at the paper's API, shown beside the configured price.
 PAPER_PRICE_PER_1K = (0.0015, 0.002)
 NON_LLM_VARIANTS = ("id", "item_text")
-ZERO_CONTROL = "+zeros"  # the fusion layer with a zero vector for every user: no LLM either
+# The fusion layer with a zero vector for every user, or with the mean history text: no LLM
+CONTROLS = ("+zeros", "+history")
 
 
 def _without_llm(variant: str) -> bool:
-    return variant in NON_LLM_VARIANTS or variant.endswith(ZERO_CONTROL)
+    return variant in NON_LLM_VARIANTS or variant.endswith(CONTROLS)
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,40 @@ def improvement_table(rows: list[dict[str, Any]]) -> str:
                 f"{teacher[0] if teacher else '—'} | "
                 f"{f'{100 * teacher[1]:.2f}' if teacher else '—'} |"
             )
+    return "\n".join(lines) + "\n" if len(lines) > 2 else ""
+
+
+def signal_table(rows: list[dict[str, Any]], protocol: str = "full") -> str:
+    """Each rationale row against item text and the two controls without an LLM, in units of
+    the seeds' standard deviation (pooled over the two rows): what a reader needs to tell a gain
+    from seed noise. Test NDCG@10."""
+    summary = {
+        (r["model"], r["variant"]): r["ndcg@10"]
+        for r in tables.summarize(rows)
+        if r["protocol"] == protocol and "ndcg@10" in r
+    }
+    lines = [
+        "| model | variant | NDCG@10 | vs item text | vs + zeros | vs + history |",
+        "|---|---|---|---|---|---|",
+    ]
+    for model, variant in sorted(summary, key=tables._order):
+        fusion, _, source = variant.partition("+")
+        if source not in ("student", "teacher"):
+            continue
+        mean, std = summary[(model, variant)]
+        cells = []
+        for reference in ("item_text", f"{fusion}+zeros", f"{fusion}+history"):
+            other = summary.get((model, reference))
+            if other is None:
+                cells.append("—")
+                continue
+            difference = mean - other[0]
+            pooled = float(np.sqrt((std**2 + other[1] ** 2) / 2))
+            sigmas = f" ({difference / pooled:+.1f} σ)" if pooled > 0 else ""
+            cells.append(f"{100 * difference:+.2f}{sigmas}")
+        lines.append(
+            f"| {model} | {variant} | {100 * mean:.2f} ± {100 * std:.2f} | {' | '.join(cells)} |"
+        )
     return "\n".join(lines) + "\n" if len(lines) > 2 else ""
 
 
@@ -271,7 +306,9 @@ def write_report(
         "Variants: `id` item IDs only; `item_text` + item text vectors; `user_text` / "
         "`item_user_text` + rationale vectors on the user side (`+student`: SLIM, `+teacher`: "
         "the teacher's own rationales for the users it answered, no distillation; `+zeros`: "
-        "the same fusion with a zero vector for every user, a control without rationales); "
+        "the same fusion with a zero vector for every user, a control without rationales; "
+        "`+history`: the same fusion with the mean text of the history items the student's "
+        "prompt showed, a control without an LLM); "
         "`text_matching` ranks items by text alone (`student:step1` = step 1 only).\n",
         tables.markdown_table(rows),
         "![NDCG@10](ndcg.png)\n",
@@ -279,6 +316,15 @@ def write_report(
     improvement = improvement_table(rows)
     if improvement:
         sections += ["## SLIM against the best variant without an LLM (NDCG@10, %)\n", improvement]
+    signal = signal_table(rows)
+    if signal:
+        sections += [
+            "## Rationale rows against item text and the controls (test NDCG@10, full "
+            "ranking, %)\n",
+            "A difference in units of the seeds' standard deviation (σ, pooled over the two "
+            "rows) beside each: within about ±2 σ, a row is not told apart from seed noise.\n",
+            signal,
+        ]
     sections += [
         f"## By history length (test NDCG@10, full ranking, %; {len(labels)} equal groups)\n",
         sparsity_markdown(labels, series),

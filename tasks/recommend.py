@@ -18,6 +18,7 @@ from prefect.context import TaskRunContext
 from slim_core.config import SlimConfig
 from slim_core.data import DataStageResult
 from slim_core.encoding import TextEncoder
+from slim_core.rationale_score import history_vectors
 from slim_core.rationale_vectors import RationaleVectors, encode_rationales
 from slim_core.rec.pipeline import (
     EncodeResult,
@@ -31,6 +32,7 @@ from slim_core.rec.pipeline import (
     train_run,
 )
 from slim_core.rec.workers import call
+from slim_core.student.stage import student_config
 from storage import RunFolder
 from tasks.report import embed_images
 
@@ -61,6 +63,21 @@ def encode_rationales_task(config: SlimConfig, source: str, rationales: Path) ->
     """Rationale text -> vectors per (user, cutoff), full and per step (reused while unchanged)."""
     encoder = TextEncoder.from_config(config.encoder)
     return encode_rationales(source, rationales, RunFolder(config.run.output_dir), encoder)
+
+
+@task(name="history-vectors", tags=["slim-encode"])
+def history_vectors_task(
+    config: SlimConfig, data: DataStageResult, encoded: EncodeResult, student: RationaleVectors
+) -> RationaleVectors:
+    """The `history` control: mean history text at the student's (user, cutoff) pairs."""
+    return history_vectors(
+        student,
+        data.folder,
+        encoded.item_vectors,
+        encoded.key,
+        student_config(config).max_history_items,
+        RunFolder(config.run.output_dir),
+    )
 
 
 def _run_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:

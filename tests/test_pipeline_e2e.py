@@ -25,7 +25,7 @@ def write_config(tmp_path: Path, fake_url: str, base: Path) -> Path:
         "recommender": {
             "models": ["sasrec", "gru4rec"],
             "variants": VARIANTS,
-            "rationales": ["student", "teacher"],
+            "rationales": ["student", "teacher", "history"],
             "zero_vector_control": True,
             "text_matching": True,
             "text_matching_parts": ["full", "step1", "step2", "step3"],
@@ -111,9 +111,9 @@ def test_whole_pipeline_then_cached_rerun(tmp_path, fake_openai, monkeypatch):
     student = pq.read_table(out["student"].rationales)
     assert {"user_idx", "cutoff", "split", "rationale", "latency_s"} <= set(student.column_names)
     assert set(student.column("split").to_pylist()) <= {"train", "valid", "test"}
-    sources = {v.source: v for v in out["rationale_vectors"]}
-    assert set(sources) == {"student", "teacher"}
-    for vectors in sources.values():
+    encoded = {v.source: v for v in out["rationale_vectors"]}
+    assert set(encoded) == {"student", "teacher"}  # `history` is made after item encoding
+    for vectors in encoded.values():
         for part in ("full", "step1", "step2", "step3"):
             assert pq.read_schema(vectors.path(part)).names == ["user_idx", "cutoff", "vector"]
     assert (out["student_model"].folder / "adapter").is_dir()
@@ -125,15 +125,26 @@ def test_whole_pipeline_then_cached_rerun(tmp_path, fake_openai, monkeypatch):
     expected = {("popularity", "id")}
     for model in ("sasrec", "gru4rec"):
         expected |= {(model, "id"), (model, "item_text")}
-        sources = ("student", "teacher", "zeros")
+        sources = ("student", "teacher", "history", "zeros")
         expected |= {(model, f"{v}+{s}") for v in VARIANTS[2:] for s in sources}
-    expected |= {("text_matching", s) for s in ("student", "teacher")}
+    expected |= {("text_matching", s) for s in ("student", "teacher", "history")}
     expected |= {("text_matching", f"student:step{n}") for n in (1, 2, 3)}
     assert labels == expected
     assert {(r["split"], r["protocol"]) for r in metrics} == {
         (s, p) for s in ("valid", "test") for p in ("full", "sampled")
     }
     assert all(len(r["ranks"]) == USERS for r in metrics)
+    # The history control sits at exactly the student's (user, cutoff) pairs with a rationale.
+    from storage import RunFolder
+
+    history = RunFolder(tmp_path / "run").current("rationale-vectors-history")
+    pairs = {
+        (r["user_idx"], r["cutoff"])
+        for r in pq.read_table(encoded["student"].path("full")).to_pylist()
+        if r["vector"] is not None and r["cutoff"] > 0
+    }
+    history_rows = pq.read_table(history.file("full.parquet")).to_pylist()
+    assert {(r["user_idx"], r["cutoff"]) for r in history_rows} == pairs
 
     # The report: every row, both protocols, SLIM's gain, sparsity, cost, quality, plots.
     report = out["report"]
@@ -142,6 +153,7 @@ def test_whole_pipeline_then_cached_rerun(tmp_path, fake_openai, monkeypatch):
         assert f"| {model} | {variant} |" in text
     for heading in (
         "SLIM against the best variant without an LLM",
+        "Rationale rows against item text and the controls",
         "By history length",
         "Cost and latency",
         "Student quality",

@@ -69,3 +69,47 @@ def test_pairs_without_a_next_item_or_a_user_are_left_out(tmp_path):
     rows = zero_shot_scores(data, items, {"teacher": folder}, history_items=10)
     assert {r.rationales for r in rows} == {1}
     assert next(r for r in rows if r.part == "full").mrr == 100.0  # item 2 after [1]
+
+
+def test_history_control_vectors_sit_at_the_students_pairs_and_are_reused(tmp_path):
+    """The `history` source: at each (user, cutoff) of the student's rationales, the mean text
+    vector of the items its prompt showed (the last `history_items` before the cutoff)."""
+    from slim_core.rationale_score import history_vectors
+    from slim_core.rationale_vectors import RationaleVectors
+    from slim_core.vectors import read_user_vectors, write_vectors
+    from storage import RunFolder
+
+    data_folder = tmp_path / "data"
+    data_folder.mkdir()
+    sequences = {10: [1, 2, 3, 4], 11: [5, 4, 3, 2]}
+    pq.write_table(
+        pa.table(
+            {
+                "user_idx": [u for u, seq in sequences.items() for _ in seq],
+                "item_idx": [i for seq in sequences.values() for i in seq],
+                "position": [p for seq in sequences.values() for p in range(len(seq))],
+            }
+        ),
+        data_folder / "interactions.parquet",
+    )
+    pq.write_table(pa.table({"item_idx": [1, 2, 3, 4, 5]}), data_folder / "items.parquet")
+    items = np.eye(6, dtype=np.float32)
+    items_file = tmp_path / "items.parquet"
+    write_vectors(items_file, {"item_idx": np.arange(1, 6)}, items[1:])
+    student = RationaleVectors(
+        "student",
+        write_parts(tmp_path / "student", [(10, 3, one_hot(1)), (11, 2, one_hot(2))]),
+        "student-key",
+        {},
+    )
+    run = RunFolder(tmp_path / "run")
+    made = history_vectors(student, data_folder, items_file, "items-key", 2, run)
+    vectors = read_user_vectors(made.path("full"), 6)
+    assert made.source == "history" and sorted(vectors.index) == [(10, 3), (11, 2)]
+    np.testing.assert_allclose(vectors.get(10, 3), (items[2] + items[3]) / 2)  # last 2 of [1,2,3]
+    np.testing.assert_allclose(vectors.get(11, 2), (items[5] + items[4]) / 2)
+    assert run.current("rationale-vectors-history").path == made.folder
+    again = history_vectors(student, data_folder, items_file, "items-key", 2, run)
+    assert again.folder == made.folder and again.key == made.key
+    other = history_vectors(student, data_folder, items_file, "items-key", 1, run)
+    assert other.key != made.key

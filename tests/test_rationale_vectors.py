@@ -268,3 +268,46 @@ def test_config_refuses_rationale_rows_that_no_training_target_can_read(source):
     values["recommender"]["text_matching"] = True
     with pytest.raises(ConfigError, match="no training target could read"):
         config_from_dict(values)
+
+
+def test_signal_table_states_each_rationale_row_against_the_controls_in_seed_sigmas():
+    from slim_core.report import improvement_table, signal_table
+
+    def seeds(variant: str, values: list[float]) -> list[dict]:
+        return [
+            row | {"seed": seed}
+            for seed, value in enumerate(values, 1)
+            for row in metric_rows("sasrec", variant, value, [0])
+        ]
+
+    rows = (
+        seeds("item_text", [0.20, 0.22])
+        + seeds("item_user_text+student", [0.25, 0.27])
+        + seeds("item_user_text+zeros", [0.19, 0.21])
+        + seeds("item_user_text+history", [0.26, 0.28])
+    )
+    table = signal_table(rows)
+    # std over 2 seeds of (a, a + 0.02) is 0.0141 for every row: pooled the same
+    slim = "| sasrec | item_user_text+student | 26.00 ± 1.41 | +5.00 (+3.5 σ) | +6.00 (+4.2 σ) |"
+    assert slim + " -1.00 (-0.7 σ) |" in table
+    assert len(table.strip().splitlines()) == 3  # the controls and item text are no rows
+    # The history control is a model without an LLM too: the best of them is SLIM's bar.
+    assert "| sasrec | full | item_user_text+history | 27.00 |" in improvement_table(rows)
+
+
+def test_config_history_control_needs_the_students_pairs_and_its_train_cutoff():
+    from slim_core.config import config_from_dict
+    from slim_core.errors import ConfigError
+
+    values = {
+        "data": {"source": {"format": "table", "interactions": "x.csv"}},
+        "recommender": {"variants": ["id", "item_user_text"], "rationales": ["history"]},
+        "teacher": {"model": "m"},
+    }
+    with pytest.raises(ConfigError, match="no student section to take them from"):
+        config_from_dict(values)
+    values["student"] = {"base_model": "b", "cutoffs": ["valid", "test"]}
+    with pytest.raises(ConfigError, match=r"'history' but student\.cutoffs"):
+        config_from_dict(values)
+    values["student"]["cutoffs"] = ["train", "valid", "test"]
+    assert config_from_dict(values).recommender.rationales == ["history"]

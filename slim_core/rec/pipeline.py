@@ -94,7 +94,10 @@ def user_sources(
 
 
 def needs_item_text(config: SlimConfig) -> bool:
-    return uses_item_vectors(config.recommender)
+    rec = config.recommender
+    # the history control is made of item text vectors, whatever the variants read
+    history = "history" in rec.rationales and rec.user_vectors is None and uses_user_vectors(rec)
+    return uses_item_vectors(rec) or history
 
 
 def needs_user_text(config: SlimConfig) -> bool:

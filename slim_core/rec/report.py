@@ -72,7 +72,7 @@ def _order(key: tuple[str, str]) -> tuple[int, str, int, int, str]:
     model, variant = key
     models = ["popularity", "gru4rec", "sasrec", "srgnn", "text_matching"]
     variants = ["id", "item_text", "user_text", "item_user_text"]
-    sources = ["student", "teacher", "zeros"]
+    sources = ["student", "teacher", "history", "zeros"]
     base, _, source = variant.partition("+")
     if model == "text_matching":  # its variants are sources ("student", "student:step1")
         base, source = "", variant.split(":")[0]
