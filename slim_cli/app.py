@@ -28,8 +28,34 @@ from slim_core.errors import SlimError
 # work). Read by Prefect when it starts that server; the user's own setting wins.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
-app = typer.Typer(help=__doc__.split("\n")[0], no_args_is_help=True, add_completion=False)
+app = typer.Typer(
+    help=__doc__.split("\n")[0],
+    no_args_is_help=True,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 console = Console()
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        console.print(f"slim {version('slim-rec')}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """`slim`: run the SLIM pipeline or one of its stages from a configuration file."""
+
 
 ConfigOption = Annotated[
     Path, typer.Option("--config", "-c", help="Pipeline configuration (YAML).", show_default=False)

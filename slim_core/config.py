@@ -9,6 +9,7 @@ relative to the working directory. Unknown keys are errors, so typos do not pass
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -22,7 +23,12 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from slim_core.errors import ConfigError
 
@@ -605,6 +611,24 @@ class TuneConfig(_Strict):
         return space
 
 
+class _YamlEnvSettings(EnvSettingsSource):
+    """`SLIM_*` overrides written as in the YAML file: `[gru4rec, sasrec]` as well as JSON."""
+
+    def decode_complex_value(self, field_name: str, field: Any, value: Any) -> Any:
+        try:
+            return json.loads(value)
+        except ValueError:
+            pass
+        try:
+            return yaml.safe_load(value)
+        except yaml.YAMLError as error:
+            names = [k for k, v in os.environ.items() if k.startswith("SLIM_") and v == value]
+            raise ConfigError(
+                f"{names[0] if names else field_name}: not valid YAML or JSON ({value!r}): "
+                f"{str(error).splitlines()[0]}"
+            ) from None
+
+
 class SlimConfig(BaseSettings):
     """The whole pipeline's configuration."""
 
@@ -641,7 +665,7 @@ class SlimConfig(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # Environment first: it overrides the values read from the YAML file.
-        return (env_settings, init_settings)
+        return (_YamlEnvSettings(settings_cls), init_settings)
 
     @model_validator(mode="after")
     def _rationales_reach_training(self) -> SlimConfig:

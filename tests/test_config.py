@@ -115,3 +115,33 @@ def test_environment_override_is_validated_and_named(monkeypatch, write):
         load_config(path)
     assert "data.k_core_users" in str(error.value)
     assert "SLIM_DATA__K_CORE_USERS" in str(error.value)
+
+
+def test_cli_version_short_help_and_yaml_list_overrides(tmp_path):
+    """Through the real `slim` command: `--version`, `-h` everywhere, and `SLIM_*` lists
+    written as in the YAML file (JSON only, and a pydantic traceback with rc 1, before)."""
+    import os
+    import subprocess
+    import sys
+
+    slim = str(Path(sys.executable).parent / "slim")
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
+    env.pop("SLIM_RECOMMENDER__MODELS", None)
+
+    def cli(*args: str, **extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [slim, *args], env=env | extra, capture_output=True, text=True, timeout=300
+        )
+
+    version = cli("--version")
+    assert version.returncode == 0 and version.stdout.startswith("slim 0.")
+    for args in (["-h"], ["run", "-h"], ["teacher", "run", "-h"]):
+        shown = cli(*args)
+        assert shown.returncode == 0 and "Usage: slim" in shown.stdout, args
+    demo = str(REPO / "configs" / "demo.yaml")
+    listed = cli("config", "-c", demo, SLIM_RECOMMENDER__MODELS="[gru4rec, srgnn]")
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    assert yaml.safe_load(listed.stdout)["recommender"]["models"] == ["gru4rec", "srgnn"]
+    broken = cli("config", "-c", demo, SLIM_RECOMMENDER__MODELS="[gru4rec")
+    assert broken.returncode == 2 and "Traceback" not in broken.stdout + broken.stderr
+    assert "SLIM_RECOMMENDER__MODELS: not valid YAML or JSON" in broken.stdout

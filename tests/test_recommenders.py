@@ -446,3 +446,19 @@ def test_srgnn_graph_matches_the_papers_session_graph():
         [0, 1, 0, 0],
         [0, 0, 0, 0],
     ]
+
+
+def test_results_table_shows_a_spread_only_over_several_seeds():
+    from slim_core.rec.report import markdown_table
+
+    def run(seed: int, ndcg: float) -> list[dict]:
+        return [
+            {"model": "sasrec", "variant": "id", "seed": seed, "split": "test", "protocol": p}
+            | {"ndcg@10": ndcg, "hit@10": ndcg, "hit@20": ndcg, "mrr": ndcg}
+            for p in ("full", "sampled")
+        ]
+
+    one = markdown_table(run(1, 0.1))
+    assert "| sasrec | id | 1 | 10.00 | 10.00 |" in one and "±" not in one
+    two = markdown_table(run(1, 0.1) + run(2, 0.2))
+    assert "| sasrec | id | 2 | 15.00 ± 7.07 |" in two

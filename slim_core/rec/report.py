@@ -61,7 +61,8 @@ def markdown_table(rows: list[dict[str, Any]], split: str = "test") -> str:
                     cells.append("—")
                 else:
                     mean, std = row[metric]
-                    cells.append(f"{100 * mean:.2f} ± {100 * std:.2f}")
+                    spread = f" ± {100 * std:.2f}" if row["runs"] > 1 else ""  # one seed: none
+                    cells.append(f"{100 * mean:.2f}{spread}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
