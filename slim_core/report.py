@@ -87,36 +87,58 @@ def improvement_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n" if len(lines) > 2 else ""
 
 
-def signal_table(rows: list[dict[str, Any]], protocol: str = "full") -> str:
-    """Each rationale row against item text and the two controls without an LLM, in units of
-    the seeds' standard deviation (pooled over the two rows): what a reader needs to tell a gain
-    from seed noise. Test NDCG@10."""
+SIGNAL_REFERENCES = ("item_text", "zeros", "history")
+
+
+def signal_rows(rows: list[dict[str, Any]], protocol: str = "full") -> list[dict[str, Any]]:
+    """Each rationale row (`+student`, `+teacher`) against item text and the two controls
+    without an LLM (`+zeros`, `+history` through the same fusion): the difference in test
+    NDCG@10 (%) and the same in units of the seeds' standard deviation, pooled over the two rows
+    (None with no spread)."""
     summary = {
         (r["model"], r["variant"]): r["ndcg@10"]
         for r in tables.summarize(rows)
         if r["protocol"] == protocol and "ndcg@10" in r
     }
-    lines = [
-        "| model | variant | NDCG@10 | vs item text | vs + zeros | vs + history |",
-        "|---|---|---|---|---|---|",
-    ]
+    out = []
     for model, variant in sorted(summary, key=tables._order):
         fusion, _, source = variant.partition("+")
         if source not in ("student", "teacher"):
             continue
         mean, std = summary[(model, variant)]
-        cells = []
-        for reference in ("item_text", f"{fusion}+zeros", f"{fusion}+history"):
-            other = summary.get((model, reference))
+        row: dict[str, Any] = {"model": model, "variant": variant, "ndcg10": 100 * mean}
+        row["ndcg10_std"] = 100 * std
+        for reference in SIGNAL_REFERENCES:
+            other = summary.get(
+                (model, reference if reference == "item_text" else f"{fusion}+{reference}")
+            )
             if other is None:
+                continue
+            pooled = float(np.sqrt((std**2 + other[1] ** 2) / 2))
+            row[f"vs_{reference}"] = 100 * (mean - other[0])
+            row[f"vs_{reference}_sigmas"] = (mean - other[0]) / pooled if pooled > 0 else None
+        out.append(row)
+    return out
+
+
+def signal_table(rows: list[dict[str, Any]], protocol: str = "full") -> str:
+    """`signal_rows` as markdown: what a reader needs to tell a gain from seed noise."""
+    lines = [
+        "| model | variant | NDCG@10 | vs item text | vs + zeros | vs + history |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in signal_rows(rows, protocol):
+        cells = []
+        for reference in SIGNAL_REFERENCES:
+            if f"vs_{reference}" not in row:
                 cells.append("—")
                 continue
-            difference = mean - other[0]
-            pooled = float(np.sqrt((std**2 + other[1] ** 2) / 2))
-            sigmas = f" ({difference / pooled:+.1f} σ)" if pooled > 0 else ""
-            cells.append(f"{100 * difference:+.2f}{sigmas}")
+            sigmas = row[f"vs_{reference}_sigmas"]
+            spread = "" if sigmas is None else f" ({sigmas:+.1f} σ)"
+            cells.append(f"{row[f'vs_{reference}']:+.2f}{spread}")
         lines.append(
-            f"| {model} | {variant} | {100 * mean:.2f} ± {100 * std:.2f} | {' | '.join(cells)} |"
+            f"| {row['model']} | {row['variant']} | {row['ndcg10']:.2f} ± {row['ndcg10_std']:.2f} "
+            f"| {' | '.join(cells)} |"
         )
     return "\n".join(lines) + "\n" if len(lines) > 2 else ""
 
