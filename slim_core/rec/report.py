@@ -89,7 +89,10 @@ def _order(key: tuple[str, str]) -> tuple[int, str, int, int, str]:
 def ndcg_bar_chart(
     rows: list[dict[str, Any]], path: Path, split: str = "test", title: str = ""
 ) -> Path:
-    """Bar chart of test NDCG@10 (mean ± std) per model and variant, one bar per protocol."""
+    """Test NDCG@10 (mean ± std) per model and variant, full ranking beside the sampled protocol.
+
+    Horizontal bars, one row per (model, variant) labelled once on the shared axis: with 20 or
+    more rows, labels under vertical bars overlapped and could not be read."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -98,23 +101,24 @@ def ndcg_bar_chart(
     summary = summarize(rows, split)
     keys = sorted({(r["model"], r["variant"]) for r in summary}, key=_order)
     by_key = {(r["model"], r["variant"], r["protocol"]): r for r in summary}
-    fig, axes = plt.subplots(1, 2, figsize=(max(6, 1.1 * len(keys) + 2), 4), sharey=False)
+    fig, axes = plt.subplots(
+        1, 2, figsize=(11, 1.6 + 0.32 * len(keys)), sharey=True, layout="constrained"
+    )
+    positions = list(range(len(keys)))[::-1]  # the first row on top
     for ax, protocol in zip(axes, ("full", "sampled"), strict=True):
         means = [by_key.get((m, v, protocol), {}).get("ndcg@10", (0.0, 0.0)) for m, v in keys]
-        ax.bar(
-            range(len(keys)),
+        ax.barh(
+            positions,
             [100 * m for m, _ in means],
-            yerr=[100 * s for _, s in means],
+            xerr=[100 * s for _, s in means],
             color=[_colour(m) for m, _ in keys],
             capsize=3,
         )
-        ax.set_xticks(range(len(keys)), [f"{m}\n{v}" for m, v in keys], fontsize=8)
-        ax.set_title(f"NDCG@10, {PROTOCOL_NAMES[protocol]} ({split})")
-        ax.set_ylabel("NDCG@10 (%)")
-        ax.grid(axis="y", alpha=0.3)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
+        ax.set_title(f"{PROTOCOL_NAMES[protocol]} ({split})", fontsize=10)
+        ax.set_xlabel("NDCG@10 (%)")
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(positions, [f"{m}  {v}" for m, v in keys], fontsize=8)
+    fig.suptitle(f"{title}: NDCG@10" if title else "NDCG@10")
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
