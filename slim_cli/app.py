@@ -62,6 +62,35 @@ ConfigOption = Annotated[
 ]
 
 
+def _apply_overrides(values: list[str] | None) -> list[str] | None:
+    """`--set recommender.models=[sasrec]` becomes `SLIM_RECOMMENDER__MODELS`, read as every
+    other `SLIM_*` override is (a value in YAML or JSON), by this process and its workers."""
+    from slim_core.config import SlimConfig
+
+    for item in values or []:
+        key, sep, value = item.partition("=")
+        path = key.strip().split(".")
+        if not sep or not all(part.isidentifier() for part in path):
+            raise typer.BadParameter(f"{item!r}: expected key.path=value, e.g. run.seed=7")
+        if path[0] not in SlimConfig.model_fields:
+            known = ", ".join(SlimConfig.model_fields)
+            raise typer.BadParameter(f"{key!r}: no section {path[0]!r} (sections: {known})")
+        os.environ["SLIM_" + "__".join(part.upper() for part in path)] = value
+    return values
+
+
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        help="Override a setting, e.g. --set recommender.seeds=[1,2] (repeatable; applied as "
+        "SLIM_RECOMMENDER__SEEDS).",
+        callback=_apply_overrides,
+        show_default=False,
+    ),
+]
+
+
 def _fail(error: Exception) -> typer.Exit:
     console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
     return typer.Exit(code=2)
@@ -91,7 +120,7 @@ def _print_results(result) -> None:
 
 
 @app.command()
-def run(config: ConfigOption) -> None:
+def run(config: ConfigOption, overrides: SetOption = None) -> None:
     """Run the whole pipeline: data, teacher, fine-tuning, student, encoding, recommenders, report.
 
     Stages without a section in the configuration (teacher, student) are left out.
@@ -109,7 +138,7 @@ def run(config: ConfigOption) -> None:
 
 
 @app.command()
-def train(config: ConfigOption) -> None:
+def train(config: ConfigOption, overrides: SetOption = None) -> None:
     """Train and evaluate the configured recommenders (runs the data stage first if needed)."""
     try:
         from flows.pipeline import train_flow
@@ -122,7 +151,7 @@ def train(config: ConfigOption) -> None:
 
 
 @app.command()
-def evaluate(config: ConfigOption) -> None:
+def evaluate(config: ConfigOption, overrides: SetOption = None) -> None:
     """Print the results table of the run's latest recommender stage."""
     from slim_core.config import load_config
     from slim_core.rec.pipeline import load_recommender_result
@@ -143,6 +172,7 @@ def tune(
         int | None,
         typer.Option("--trials", "-n", min=1, help="Finished trials to reach (tune.trials)."),
     ] = None,
+    overrides: SetOption = None,
 ) -> None:
     """Search recommender settings with Optuna on the validation split (resumes a killed search).
 
@@ -167,7 +197,7 @@ def tune(
 
 
 @app.command()
-def prepare(config: ConfigOption) -> None:
+def prepare(config: ConfigOption, overrides: SetOption = None) -> None:
     """Run the data stage: read the raw files and build train/valid/test sequences."""
     try:
         from flows.pipeline import prepare_flow
@@ -179,7 +209,7 @@ def prepare(config: ConfigOption) -> None:
 
 
 @app.command("config")
-def show_config(config: ConfigOption) -> None:
+def show_config(config: ConfigOption, overrides: SetOption = None) -> None:
     """Validate a configuration and print it with defaults and environment overrides applied."""
     from slim_core.config import load_config
 
@@ -199,6 +229,7 @@ def query(
             help="SQL over the run's artifacts (views: interactions, items, sequences)."
         ),
     ],
+    overrides: SetOption = None,
 ) -> None:
     """Query the run's current artifacts with DuckDB, read only (docs/operations.md, "Security
     model"): SELECT and EXPLAIN over the current artifact files, no other file."""
@@ -230,7 +261,7 @@ app.add_typer(teacher_app, name="teacher")
 
 
 @teacher_app.command("reset-budget")
-def teacher_reset_budget(config: ConfigOption) -> None:
+def teacher_reset_budget(config: ConfigOption, overrides: SetOption = None) -> None:
     """Count the teacher's spend from zero again. `teacher.budget_usd` bounds the spend of
     every run through the answer cache together; the answers already paid for stay."""
     from slim_core.config import load_config
@@ -257,7 +288,7 @@ def _print_teacher(result, replayed: int | None = None) -> None:
 
 
 @teacher_app.command("run")
-def teacher_run(config: ConfigOption) -> None:
+def teacher_run(config: ConfigOption, overrides: SetOption = None) -> None:
     """Ask the teacher for rationales (answers already in the cache are not asked again)."""
     try:
         from flows.pipeline import teacher_flow
@@ -270,7 +301,7 @@ def teacher_run(config: ConfigOption) -> None:
 
 
 @teacher_app.command("retry-failed")
-def teacher_retry_failed(config: ConfigOption) -> None:
+def teacher_retry_failed(config: ConfigOption, overrides: SetOption = None) -> None:
     """Replay exactly the prompts in the dead-letter table."""
     try:
         from flows.pipeline import retry_failed_flow
@@ -298,7 +329,7 @@ def _print_student(result) -> None:
 
 
 @student_app.command("run")
-def student_run(config: ConfigOption) -> None:
+def student_run(config: ConfigOption, overrides: SetOption = None) -> None:
     """Teacher (from its cache where paid for), LoRA fine-tuning, quality, inference."""
     try:
         from flows.pipeline import student_flow
@@ -321,6 +352,7 @@ def regenerate(
         str | None,
         typer.Option(help='Serve on this schedule instead of running once, e.g. "0 3 * * *".'),
     ] = None,
+    overrides: SetOption = None,
 ) -> None:
     """Rationales for users whose history changed (the fine-tuned student is reused).
 
@@ -349,6 +381,7 @@ def serve(
     regenerate_cron: Annotated[
         str, typer.Option(help="Schedule of the regeneration deployment (cron).")
     ] = "0 3 * * *",
+    overrides: SetOption = None,
 ) -> None:
     """Serve the pipeline, scheduled regeneration and retry-failed deployments (Ctrl-C stops).
 
@@ -387,6 +420,7 @@ def prune(
         float, typer.Option("--older-than-days", help="Delete what is older than this.")
     ] = 30.0,
     dry_run: Annotated[bool, typer.Option(help="Only list what would be deleted.")] = False,
+    overrides: SetOption = None,
 ) -> None:
     """Delete this run folder's old, finished Prefect flow runs and their artifacts, stage
     folders no longer current, and temporary files that killed writers left behind.
@@ -430,6 +464,7 @@ def rationales_score(
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Also write the rows as JSON here.")
     ] = None,
+    overrides: SetOption = None,
 ) -> None:
     """Zero-shot score of every rationale, no training: rank all items by cosine between the
     rationale's vector and the item text vectors (history excluded); the target is the item at

@@ -117,9 +117,10 @@ def test_environment_override_is_validated_and_named(monkeypatch, write):
     assert "SLIM_DATA__K_CORE_USERS" in str(error.value)
 
 
-def test_cli_version_short_help_and_yaml_list_overrides(tmp_path):
-    """Through the real `slim` command: `--version`, `-h` everywhere, and `SLIM_*` lists
-    written as in the YAML file (JSON only, and a pydantic traceback with rc 1, before)."""
+def test_cli_version_short_help_set_and_yaml_list_overrides(tmp_path):
+    """Through the real `slim` command: `--version`, `-h` everywhere, `--set key.path=value`,
+    and `SLIM_*` lists written as in the YAML file (JSON only, and a pydantic traceback with
+    rc 1, before)."""
     import os
     import subprocess
     import sys
@@ -142,6 +143,13 @@ def test_cli_version_short_help_and_yaml_list_overrides(tmp_path):
     listed = cli("config", "-c", demo, SLIM_RECOMMENDER__MODELS="[gru4rec, srgnn]")
     assert listed.returncode == 0, listed.stdout + listed.stderr
     assert yaml.safe_load(listed.stdout)["recommender"]["models"] == ["gru4rec", "srgnn"]
+    given = cli("config", "-c", demo, "--set", "recommender.seeds=[4, 5]", "--set", "run.seed=7")
+    assert given.returncode == 0, given.stdout + given.stderr
+    resolved = yaml.safe_load(given.stdout)
+    assert resolved["recommender"]["seeds"] == [4, 5] and resolved["run"]["seed"] == 7
+    for bad, expected in (("nope.x=1", "no section 'nope'"), ("run.seed", "key.path=value")):
+        refused = cli("config", "-c", demo, "--set", bad)
+        assert refused.returncode == 2 and expected in refused.stderr, refused.stderr
     broken = cli("config", "-c", demo, SLIM_RECOMMENDER__MODELS="[gru4rec")
     assert broken.returncode == 2 and "Traceback" not in broken.stdout + broken.stderr
     assert "SLIM_RECOMMENDER__MODELS: not valid YAML or JSON" in broken.stdout
