@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from rich.console import Console
@@ -34,7 +35,9 @@ app = typer.Typer(
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-console = Console()
+# Piped or redirected, rich would fit tables into 80 columns and cut names ("smollm2-135m-ins…"),
+# which then cannot be pasted into another command: only a terminal sets the width.
+console = Console(width=None if sys.stdout.isatty() else 1000)
 
 
 def _print_version(value: bool) -> None:
@@ -60,6 +63,9 @@ def _options(
 ConfigOption = Annotated[
     Path, typer.Option("--config", "-c", help="Pipeline configuration (YAML).", show_default=False)
 ]
+
+
+QueryFormat = Literal["table", "csv", "json"]
 
 
 def _apply_overrides(values: list[str] | None) -> list[str] | None:
@@ -229,6 +235,12 @@ def query(
             help="SQL over the run's artifacts (views: interactions, items, sequences)."
         ),
     ],
+    limit: Annotated[
+        int | None, typer.Option("--limit", "-n", min=0, help="At most this many rows.")
+    ] = None,
+    output: Annotated[
+        QueryFormat, typer.Option("--format", "-f", help="table, or csv / json for other tools.")
+    ] = "table",
     overrides: SetOption = None,
 ) -> None:
     """Query the run's current artifacts with DuckDB, read only (docs/operations.md, "Security
@@ -248,10 +260,25 @@ def query(
         raise _fail(error) from None
     if relation is None:
         return
-    table = Table(*relation.columns)
-    for row in relation.fetchall():
-        table.add_row(*(str(v) for v in row))
-    console.print(table)
+    if limit is not None:
+        relation = relation.limit(limit)
+    columns, rows = relation.columns, relation.fetchall()
+    if output == "csv":
+        import csv
+
+        writer = csv.writer(sys.stdout)
+        writer.writerow(columns)
+        writer.writerows(rows)
+    elif output == "json":
+        import json
+
+        records = [dict(zip(columns, row, strict=True)) for row in rows]
+        sys.stdout.write(json.dumps(records, default=str, indent=1) + "\n")
+    else:
+        table = Table(*columns)
+        for row in rows:
+            table.add_row(*(str(v) for v in row))
+        console.print(table)
 
 
 teacher_app = typer.Typer(

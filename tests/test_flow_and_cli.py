@@ -1,6 +1,7 @@
 """The data stage through Prefect (a real temporary server) and through the `slim` CLI."""
 
 import shutil
+from pathlib import Path
 
 import pytest
 import yaml
@@ -85,6 +86,27 @@ def test_cli_prepare_prints_summary(tmp_path):
     )
     assert query.exit_code == 0, query.output
     assert "497" in query.output
+
+    # The real command, piped as a user would: --limit and --format, names never cut.
+    import json
+    import subprocess
+    import sys
+
+    slim = str(Path(sys.executable).parent / "slim")
+    sql = "SELECT user_idx, count(*) AS n FROM interactions GROUP BY 1 ORDER BY 1"
+    config = str(tmp_path / "c.yaml")
+
+    def piped(*args: str) -> str:
+        done = subprocess.run([slim, *args], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    csv_rows = piped("query", "-c", config, sql, "--limit", "3", "--format", "csv").splitlines()
+    assert csv_rows[0] == "user_idx,n" and len(csv_rows) == 4
+    records = json.loads(piped("query", "-c", config, sql, "-n", "2", "-f", "json"))
+    assert [set(r) for r in records] == [{"user_idx", "n"}] * 2
+    listed = piped("models", "list")
+    assert "qwen2.5-coder-1.5b-instruct" in listed and "…" not in listed
 
 
 def test_slim_query_only_reads_and_a_modified_artifact_is_recomputed(tmp_path):
