@@ -144,11 +144,18 @@ def signal_table(rows: list[dict[str, Any]], protocol: str = "full") -> str:
 
 
 def history_groups(data: SequenceData, groups: int = GROUPS) -> list[np.ndarray]:
-    """User rows in `groups` equal-size groups by history length before the test item, shortest
-    first (the paper's sparsity analysis)."""
+    """User rows in up to `groups` groups of about equal size by history length before the test
+    item, shortest first (the paper's sparsity analysis). All users of one length share a group,
+    so groups never overlap in length: "4-5" and "5-6" read as overlapping ranges."""
     lengths = np.array([data.cutoff(u, "test") for u in range(data.n_users)])
     order = np.argsort(lengths, kind="stable")
-    return [part for part in np.array_split(order, groups) if len(part)]
+    ordered = lengths[order]
+    cuts = []
+    for target in np.linspace(0, len(order), groups + 1)[1:-1].round().astype(int):
+        cut = int(np.searchsorted(ordered, ordered[min(target, len(order) - 1)], side="left"))
+        if cut > 0 and (not cuts or cut > cuts[-1]):
+            cuts.append(cut)
+    return [part for part in np.split(order, cuts) if len(part)]
 
 
 def sparsity_rows(
@@ -157,7 +164,8 @@ def sparsity_rows(
     """Group labels and, per (model, variant), mean test NDCG@10 (full ranking) per group."""
     parts = history_groups(data, groups)
     lengths = np.array([data.cutoff(u, "test") for u in range(data.n_users)])
-    labels = [f"{int(lengths[p].min())}-{int(lengths[p].max())}" for p in parts]
+    bounds = [(int(lengths[p].min()), int(lengths[p].max())) for p in parts]
+    labels = [f"{lo}" if lo == hi else f"{lo}-{hi}" for lo, hi in bounds]
     per_run: dict[tuple[str, str], list[list[float]]] = defaultdict(list)
     for row in rows:
         if row["split"] != "test" or row["protocol"] != "full" or not row.get("ranks"):

@@ -311,3 +311,16 @@ def test_config_history_control_needs_the_students_pairs_and_its_train_cutoff():
         config_from_dict(values)
     values["student"]["cutoffs"] = ["train", "valid", "test"]
     assert config_from_dict(values).recommender.rationales == ["history"]
+
+
+def test_history_groups_never_share_a_length():
+    from slim_core.report import history_groups, sparsity_rows
+
+    data = sequences([4, 5, 5, 5, 5, 6, 6, 7, 9, 12])  # test cutoffs 3, 4, 4, 4, 4, 5, ...
+    groups = history_groups(data)
+    lengths = [sorted({data.cutoff(u, "test") for u in g}) for g in groups]
+    assert sum(len(g) for g in groups) == 10
+    assert all(a[-1] < b[0] for a, b in zip(lengths, lengths[1:], strict=False))
+    labels, _ = sparsity_rows(metric_rows("sasrec", "id", 0.1, [0] * 10), data)
+    # the four users of length 4 would have been split over two groups of two
+    assert labels == ["3", "4", "5-6", "8-11"] and [len(g) for g in groups] == [1, 4, 3, 2]
