@@ -18,7 +18,7 @@ from prefect import Task, flow
 from prefect.runtime import flow_run
 
 import tasks  # noqa: F401  (logging setup before Prefect runs anything)
-from slim_core.config import SlimConfig, TeacherConfig, load_config
+from slim_core.config import VARIANTS, SlimConfig, TeacherConfig, load_config
 from slim_core.data import DataStageResult
 from slim_core.errors import ConfigError
 from slim_core.prompts import Prompt
@@ -73,11 +73,14 @@ def _load(
     teacher_users: int | None = None,
     student_users: int | None = None,
     budget_usd: float | None = None,
+    without_llm: bool = False,
 ) -> SlimConfig:
     """Validate the configuration, apply the run's parameters (what deployments let users change
     per run), and save it, resolved, beside the run's outputs."""
     code_version()  # the commit this process started with: its run manifest names it
     config = load_config(config_path)
+    if without_llm:
+        config = _without_llm_rows(config)
     teacher = {"users": teacher_users, "budget_usd": budget_usd}
     for section, values in (("teacher", teacher), ("student", {"users": student_users})):
         values = {k: v for k, v in values.items() if v is not None}
@@ -134,9 +137,36 @@ def _with_history_control(
 @flow(name="slim-train", flow_run_name="train {config_path}", **TRACED)
 def train_flow(config_path: str) -> dict[str, object]:
     """Data, item encoding and every recommender run, evaluated under both protocols."""
-    config = _load(config_path)
+    config = _load(config_path, without_llm=True)
     data = run_prepare_data(config).result()
     return {"data": data, "recommenders": _recommenders(config, data)}
+
+
+def _without_llm_rows(config: SlimConfig) -> SlimConfig:
+    """`slim train` runs no LLM: of a configuration whose user-side rows read the pipeline's
+    rationales, it trains the rest and says what it leaves to `slim run`. Decided before any
+    work (it used to fail after encoding the items)."""
+    rec = config.recommender
+    if rec.user_vectors is not None or not needs_user_text(config):
+        return config
+    skipped = [v for v in rec.variants if VARIANTS[v][1]]
+    kept = [v for v in rec.variants if not VARIANTS[v][1]]
+    if rec.text_matching:
+        skipped.append("text matching")
+    if not kept:
+        raise ConfigError(
+            f"recommender.variants {rec.variants} all read rationale vectors, which `slim train` "
+            "does not make: run `slim run` (teacher and student sections), set "
+            "recommender.user_vectors to your own Parquet, or add id / item_text variants"
+        )
+    log.warning(
+        "slim train runs no LLM: skipping %s (they read the pipeline's rationales: `slim run` "
+        "trains them); training %s",
+        ", ".join(skipped),
+        ", ".join(kept),
+    )
+    config.recommender = rec.model_copy(update={"variants": kept, "text_matching": False})
+    return config
 
 
 T = TypeVar("T")

@@ -255,3 +255,30 @@ def test_cli_train_and_evaluate(tmp_path):
     shown = CliRunner().invoke(app, ["evaluate", "-c", str(path)], env={"COLUMNS": "250"})
     assert shown.exit_code == 0, shown.output
     assert "sasrec" in shown.output and "popularity" in shown.output and "ndcg.png" in shown.output
+
+
+def test_cli_train_on_a_config_with_llm_sections_trains_the_rest_and_says_so(tmp_path):
+    """`slim train -c configs/demo.yaml` failed with exit 2 after encoding the items, asking for
+    teacher and student sections that were configured: it runs no LLM, so it now trains the
+    variants that need none and names what it leaves to `slim run`, decided before any work."""
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    slim = str(Path(sys.executable).parent / "slim")
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
+    quick = ["--set", "recommender.models=[sasrec]", "--set", "recommender.seeds=[1]"]
+    quick += ["--set", "recommender.max_epochs=1", "--set", f"run.output_dir={tmp_path / 'run'}"]
+
+    def train(*extra: str) -> subprocess.CompletedProcess:
+        command = [slim, "train", "-c", "configs/demo.yaml", *quick, *extra]
+        return subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True)
+
+    trained = train()
+    output = trained.stdout + trained.stderr
+    assert trained.returncode == 0, output
+    assert "skipping item_user_text, text matching" in output
+    assert "sasrec" in trained.stdout and "item_text" in trained.stdout
+    nothing = train("--set", "recommender.variants=[item_user_text]", "--set", "run.name=x")
+    assert nothing.returncode == 2 and "does not make" in nothing.stdout, nothing.stdout
