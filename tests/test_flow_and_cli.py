@@ -279,6 +279,7 @@ def test_cli_train_on_a_config_with_llm_sections_trains_the_rest_and_says_so(tmp
     output = trained.stdout + trained.stderr
     assert trained.returncode == 0, output
     assert "skipping item_user_text, text matching" in output
+    assert "sasrec/id/1: epoch 1, loss" in output  # not a terminal: every epoch is logged
     assert "sasrec" in trained.stdout and "item_text" in trained.stdout
     nothing = train("--set", "recommender.variants=[item_user_text]", "--set", "run.name=x")
     assert nothing.returncode == 2 and "does not make" in nothing.stdout, nothing.stdout

@@ -83,6 +83,7 @@ def fit(
         disable=None if PROGRESS_BARS else True,
     )
     for epoch in bar:
+        epoch_started = time.perf_counter()
         model.train()
         total, steps = 0.0, 0
         for batch in batches(rng):
@@ -102,15 +103,18 @@ def fit(
             valid_ndcg=f"{score:.4f}",
             best=f"{max(best, score):.4f}",
         )
-        if epoch % 10 == 0:  # a heartbeat for logs (the Prefect UI) where no bar is shown
+        # Without a bar (not a terminal: a scheduler's log, the Prefect UI) every epoch is a log
+        # line, as an epoch can take minutes; beside a bar, a heartbeat every 10 for the UI.
+        if bar.disable or epoch % 10 == 0:
             log.info(
-                "%s: epoch %d, loss %.4f, valid NDCG@10 %.4f (best %.4f at %d)",
+                "%s: epoch %d, loss %.4f, valid NDCG@10 %.4f (best %.4f at %d), %.1f s",
                 description,
                 epoch,
                 total / max(steps, 1),
                 score,
                 max(best, score),
                 best_epoch if best >= score else epoch,
+                time.perf_counter() - epoch_started,
             )
         if score > best:
             best, best_epoch, waited = score, epoch, 0
