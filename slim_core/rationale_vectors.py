@@ -83,7 +83,9 @@ def encode_rationales(
         counts = {}
         for part in PARTS:
             present = [n for n, t in enumerate(texts) if t[part]]
-            encoded = encoder.encode([texts[n][part] for n in present])
+            encoded = encoder.encode(
+                [texts[n][part] for n in present], description=f"{source} rationales, {part}"
+            )
             vectors: list[np.ndarray | None] = [None] * len(rows)
             for row, n in enumerate(present):
                 vectors[n] = encoded[row]

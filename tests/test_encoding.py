@@ -115,3 +115,24 @@ def test_items_without_text_column(tmp_path: Path, encoder: TextEncoder):
     assert str(path) in str(info.value)
     with pytest.raises(DataError, match="items file not found"):
         item_text_key(tmp_path / "none.parquet")
+
+
+def test_long_encoding_reports_progress_where_no_bar_is_shown(encoder, monkeypatch, caplog):
+    """Not a terminal (pytest captures the output): a log line per chunk, and the vectors are
+    those of one call, in order."""
+    import logging
+
+    import slim_core.encoding as encoding
+
+    monkeypatch.setattr(encoding, "PROGRESS_CHUNK", 4)
+    texts = [f"item number {n}" for n in range(10)]
+    with caplog.at_level(logging.INFO, logger="slim_core.encoding"):
+        chunked = encoder.encode(texts, description="item text")
+    lines = [r.getMessage() for r in caplog.records if r.name == "slim_core.encoding"]
+    assert [line.split(" texts")[0] for line in lines] == [
+        "item text: 4 of 10",
+        "item text: 8 of 10",
+        "item text: 10 of 10",
+    ]
+    monkeypatch.setattr(encoding, "PROGRESS_CHUNK", 1024)
+    np.testing.assert_allclose(chunked, encoder.encode(texts), atol=1e-5)
