@@ -99,14 +99,6 @@ def shipped_model(name: str) -> ShippedModel:
         raise ConfigError(f"unknown shipped model {name!r}; known: {known}") from None
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(1 << 22):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def fetch_model(name: str, cache: Path | None = None) -> Path:
     """The verified GGUF file of a shipped model, downloading and assembling it if needed."""
     model = shipped_model(name)

@@ -80,10 +80,6 @@ def data_stage_key(cfg: DataConfig) -> str:
     return canonical_hash({"version": DATA_STAGE_VERSION, "settings": settings, "inputs": digests})
 
 
-def data_stage_folder(config: SlimConfig) -> StageFolder:
-    return RunFolder(config.run.output_dir).stage("data", data_stage_key(config.data))
-
-
 def _connect(cfg: DataConfig) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect(":memory:")
     if cfg.duckdb_threads:
