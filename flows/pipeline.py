@@ -17,8 +17,8 @@ from typing import TypeVar
 from prefect import Task, flow
 from prefect.runtime import flow_run
 
-import tasks  # noqa: F401  (logging setup before Prefect runs anything)
-from slim_core.config import VARIANTS, SlimConfig, TeacherConfig, load_config
+from flows.identity import resolve, run_name, skipped_without_llm, tag_flow_run
+from slim_core.config import SlimConfig, TeacherConfig, load_config
 from slim_core.data import DataStageResult
 from slim_core.errors import ConfigError
 from slim_core.prompts import Prompt
@@ -68,27 +68,34 @@ TRACED = {
 }
 
 
+STAGES = ("data", "teacher", "student", "encode", "recommenders", "report")
+LLM_STAGES = ("teacher", "student")
+
+
 def _load(
     config_path: str,
     teacher_users: int | None = None,
     student_users: int | None = None,
     budget_usd: float | None = None,
+    *,
+    stages: tuple[str, ...],
     without_llm: bool = False,
 ) -> SlimConfig:
-    """Validate the configuration, apply the run's parameters (what deployments let users change
-    per run), and save it, resolved, beside the run's outputs."""
+    """Validate the configuration, apply the run's parameters, tag the flow run, and save the
+    configuration, resolved, beside the run's outputs."""
     code_version()  # the commit this process started with: its run manifest names it
     config = load_config(config_path)
-    if without_llm:
-        config = _without_llm_rows(config)
-    teacher = {"users": teacher_users, "budget_usd": budget_usd}
-    for section, values in (("teacher", teacher), ("student", {"users": student_users})):
-        values = {k: v for k, v in values.items() if v is not None}
-        current = getattr(config, section)
-        if values and current is None:
-            raise ConfigError(f"{', '.join(values)} given, but the configuration has no {section}")
-        if values:
-            setattr(config, section, type(current).model_validate(current.model_dump() | values))
+    skipped = skipped_without_llm(config) if without_llm else []
+    config = resolve(config_path, teacher_users, student_users, budget_usd, without_llm)
+    if skipped:
+        log.warning(
+            "slim train runs no LLM: skipping %s (they read the pipeline's rationales: `slim "
+            "run` trains them); training %s",
+            ", ".join(skipped),
+            ", ".join(config.recommender.variants),
+        )
+    # a stage without its section (teacher, student) is left out of the run
+    tag_flow_run(config, [s for s in stages if s not in LLM_STAGES or getattr(config, s)])
     # config.yaml is the latest run's; the flow run's own copy is what its manifest records, even
     # when another configuration's run shares the output folder.
     RunFolder(config.run.output_dir).save_config(config.to_yaml(), flow_run.id)
@@ -97,10 +104,10 @@ def _load(
     return config
 
 
-@flow(name="slim-prepare", flow_run_name="prepare {config_path}", **TRACED)
+@flow(name="slim-prepare", flow_run_name=run_name("prepare"), **TRACED)
 def prepare_flow(config_path: str) -> DataStageResult:
     """Data stage only: raw files -> interactions, items, sequences."""
-    return run_prepare_data(_load(config_path)).result()
+    return run_prepare_data(_load(config_path, stages=("data",))).result()
 
 
 def _recommenders(
@@ -134,39 +141,12 @@ def _with_history_control(
     return (*rationales, history_vectors_task(config, data, encoded, student))
 
 
-@flow(name="slim-train", flow_run_name="train {config_path}", **TRACED)
+@flow(name="slim-train", flow_run_name=run_name("train", without_llm=True), **TRACED)
 def train_flow(config_path: str) -> dict[str, object]:
     """Data, item encoding and every recommender run, evaluated under both protocols."""
-    config = _load(config_path, without_llm=True)
+    config = _load(config_path, stages=("data", "encode", "recommenders"), without_llm=True)
     data = run_prepare_data(config).result()
     return {"data": data, "recommenders": _recommenders(config, data)}
-
-
-def _without_llm_rows(config: SlimConfig) -> SlimConfig:
-    """`slim train` runs no LLM: of a configuration whose user-side rows read the pipeline's
-    rationales, it trains the rest and says what it leaves to `slim run`. Decided before any
-    work (it used to fail after encoding the items)."""
-    rec = config.recommender
-    if rec.user_vectors is not None or not needs_user_text(config):
-        return config
-    skipped = [v for v in rec.variants if VARIANTS[v][1]]
-    kept = [v for v in rec.variants if not VARIANTS[v][1]]
-    if rec.text_matching:
-        skipped.append("text matching")
-    if not kept:
-        raise ConfigError(
-            f"recommender.variants {rec.variants} all read rationale vectors, which `slim train` "
-            "does not make: run `slim run` (teacher and student sections), set "
-            "recommender.user_vectors to your own Parquet, or add id / item_text variants"
-        )
-    log.warning(
-        "slim train runs no LLM: skipping %s (they read the pipeline's rationales: `slim run` "
-        "trains them); training %s",
-        ", ".join(skipped),
-        ", ".join(kept),
-    )
-    config.recommender = rec.model_copy(update={"variants": kept, "text_matching": False})
-    return config
 
 
 T = TypeVar("T")
@@ -179,7 +159,7 @@ def _timed(timings: dict[str, float], stage: str, call: Callable[[], T]) -> T:
     return result
 
 
-@flow(name="slim-pipeline", flow_run_name="slim {config_path}", **TRACED)
+@flow(name="slim-pipeline", flow_run_name=run_name("slim"), **TRACED)
 def slim_pipeline(
     config_path: str,
     teacher_users: int | None = None,
@@ -192,7 +172,7 @@ def slim_pipeline(
     student section needs the teacher's rationales to learn from. The optional parameters
     override teacher.users, student.users and teacher.budget_usd for this run.
     """
-    config = _load(config_path, teacher_users, student_users, budget_usd)
+    config = _load(config_path, teacher_users, student_users, budget_usd, stages=STAGES)
     timings: dict[str, float] = {}
     data = _timed(timings, "data", lambda: run_prepare_data(config).result())
     wanted = set(config.recommender.rationales) if needs_user_text(config) else set()
@@ -294,22 +274,24 @@ def _two_batches_at_a_time(
     return report
 
 
-@flow(name="slim-teacher", flow_run_name="teacher {config_path}", **TRACED)
+@flow(name="slim-teacher", flow_run_name=run_name("teacher"), **TRACED)
 def teacher_flow(
     config_path: str, teacher_users: int | None = None, budget_usd: float | None = None
 ) -> dict[str, object]:
     """Teacher rationales for the sampled users, batch by batch, cached per prompt."""
-    config = _load(config_path, teacher_users=teacher_users, budget_usd=budget_usd)
+    config = _load(
+        config_path, teacher_users=teacher_users, budget_usd=budget_usd, stages=("data", "teacher")
+    )
     data = run_prepare_data(config).result()
     prompts = teacher_prompts(config, data)
     report = _ask_in_batches(config, prompts)
     return {"data": data, "teacher": teacher_rationales_task(config, prompts, report)}
 
 
-@flow(name="slim-teacher-retry-failed", flow_run_name="retry failed {config_path}", **TRACED)
+@flow(name="slim-teacher-retry-failed", flow_run_name=run_name("retry failed"), **TRACED)
 def retry_failed_flow(config_path: str, budget_usd: float | None = None) -> dict[str, object]:
     """Replay exactly the prompts in the dead-letter table (failed, never answered)."""
-    config = _load(config_path, budget_usd=budget_usd)
+    config = _load(config_path, budget_usd=budget_usd, stages=("data", "teacher"))
     data = run_prepare_data(config).result()
     prompts = teacher_prompts(config, data)
     dead = {row["key"] for row in answer_cache(config).dead_letters()}
@@ -354,10 +336,10 @@ def _teacher(config: SlimConfig, data: DataStageResult):
         release_teacher_backends()
 
 
-@flow(name="slim-student", flow_run_name="student {config_path}", **TRACED)
+@flow(name="slim-student", flow_run_name=run_name("student"), **TRACED)
 def student_flow(config_path: str) -> dict[str, object]:
     """Teacher (answers come from its cache when already paid for), fine-tuning, inference."""
-    config = _load(config_path)
+    config = _load(config_path, stages=("data", "teacher", "student"))
     data = run_prepare_data(config).result()
     teacher = _teacher(config, data)
     model = finetune_student_task(config, data, str(teacher.rationales))
@@ -369,7 +351,7 @@ def student_flow(config_path: str) -> dict[str, object]:
     }
 
 
-@flow(name="slim-regenerate", flow_run_name="regenerate {config_path}", **TRACED)
+@flow(name="slim-regenerate", flow_run_name=run_name("regenerate"), **TRACED)
 def regenerate_flow(config_path: str, student_users: int | None = None) -> dict[str, object]:
     """New interaction data -> rationales for the users whose prompts changed, nobody else.
 
@@ -378,7 +360,7 @@ def regenerate_flow(config_path: str, student_users: int | None = None) -> dict[
     an answer on disk. Deploy it on a schedule with
     `slim regenerate --config F --cron "0 3 * * *"`.
     """
-    config = _load(config_path, student_users=student_users)
+    config = _load(config_path, student_users=student_users, stages=("data", "student"))
     data = run_prepare_data(config).result()
     model = current_student(config)
     return {"data": data, "student": _student_inference(config, data, model)}

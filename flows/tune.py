@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from prefect import flow
 
+from flows.identity import run_name
 from flows.pipeline import TRACED, _each, _load
 from slim_core.config import SlimConfig
 from slim_core.rec.tune import TuneResult, finished_trials, open_study, tune_study
@@ -16,10 +17,10 @@ from tasks.recommend import encoding_task
 from tasks.tune import tune_summary_task, tune_trial_task
 
 
-@flow(name="slim-tune", flow_run_name="tune {config_path}", **TRACED)
+@flow(name="slim-tune", flow_run_name=run_name("tune"), **TRACED)
 def tune_flow(config_path: str, trials: int | None = None) -> TuneResult:
     """Search `tune.space` until the study has `trials` finished trials (default: tune.trials)."""
-    config: SlimConfig = _load(config_path)
+    config: SlimConfig = _load(config_path, stages=("data", "encode", "tune"))
     wanted = trials or config.tuning.trials
     data = run_prepare_data(config).result()
     encoded = (

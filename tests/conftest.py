@@ -10,8 +10,6 @@ from pathlib import Path
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="slim-prefect-home-")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "slim_core")
-os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 for name in [n for n in os.environ if n.startswith("SLIM_") and n != "SLIM_SHARED_DATA"]:
     del os.environ[name]  # a developer's overrides must not change test configurations
 

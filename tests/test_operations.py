@@ -1,6 +1,7 @@
 """Operations: `slim server` as a real process that flows report to, deployments registered on
 a real server, the work-pool `prefect.yaml`, and retention of old runs and stage folders."""
 
+import json
 import os
 import shutil
 import socket
@@ -79,9 +80,21 @@ def artifacts_of(api: str, flow_run_id: str) -> list[dict]:
 
 def test_slim_server_receives_a_flow_run_with_its_task_runs_and_artifacts(tmp_path, slim_server):
     api, env = slim_server
-    run_cli(env, "prepare", "--config", str(demo_config(tmp_path)))
+    run_cli(env, "prepare", "--config", str(demo_config(tmp_path)), "--set", "data.max_history=40")
     flow_run = flow_run_named(api, "prepare ")
     assert flow_run["state"]["type"] == "COMPLETED"
+    # Told apart in the UI: the config's name and hash, tags for the stages and the override.
+    manifest = json.loads(next((tmp_path / "run" / "flow-runs").glob("*.json")).read_text())
+    assert flow_run["name"] == f"prepare demo-{manifest['config_hash'][:8]}"
+    assert {"slim", "config:demo", "stage:data", "set:data.max_history=40"} <= set(flow_run["tags"])
+    # SLIM's own log lines reach the run's logs on the server, not only the console (Prefect was
+    # imported before `tasks` set its logging; the tests' conftest set it too and hid that).
+    logs = httpx.post(
+        f"{api}/logs/filter",
+        json={"logs": {"flow_run_id": {"any_": [flow_run["id"]]}}},
+        timeout=10,
+    ).json()
+    assert {"slim_core.data", "slim_core.manifest"} <= {line["name"] for line in logs}
     task_runs = httpx.post(
         f"{api}/task_runs/filter",
         json={"flow_runs": {"id": {"any_": [flow_run["id"]]}}},
