@@ -39,6 +39,7 @@ from slim_core.teacher.stage import answer_cache, prompt_keys, teacher_config, t
 from storage import RunFolder, code_version, remove_stale_temp_files
 from tasks.data import run_prepare_data
 from tasks.manifest import record_flow_run
+from tasks.progress import StageProgress
 from tasks.recommend import (
     encode_rationales_task,
     encoding_task,
@@ -122,7 +123,12 @@ def _recommenders(
     # once and waits for a free worker.
     workers = 1 if config.run.task_runner == "dask" else rec.workers
     with training_workers(workers, rec.threads):
-        runs = _each(config, [(training_task(*args), args) for args in arguments], workers > 1)
+        runs = _each(
+            config,
+            [(training_task(*args), args) for args in arguments],
+            workers > 1,
+            StageProgress("recommenders", len(arguments), "training runs"),
+        )
     rows = [row for run in runs for row in run]
     return evaluate_recommenders_task(config, data, encoded, rows, rationales)
 
@@ -210,13 +216,27 @@ def slim_pipeline(
     }
 
 
-def _each(config: SlimConfig, calls: list[tuple[Task, tuple]], together: bool = False) -> list:
+def _each(
+    config: SlimConfig,
+    calls: list[tuple[Task, tuple]],
+    together: bool = False,
+    progress: StageProgress | None = None,
+) -> list:
     """Run independent (task, arguments) calls: in order in this process (thread runner: a local
     model is loaded once and never shared between threads), or all submitted at once (Dask, or
-    `together` for tasks that share no model)."""
+    `together` for tasks that share no model). `progress` moves as each call finishes."""
+    results = []
     if together or config.run.task_runner == "dask":
-        return [future.result() for future in [task.submit(*args) for task, args in calls]]
-    return [task(*args) for task, args in calls]
+        for future in [task.submit(*args) for task, args in calls]:
+            results.append(future.result())
+            if progress is not None:
+                progress.advance()
+        return results
+    for task, args in calls:
+        results.append(task(*args))
+        if progress is not None:
+            progress.advance()
+    return results
 
 
 def _ask_in_batches(
@@ -231,15 +251,16 @@ def _ask_batches(
     config: SlimConfig, cfg: TeacherConfig, prompts: list[Prompt], replay_failed: bool
 ) -> TeacherReport:
     batches = [prompts[s : s + cfg.batch_size] for s in range(0, len(prompts), cfg.batch_size)]
+    progress = StageProgress("teacher", len(batches), "batches")
     report = TeacherReport()
     if cfg.budget_usd is None and cfg.backend == "openai" and config.run.task_runner != "dask":
-        return _two_batches_at_a_time(config, batches, replay_failed)
+        return _two_batches_at_a_time(config, batches, replay_failed, progress)
     if cfg.budget_usd is None:  # independent batches
         calls = [
             (teacher_batch_task, (config, b, n, None, replay_failed))
             for n, b in enumerate(batches, 1)
         ]
-        for part in _each(config, calls):
+        for part in _each(config, calls, progress=progress):
             report = report.add(part)
         return report
     for number, batch in enumerate(batches, start=1):  # each batch needs what the last cost
@@ -247,13 +268,17 @@ def _ask_batches(
         report = report.add(
             teacher_batch_task(config, batch, number, cfg.budget_usd, replay_failed)
         )
+        progress.advance()
         if report.stopped_by_budget:
             break
     return report
 
 
 def _two_batches_at_a_time(
-    config: SlimConfig, batches: list[list[Prompt]], replay_failed: bool
+    config: SlimConfig,
+    batches: list[list[Prompt]],
+    replay_failed: bool,
+    progress: StageProgress,
 ) -> TeacherReport:
     """HTTP teacher batches two at a time. One batch alone ends waiting for its slowest
     requests while the other connections idle; with the next batch already running, its
@@ -269,8 +294,10 @@ def _two_batches_at_a_time(
         )
         if len(running) == 2:
             report = report.add(running.popleft().result())
+            progress.advance()
     while running:
         report = report.add(running.popleft().result())
+        progress.advance()
     return report
 
 
@@ -319,7 +346,8 @@ def _student_inference(
     calls = [(student_shard_task, (config, model, shard, n)) for n, shard in enumerate(shards, 1)]
     report = TeacherReport()
     try:
-        for part in _each(config, calls):
+        progress = StageProgress("student", len(calls), "shards")
+        for part in _each(config, calls, progress=progress):
             report = report.add(part)
         return student_rationales_task(config, model, split_prompts, report)
     finally:

@@ -13,6 +13,7 @@ from flows.pipeline import TRACED, _each, _load
 from slim_core.config import SlimConfig
 from slim_core.rec.tune import TuneResult, finished_trials, open_study, tune_study
 from tasks.data import run_prepare_data
+from tasks.progress import StageProgress
 from tasks.recommend import encoding_task
 from tasks.tune import tune_summary_task, tune_trial_task
 
@@ -29,5 +30,6 @@ def tune_flow(config_path: str, trials: int | None = None) -> TuneResult:
     where = tune_study(config, data.key, None if encoded is None else encoded.key)
     missing = max(0, wanted - finished_trials(open_study(where, config)))
     item_vectors = None if encoded is None else encoded.item_vectors
-    _each(config, [(tune_trial_task, (config, where, data.folder, item_vectors))] * missing)
+    trials_left = [(tune_trial_task, (config, where, data.folder, item_vectors))] * missing
+    _each(config, trials_left, progress=StageProgress("tune", missing, "trials"))
     return tune_summary_task(config, where)

@@ -194,6 +194,8 @@ def test_train_flow_trains_evaluates_and_caches(tmp_path):
         assert (result.folder / name).is_file(), name
     summary = flow_run_artifact(first.state_details.flow_run_id, "recommender-results")
     assert "| sasrec | item_text |" in summary
+    # the UI's progress bar for the stage ends full
+    assert float(flow_run_artifact(first.state_details.flow_run_id, "recommenders-progress")) == 100
 
     again = train_flow(str(path), return_state=True)
     states = task_states(again)

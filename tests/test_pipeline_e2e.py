@@ -165,6 +165,9 @@ def test_whole_pipeline_then_cached_rerun(tmp_path, fake_openai, monkeypatch):
     for png in ("ndcg.png", "sparsity.png"):
         assert (report.folder / png).read_bytes()[:4] == b"\x89PNG"
     assert "SLIM report" in flow_run_artifact(state.state_details.flow_run_id, "slim-report")
+    for stage in ("teacher", "student", "recommenders"):  # the UI's bars end full
+        progress = flow_run_artifact(state.state_details.flow_run_id, f"{stage}-progress")
+        assert float(progress) == 100, stage
     calls = sum(fake_openai.calls.values())
     assert calls >= 16
 
