@@ -12,18 +12,30 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect.deployments.runner import RunnerDeployment
+from prefect.schedules import Cron
 
 from flows.pipeline import regenerate_flow, retry_failed_flow, slim_pipeline
 
 DEFAULT_REGENERATE_CRON = "0 3 * * *"
+DEFAULT_TIMEZONE = "UTC"  # explicit: a cron without one runs at the server's local time
+
+
+def deployment_name(kind: str, config_path: str | Path) -> str:
+    """`pipeline-demo` for configs/demo.yaml: the same names from `slim serve` and prefect.yaml."""
+    return f"{kind}-{Path(config_path).stem}"
+
+
+def regenerate_schedule(cron: str, timezone: str = DEFAULT_TIMEZONE) -> Cron:
+    return Cron(cron, timezone=timezone)
 
 
 def deployments(
-    config_path: str | Path, regenerate_cron: str | None = DEFAULT_REGENERATE_CRON
+    config_path: str | Path,
+    regenerate_cron: str | None = DEFAULT_REGENERATE_CRON,
+    timezone: str = DEFAULT_TIMEZONE,
 ) -> list[RunnerDeployment]:
     """The three deployments for one configuration file (names carry the file's stem)."""
     config_path = str(Path(config_path).resolve())
-    stem = Path(config_path).stem
     flows = [
         (
             slim_pipeline,
@@ -46,9 +58,9 @@ def deployments(
     ]
     return [
         flow.to_deployment(
-            name=f"{name}-{stem}",
+            name=deployment_name(name, config_path),
             parameters={"config_path": config_path},
-            cron=cron,
+            schedules=[regenerate_schedule(cron, timezone)] if cron else None,
             description=description,
             tags=["slim"],
         )

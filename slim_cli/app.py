@@ -89,6 +89,9 @@ ConfigOption = Annotated[
 
 
 QueryFormat = Literal["table", "csv", "json"]
+TimezoneOption = Annotated[
+    str, typer.Option(help="Time zone of the schedule (IANA name, e.g. Europe/Berlin).")
+]
 
 
 def _apply_overrides(values: list[str] | None) -> list[str] | None:
@@ -372,6 +375,7 @@ def regenerate(
         str | None,
         typer.Option(help='Serve on this schedule instead of running once, e.g. "0 3 * * *".'),
     ] = None,
+    timezone: TimezoneOption = "UTC",
     overrides: SetOption = None,
 ) -> None:
     """Rationales for users whose history changed (the fine-tuned student is reused).
@@ -382,9 +386,11 @@ def regenerate(
     from flows.runners import with_task_runner
 
     if cron:
+        from flows.deployments import deployment_name, regenerate_schedule
+
         regenerate_flow.serve(
-            name=f"regenerate-{Path(config).stem}",
-            cron=cron,
+            name=deployment_name("regenerate", config),
+            schedules=[regenerate_schedule(cron, timezone)],
             parameters={"config_path": str(Path(config).resolve())},
         )
         return
@@ -398,6 +404,7 @@ def serve(
     regenerate_cron: Annotated[
         str, typer.Option(help="Schedule of the regeneration deployment (cron).")
     ] = "0 3 * * *",
+    timezone: TimezoneOption = "UTC",
     overrides: SetOption = None,
 ) -> None:
     """Serve the pipeline, scheduled regeneration and retry-failed deployments (Ctrl-C stops).
@@ -409,7 +416,7 @@ def serve(
 
     from flows.deployments import deployments
 
-    prefect_serve(*deployments(config, regenerate_cron))
+    prefect_serve(*deployments(config, regenerate_cron, timezone))
 
 
 @app.command()

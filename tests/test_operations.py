@@ -172,6 +172,7 @@ def test_deployments_register_with_schedule_and_parameters(tmp_path):
     )
     assert "budget_usd" in retry.parameter_openapi_schema["properties"]
     assert [s.schedule.cron for s in regenerate.schedules] == ["15 4 * * *"]
+    assert [s.schedule.timezone for s in regenerate.schedules] == ["UTC"]
     assert retry.schedules == [] and pipeline.schedules == []
 
 
@@ -188,10 +189,15 @@ def test_prefect_yaml_names_real_flows_and_parameters():
         assert set(deployment["parameters"]) <= set(inspect.signature(flow.fn).parameters)
         assert (REPO / deployment["parameters"]["config_path"]).is_file()
         names.add(deployment["name"])
-    assert names == {"pipeline", "regenerate", "retry-failed"}
+    # the names `slim serve -c configs/demo.yaml` gives, schedules with an explicit time zone
+    from flows.deployments import deployment_name
+
+    kinds = ("pipeline", "regenerate", "retry-failed")
+    assert names == {deployment_name(kind, "configs/demo.yaml") for kind in kinds}
+    schedules = [s for d in spec["deployments"] for s in d.get("schedules", [])]
+    assert schedules and all(s.get("timezone") for s in schedules)
 
 
-@pytest.mark.usefixtures("prefect_server")
 def _killed_writers_leftover(folder: Path) -> Path:
     """The temporary file a writer killed with SIGKILL leaves (its process is gone)."""
     import subprocess
@@ -209,6 +215,7 @@ def _killed_writers_leftover(folder: Path) -> Path:
     return leftover
 
 
+@pytest.mark.usefixtures("prefect_server")
 def test_prune_old_runs_artifacts_and_stage_folders(tmp_path):
     from prefect.client.orchestration import get_client
     from typer.testing import CliRunner
