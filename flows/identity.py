@@ -50,7 +50,7 @@ def skipped_without_llm(config: SlimConfig) -> list[str]:
     rec = config.recommender
     if rec.user_vectors is not None or not uses_user_vectors(rec):
         return []
-    return [v for v in rec.variants if VARIANTS[v][1]] + (
+    return [v for v in rec.variants if VARIANTS[v].user_text] + (
         ["text matching"] if rec.text_matching else []
     )
 
@@ -61,7 +61,7 @@ def without_llm_rows(config: SlimConfig) -> SlimConfig:
     rec = config.recommender
     if not skipped_without_llm(config):
         return config
-    kept = [v for v in rec.variants if not VARIANTS[v][1]]
+    kept = [v for v in rec.variants if not VARIANTS[v].user_text]
     if not kept:
         raise ConfigError(
             f"recommender.variants {rec.variants} all read rationale vectors, which `slim train` "

@@ -116,7 +116,7 @@ def _recommenders(
 ) -> RecommenderResult:
     encoded = encoding_task(config, data)(config, data) if needs_item_text(config) else None
     rationales = _with_history_control(config, data, encoded, rationales)
-    specs = run_specs(config, list(user_sources(config, rationales)))
+    specs = run_specs(config.recommender, list(user_sources(config, rationales)))
     arguments = [(config, data, encoded, spec, rationales) for spec in specs]
     rec = config.recommender
     # Worker processes here, unless Dask's workers are the processes; every run is submitted at

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 import yaml
 from pydantic import (
@@ -224,12 +224,20 @@ RecModel = Literal["sasrec", "gru4rec", "srgnn"]
 # id: ID embeddings only; item_text: + item text vectors (the paper's item feature extension);
 # user_text: + a per-(user, cutoff) text vector on the user side; item_user_text: both.
 RecVariant = Literal["id", "item_text", "user_text", "item_user_text"]
-# variant -> (uses item text vectors, uses user text vectors)
+
+
+class VariantInputs(NamedTuple):
+    """What a variant reads besides item IDs."""
+
+    item_text: bool  # the item text vectors
+    user_text: bool  # a text vector per (user, cutoff): rationales, or a control
+
+
 VARIANTS = {
-    "id": (False, False),
-    "item_text": (True, False),
-    "user_text": (False, True),
-    "item_user_text": (True, True),
+    "id": VariantInputs(item_text=False, user_text=False),
+    "item_text": VariantInputs(item_text=True, user_text=False),
+    "user_text": VariantInputs(item_text=False, user_text=True),
+    "item_user_text": VariantInputs(item_text=True, user_text=True),
 }
 
 
@@ -334,11 +342,11 @@ class EvalConfig(_Strict):
 
 
 def uses_item_vectors(cfg: RecommenderConfig) -> bool:
-    return cfg.text_matching or any(VARIANTS[v][0] for v in cfg.variants)
+    return cfg.text_matching or any(VARIANTS[v].item_text for v in cfg.variants)
 
 
 def uses_user_vectors(cfg: RecommenderConfig) -> bool:
-    return cfg.text_matching or any(VARIANTS[v][1] for v in cfg.variants)
+    return cfg.text_matching or any(VARIANTS[v].user_text for v in cfg.variants)
 
 
 class TeacherConfig(_Strict):

@@ -229,7 +229,7 @@ def test_run_specs_one_run_per_source_and_every_part_for_the_student():
         "student": {"base_model": "b", "cutoffs": ["train", "valid", "test"]},
     }
     config = config_from_dict(values)
-    specs = run_specs(config, ["student", "teacher", "student:step2"])
+    specs = run_specs(config.recommender, ["student", "teacher", "student:step2"])
     names = [s.name for s in specs]
     assert names == [
         "popularity-id-None",
@@ -242,7 +242,7 @@ def test_run_specs_one_run_per_source_and_every_part_for_the_student():
         "text_matching-rationale-student-step2-1",
     ]  # single steps for the student only
     with pytest.raises(ConfigError, match="need rationale vectors"):
-        run_specs(config, [])
+        run_specs(config.recommender, [])
 
 
 @pytest.mark.parametrize("source", ["teacher", "student"])

@@ -17,18 +17,15 @@ from typing import Any
 from slim_core.config import EvalConfig, RecommenderConfig, SlimConfig
 from slim_core.data import DataStageResult
 from slim_core.encoding import TextEncoder, encode_items, item_text_key
-from slim_core.errors import ConfigError
 from slim_core.rationale_vectors import RationaleVectors
 from slim_core.rec import report
 from slim_core.rec.stage import (
     FILE_SOURCE,
-    VARIANTS,
+    RunSpec,
     StageInputs,
     load_inputs,
-    popularity_rows,
-    train_sequential,
-    train_text_matching,
-    user_side_sources,
+    run_one,
+    run_specs,
     uses_item_vectors,
     uses_user_vectors,
     write_metrics,
@@ -57,20 +54,6 @@ class EncodeResult:
     @property
     def item_vectors(self) -> Path:
         return self.folder / "item_vectors.parquet"
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    model: str  # sasrec | gru4rec | text_matching | popularity
-    variant: str
-    seed: int | None
-    source: str | None = None  # user vectors: "file", "student", "teacher", "student:step1", ...
-
-    @property
-    def name(self) -> str:
-        if self.source in (None, FILE_SOURCE):
-            return f"{self.model}-{self.variant}-{self.seed}"
-        return f"{self.model}-{self.variant}-{self.source.replace(':', '-')}-{self.seed}"
 
 
 def user_sources(
@@ -131,32 +114,6 @@ def encode_stage(config: SlimConfig, data: DataStageResult) -> EncodeResult:
     RunFolder(config.run.output_dir).record_stage(folder)
     manifest = folder.read_manifest() or {}
     return EncodeResult(folder.path, folder.key, manifest.get("facts", {}))
-
-
-def run_specs(config: SlimConfig, sources: Sequence[str] = ()) -> list[RunSpec]:
-    """Every run: popularity, each backbone x variant x seed (user-side variants once per
-    rationale source), and text matching per source and rationale part."""
-    rec = config.recommender
-    full = [s for s in sources if ":" not in s]
-    if uses_user_vectors(rec) and not full:
-        raise ConfigError(
-            "the user_text variants and text matching need rationale vectors: configure the "
-            "teacher and student sections (and recommender.rationales), or set "
-            "recommender.user_vectors to a Parquet of (user_idx, cutoff, vector)"
-        )
-    specs = [RunSpec("popularity", "id", None)] if rec.popularity else []
-    fused = user_side_sources(rec, full)
-    for model in rec.models:
-        for variant in rec.variants:
-            for source in fused if VARIANTS[variant][1] else [None]:
-                specs += [RunSpec(model, variant, seed, source) for seed in rec.seeds]
-    if rec.text_matching:
-        matching = [s for s in sources if s in full and "full" in rec.text_matching_parts]
-        matching += [s for s in sources if ":" in s]
-        specs += [
-            RunSpec("text_matching", "rationale", s, src) for src in matching for s in rec.seeds
-        ]
-    return specs
 
 
 def recommender_stage_folder(
@@ -241,20 +198,7 @@ def train_run(
         None if encoded is None else encoded.item_vectors,
         user_sources(config, rationales),
     )
-    if spec.model == "popularity":
-        return popularity_rows(inputs, ev)
-    if spec.model == "text_matching":
-        return train_text_matching(spec.seed, rec, ev, inputs, spec.source or FILE_SOURCE)
-    return train_sequential(
-        spec.model,
-        spec.variant,
-        spec.seed,
-        rec,
-        ev,
-        inputs,
-        checkpoint=folder.file(f"checkpoints/{spec.name}.pt"),
-        source=spec.source,
-    )
+    return run_one(spec, rec, ev, inputs, folder.file("checkpoints"))
 
 
 def protocol_note(config: SlimConfig) -> str:

@@ -7,7 +7,7 @@ negatives (`negatives.parquet`) that every model is ranked against, drawn once p
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,6 +116,45 @@ def user_side_sources(cfg: RecommenderConfig, sources: list[str]) -> list[str]:
     return sources + [ZERO_SOURCE] if cfg.zero_vector_control and sources else sources
 
 
+@dataclass(frozen=True)
+class RunSpec:
+    model: str  # sasrec | gru4rec | text_matching | popularity
+    variant: str
+    seed: int | None
+    source: str | None = None  # user vectors: "file", "student", "teacher", "student:step1", ...
+
+    @property
+    def name(self) -> str:
+        if self.source in (None, FILE_SOURCE):
+            return f"{self.model}-{self.variant}-{self.seed}"
+        return f"{self.model}-{self.variant}-{self.source.replace(':', '-')}-{self.seed}"
+
+
+def run_specs(rec: RecommenderConfig, sources: Sequence[str] = ()) -> list[RunSpec]:
+    """Every run: popularity, each backbone x variant x seed (user-side variants once per
+    rationale source), and text matching per source and rationale part."""
+    full = [s for s in sources if ":" not in s]
+    if uses_user_vectors(rec) and not full:
+        raise ConfigError(
+            "the user_text variants and text matching need rationale vectors: configure the "
+            "teacher and student sections (and recommender.rationales), or set "
+            "recommender.user_vectors to a Parquet of (user_idx, cutoff, vector)"
+        )
+    specs = [RunSpec("popularity", "id", None)] if rec.popularity else []
+    fused = user_side_sources(rec, full)
+    for model in rec.models:
+        for variant in rec.variants:
+            for source in fused if VARIANTS[variant].user_text else [None]:
+                specs += [RunSpec(model, variant, seed, source) for seed in rec.seeds]
+    if rec.text_matching:
+        matching = [s for s in sources if s in full and "full" in rec.text_matching_parts]
+        matching += [s for s in sources if ":" in s]
+        specs += [
+            RunSpec("text_matching", "rationale", s, src) for src in matching for s in rec.seeds
+        ]
+    return specs
+
+
 def load_inputs(
     cfg: RecommenderConfig,
     ev: EvalConfig,
@@ -186,7 +225,7 @@ def build_model(
     inputs: StageInputs,
     source: str | None = None,
 ) -> SequentialRecommender:
-    uses_items, uses_users = VARIANTS[variant]
+    uses_items, uses_users = VARIANTS[variant]  # item text, user text
     common = {
         "item_text": inputs.item_text if uses_items else None,
         "user_text_dim": inputs.user_index(source).matrix.shape[1] if uses_users else None,
@@ -317,7 +356,7 @@ def fit_sequential(
     set_seed(seed)  # the initial weights too, not only the training order
     model = build_model(kind, variant, data.n_items, cfg, inputs, source)
     model.to(resolve_device(cfg.device))
-    users = inputs.user_index(source) if VARIANTS[variant][1] else None
+    users = inputs.user_index(source) if VARIANTS[variant].user_text else None
     make_rows = training_windows if model.every_position else training_prefixes
     windows = make_rows(data, cfg.max_len)
     # Each training target sees the latest rationale written before it (as of its cutoff).
@@ -435,30 +474,34 @@ def run_recommenders(
     out_folder.mkdir(parents=True, exist_ok=True)
     inputs = load_inputs(cfg, ev, data_folder, out_folder, item_vectors, user_vectors)
     rows: list[dict[str, Any]] = []
-    if cfg.popularity:
-        rows += popularity_rows(inputs, ev)
-    user_sources = user_side_sources(cfg, [FILE_SOURCE])
-    for kind in cfg.models:
-        for variant in cfg.variants:
-            for source in user_sources if VARIANTS[variant][1] else [None]:
-                for seed in cfg.seeds:
-                    tag = "" if source in (None, FILE_SOURCE) else f"-{source}"
-                    name = f"{kind}-{variant}{tag}-{seed}"
-                    rows += train_sequential(
-                        kind,
-                        variant,
-                        seed,
-                        cfg,
-                        ev,
-                        inputs,
-                        checkpoint=out_folder / "checkpoints" / f"{name}.pt",
-                        source=source,
-                    )
-    if cfg.text_matching:
-        for seed in cfg.seeds:
-            rows += train_text_matching(seed, cfg, ev, inputs)
+    for spec in run_specs(cfg, [FILE_SOURCE]):
+        rows += run_one(spec, cfg, ev, inputs, out_folder / "checkpoints")
     write_metrics(rows, out_folder / "metrics.parquet")
     return rows
+
+
+def run_one(
+    spec: RunSpec,
+    cfg: RecommenderConfig,
+    ev: EvalConfig,
+    inputs: StageInputs,
+    checkpoints: Path,
+) -> list[dict[str, Any]]:
+    """Train and evaluate one planned run; backbones keep their best weights in `checkpoints`."""
+    if spec.model == "popularity":
+        return popularity_rows(inputs, ev)
+    if spec.model == "text_matching":
+        return train_text_matching(spec.seed, cfg, ev, inputs, spec.source or FILE_SOURCE)
+    return train_sequential(
+        spec.model,
+        spec.variant,
+        spec.seed,
+        cfg,
+        ev,
+        inputs,
+        checkpoint=checkpoints / f"{spec.name}.pt",
+        source=spec.source,
+    )
 
 
 def write_metrics(rows: list[dict[str, Any]], path: Path) -> None:
