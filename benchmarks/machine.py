@@ -48,3 +48,17 @@ def write_results(path: Path, payload: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(stamped, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {path}")
+
+
+def merge_rows(path: Path, rows: list[dict], key) -> list[dict]:
+    """Write `{"updated", "rows"}` at `path`: the earlier rows, less those that `rows` measure
+    again (same `key(row)`), then `rows`; so measurements from several sessions add up."""
+    kept = []
+    if path.is_file():
+        new = {key(r) for r in rows}
+        kept = [r for r in json.loads(path.read_text())["rows"] if key(r) not in new]
+    merged = kept + rows
+    stamp = datetime.now(UTC).isoformat(timespec="seconds")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"updated": stamp, "rows": merged}, indent=2) + "\n")
+    return merged

@@ -20,11 +20,10 @@ teacher model).
 from __future__ import annotations
 
 import argparse
-import json
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow.parquet as pq
+from machine import merge_rows  # benchmarks/machine.py
 
 from slim_core.config import load_config
 from slim_core.rationale_score import score_run, shown_history_items
@@ -119,20 +118,10 @@ def main() -> None:
     if args.encode:
         encode_run(args.config)
     rows = rows_for(args.config, args.dataset)
-    kept = []
-    if RESULTS.is_file():
-        new = {_key(r) for r in rows}
-        kept = [r for r in json.loads(RESULTS.read_text())["rows"] if _key(r) not in new]
-    RESULTS.write_text(
-        json.dumps(
-            {"updated": datetime.now(UTC).isoformat(timespec="seconds"), "rows": kept + rows},
-            indent=2,
-        )
-        + "\n"
-    )
+    merged = merge_rows(RESULTS, rows, _key)
     print("| dataset | source | model | users | rationales | zero-shot NDCG@10 | three steps |")
     print("|---|---|---|---:|---:|---:|---:|")
-    for r in kept + rows:
+    for r in merged:
         share = "—" if r["three_step_share"] is None else f"{100 * r['three_step_share']:.0f}%"
         print(
             f"| {r['dataset']} | {r['source']} | {r['model'] or '—'} | {r['users']} | "

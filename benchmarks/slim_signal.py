@@ -17,9 +17,9 @@ Rows merge into `benchmarks/results/slim_signal.json` by (dataset, model, varian
 from __future__ import annotations
 
 import argparse
-import json
-from datetime import UTC, datetime
 from pathlib import Path
+
+from machine import merge_rows  # benchmarks/machine.py
 
 from slim_core.config import load_config
 from slim_core.rec.pipeline import load_recommender_result
@@ -53,17 +53,7 @@ def main() -> None:
     parser.add_argument("--dataset", required=True, help="the name the rows carry, e.g. ml-100k")
     args = parser.parse_args()
     rows = rows_for(args.config, args.dataset)
-    kept = []
-    if RESULTS.is_file():
-        new = {_key(r) for r in rows}
-        kept = [r for r in json.loads(RESULTS.read_text())["rows"] if _key(r) not in new]
-    RESULTS.write_text(
-        json.dumps(
-            {"updated": datetime.now(UTC).isoformat(timespec="seconds"), "rows": kept + rows},
-            indent=2,
-        )
-        + "\n"
-    )
+    merged = merge_rows(RESULTS, rows, _key)
     names = {"item_text": "item text", "zeros": "+ zeros", "history": "+ history"}
     print(
         "| dataset | protocol | model | variant | seeds | NDCG@10 | "
@@ -71,7 +61,7 @@ def main() -> None:
         + " |"
     )
     print("|---|---|---|---|---:|---|" + "---|" * len(SIGNAL_REFERENCES))
-    for r in kept + rows:
+    for r in merged:
         cells = []
         for reference in SIGNAL_REFERENCES:
             difference, sigmas = r.get(f"vs_{reference}"), r.get(f"vs_{reference}_sigmas")
