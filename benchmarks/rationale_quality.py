@@ -64,6 +64,21 @@ def encode_run(config_path: Path) -> None:
             encode_rationales(source, path, RunFolder(config.run.output_dir), encoder)
 
 
+def seconds_per_answer(config, source: str) -> float | None:
+    """Mean generation seconds an answer (batched answers share their batch's time), as the
+    rationale file recorded them when they were generated."""
+    from slim_core.student.stage import student_folder
+    from slim_core.teacher.stage import teacher_folder
+
+    folder = teacher_folder(config) if source == "teacher" else student_folder(config)
+    path = folder / f"{source}_rationales.parquet"
+    if not path.is_file():
+        return None
+    latency = pq.read_table(path, columns=["latency_s"]).column("latency_s").to_pylist()
+    seconds = [s for s in latency if s is not None]
+    return round(sum(seconds) / len(seconds), 2) if seconds else None
+
+
 def rows_for(config_path: Path, dataset: str) -> list[dict]:
     config = load_config(config_path)
     run = RunFolder(config.run.output_dir)
@@ -71,31 +86,32 @@ def rows_for(config_path: Path, dataset: str) -> list[dict]:
         "teacher": config.teacher.model if config.teacher else None,
         "student": config.student.base_model if config.student else None,
     }
+    filters = {"teacher": "none", "student": config.student.select if config.student else None}
     scores = score_run(run, shown_history_items(config))
+    step3 = {s.source: s.ndcg10 for s in scores if s.part == "step3"}
     # the no-LLM control on the student's pairs, or the teacher's in a run without a student
     control_source = "student" if any(s.source == "student" for s in scores) else "teacher"
     rows = []
     for score in scores:
         if score.part == "full":
-            source, model, share = (
-                score.source,
-                models[score.source],
-                three_step_share(run, score.source),
-            )
+            source = score.source
+            row = {"model": models[source], "filter": filters[source]}
+            row["three_step_share"] = three_step_share(run, source)
+            row["ndcg10_step3"] = round(step3[source], 2) if source in step3 else None
+            row["seconds_per_answer"] = seconds_per_answer(config, source)
         elif score.part == "history" and score.source == control_source:
-            source, model, share = "history", None, None
+            source = "history"
+            row = {"model": None, "filter": "none", "three_step_share": None}
         else:
             continue
         rows.append(
             {
                 "dataset": dataset,
                 "source": source,
-                "model": model,
-                "filter": "none",
                 "users": score.users,
                 "rationales": score.rationales,
                 "ndcg10_zero_shot": round(score.ndcg10, 2),
-                "three_step_share": share,
+                **row,
             }
         )
     return rows
@@ -119,13 +135,19 @@ def main() -> None:
         encode_run(args.config)
     rows = rows_for(args.config, args.dataset)
     merged = merge_rows(RESULTS, rows, _key)
-    print("| dataset | source | model | users | rationales | zero-shot NDCG@10 | three steps |")
-    print("|---|---|---|---:|---:|---:|---:|")
+    print(
+        "| dataset | source | model | filter | users | rationales | zero-shot NDCG@10 | step 3 "
+        "| three steps | s / answer |"
+    )
+    print("|---|---|---|---|---:|---:|---:|---:|---:|---:|")
     for r in merged:
         share = "—" if r["three_step_share"] is None else f"{100 * r['three_step_share']:.0f}%"
+        step3, seconds = r.get("ndcg10_step3"), r.get("seconds_per_answer")
         print(
-            f"| {r['dataset']} | {r['source']} | {r['model'] or '—'} | {r['users']} | "
-            f"{r['rationales']} | {r['ndcg10_zero_shot']:.2f} | {share} |"
+            f"| {r['dataset']} | {r['source']} | {r['model'] or '—'} | {r['filter']} | "
+            f"{r['users']} | {r['rationales']} | {r['ndcg10_zero_shot']:.2f} | "
+            f"{'—' if step3 is None else f'{step3:.2f}'} | {share} | "
+            f"{'—' if seconds is None else f'{seconds:.1f}'} |"
         )
 
 
