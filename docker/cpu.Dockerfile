@@ -28,9 +28,9 @@ RUN pip install ".[dask]"
 ENV SLIM_MODEL_CACHE=/models
 # Flows run as an unprivileged user that owns only the model cache and the run folders.
 RUN useradd --create-home --uid 10001 slim \
-    && mkdir -p /models /opt/slim/runs \
-    && chown slim /models /opt/slim/runs
+    && mkdir -p /models /opt/slim/runs /opt/slim/results \
+    && chown slim /models /opt/slim/runs /opt/slim/results
 USER 10001
-VOLUME ["/models", "/opt/slim/runs"]
+VOLUME ["/models", "/opt/slim/runs", "/opt/slim/results"]
 
-CMD ["prefect", "worker", "start", "--pool", "slim-cpu", "--type", "process"]
+CMD ["prefect", "worker", "start", "--pool", "slim-cpu", "--type", "process", "--with-healthcheck"]

@@ -18,6 +18,7 @@ COPY tasks ./tasks
 COPY flows ./flows
 COPY slim_cli ./slim_cli
 COPY configs ./configs
+COPY data ./data
 COPY prefect.yaml ./
 # The project itself (its dependency ranges are in pyproject.toml), with the Dask runner.
 # hadolint ignore=DL3013
@@ -25,10 +26,11 @@ RUN pip install ".[dask]"
 
 # Flows run as an unprivileged user that owns only the model cache and the run folders.
 RUN useradd --create-home --uid 10001 slim \
-    && mkdir -p /models /opt/slim/runs \
-    && chown slim /models /opt/slim/runs
+    && mkdir -p /models /opt/slim/runs /opt/slim/results \
+    && chown slim /models /opt/slim/runs /opt/slim/results
 USER 10001
-VOLUME ["/models", "/opt/slim/runs"]
-# The base image's entrypoint starts vLLM's server; this image is a Prefect worker instead.
+VOLUME ["/models", "/opt/slim/runs", "/opt/slim/results"]
+# The base image's entrypoint starts vLLM's server; this image is a Prefect worker instead
+# (its health endpoint on :8080 for the compose healthcheck).
 ENTRYPOINT []
-CMD ["prefect", "worker", "start", "--pool", "slim-gpu", "--type", "process"]
+CMD ["prefect", "worker", "start", "--pool", "slim-gpu", "--type", "process", "--with-healthcheck"]

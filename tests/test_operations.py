@@ -318,6 +318,21 @@ def test_docker_files_lint_and_compose_is_consistent():
         services["worker-cpu"]["environment"]["PREFECT_API_URL"] == "http://prefect-server:4200/api"
     )
 
+    # Every service restarts; workers and vLLM say when they are healthy; task results (the
+    # caches) live on a volume; each image holds what its default deployment reads.
+    assert all(service.get("restart") == "unless-stopped" for service in services.values())
+    for name in ("worker-cpu", "worker-gpu", "vllm"):
+        assert "/health" in " ".join(services[name]["healthcheck"]["test"]), name
+    for name, dockerfile in (("worker-cpu", "cpu"), ("worker-gpu", "gpu")):
+        results = services[name]["environment"]["PREFECT_LOCAL_STORAGE_PATH"]
+        assert f"results:{results}" in services[name]["volumes"], name
+        text = (REPO / "docker" / f"{dockerfile}.Dockerfile").read_text()
+        assert '"--with-healthcheck"]' in text, dockerfile
+        copied = {line.split()[1] for line in text.splitlines() if line.startswith("COPY ")}
+        demo = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())["data"]["source"]
+        for path in [demo["item_text"], *demo["sequences"]]:
+            assert path.split("/")[0] in copied, (dockerfile, path)
+
 
 def test_run_parameters_override_the_configuration_and_are_saved(tmp_path):
     from flows.pipeline import _load
