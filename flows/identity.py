@@ -1,4 +1,4 @@
-"""What a flow run ran with, and how it shows in the Prefect UI: runs you can tell apart.
+"""What a flow run ran with, how it shows in the Prefect UI, and the run folder it holds.
 
 Every run used to be named `train configs/demo.yaml`, and what changed it (`SLIM_*` overrides,
 `--set`) lived only in `flow-runs/*.json`. Now a run is named by its configuration's name and a
@@ -8,9 +8,11 @@ the configuration's name, the hash, the stages it runs and each override.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from prefect.runtime import flow_run
@@ -121,3 +123,40 @@ def tag_flow_run(config: SlimConfig, stages: Sequence[str]) -> list[str]:
     except Exception as error:  # tags are for people: never fail a run over them
         log.warning("could not tag flow run %s: %s", run_id, error)
     return tags
+
+
+@contextmanager
+def run_folder_slot(config: SlimConfig) -> Iterator[None]:
+    """Hold the run folder: a Prefect global concurrency limit of 1 named by the folder, so two
+    runs (two deployments' schedules, a CLI run beside a deployment run on one server) never
+    write the same run folder at once; the second waits for the first."""
+    from prefect.client.orchestration import get_client
+    from prefect.concurrency.sync import concurrency
+
+    folder = str(config.run.output_dir.resolve())
+    name = f"slim-run-folder-{canonical_hash(folder, 12)}"
+    with get_client(sync_client=True) as client:
+        client.upsert_global_concurrency_limit_by_name(name, limit=1)
+    # The lease is renewed while the run lives; a killed run's slot is free a minute later.
+    with concurrency(
+        name, occupy=1, lease_duration=60, strict=True, raise_on_lease_renewal_failure=False
+    ):
+        yield
+
+
+def one_run_per_folder(function: Callable) -> Callable:
+    """For a flow's function whose first parameter is `config_path`: its body holds the run
+    folder (`run_folder_slot`) from start to end, on a standing server (`PREFECT_API_URL`:
+    deployments, workers, the UI); a process on its own temporary server has no one to wait
+    for there, and the run folder's file lock still guards its manifest."""
+
+    @functools.wraps(function)
+    def holding(config_path: str, *args: Any, **kwargs: Any) -> Any:
+        from prefect.settings import get_current_settings
+
+        if get_current_settings().api.url is None:  # a temporary server of this process alone
+            return function(config_path, *args, **kwargs)
+        with run_folder_slot(load_config(config_path)):
+            return function(config_path, *args, **kwargs)
+
+    return holding

@@ -17,7 +17,13 @@ from typing import TypeVar
 from prefect import Task, flow
 from prefect.runtime import flow_run
 
-from flows.identity import resolve, run_name, skipped_without_llm, tag_flow_run
+from flows.identity import (
+    one_run_per_folder,
+    resolve,
+    run_name,
+    skipped_without_llm,
+    tag_flow_run,
+)
 from slim_core.config import SlimConfig, TeacherConfig, load_config
 from slim_core.data import DataStageResult
 from slim_core.errors import ConfigError
@@ -106,6 +112,7 @@ def _load(
 
 
 @flow(name="slim-prepare", flow_run_name=run_name("prepare"), **TRACED)
+@one_run_per_folder
 def prepare_flow(config_path: str) -> DataStageResult:
     """Data stage only: raw files -> interactions, items, sequences."""
     return run_prepare_data(_load(config_path, stages=("data",))).result()
@@ -148,6 +155,7 @@ def _with_history_control(
 
 
 @flow(name="slim-train", flow_run_name=run_name("train", without_llm=True), **TRACED)
+@one_run_per_folder
 def train_flow(config_path: str) -> dict[str, object]:
     """Data, item encoding and every recommender run, evaluated under both protocols."""
     config = _load(config_path, stages=("data", "encode", "recommenders"), without_llm=True)
@@ -166,6 +174,7 @@ def _timed(timings: dict[str, float], stage: str, call: Callable[[], T]) -> T:
 
 
 @flow(name="slim-pipeline", flow_run_name=run_name("slim"), **TRACED)
+@one_run_per_folder
 def slim_pipeline(
     config_path: str,
     teacher_users: int | None = None,
@@ -302,6 +311,7 @@ def _two_batches_at_a_time(
 
 
 @flow(name="slim-teacher", flow_run_name=run_name("teacher"), **TRACED)
+@one_run_per_folder
 def teacher_flow(
     config_path: str, teacher_users: int | None = None, budget_usd: float | None = None
 ) -> dict[str, object]:
@@ -316,6 +326,7 @@ def teacher_flow(
 
 
 @flow(name="slim-teacher-retry-failed", flow_run_name=run_name("retry failed"), **TRACED)
+@one_run_per_folder
 def retry_failed_flow(config_path: str, budget_usd: float | None = None) -> dict[str, object]:
     """Replay exactly the prompts in the dead-letter table (failed, never answered)."""
     config = _load(config_path, budget_usd=budget_usd, stages=("data", "teacher"))
@@ -365,6 +376,7 @@ def _teacher(config: SlimConfig, data: DataStageResult):
 
 
 @flow(name="slim-student", flow_run_name=run_name("student"), **TRACED)
+@one_run_per_folder
 def student_flow(config_path: str) -> dict[str, object]:
     """Teacher (answers come from its cache when already paid for), fine-tuning, inference."""
     config = _load(config_path, stages=("data", "teacher", "student"))
@@ -380,6 +392,7 @@ def student_flow(config_path: str) -> dict[str, object]:
 
 
 @flow(name="slim-regenerate", flow_run_name=run_name("regenerate"), **TRACED)
+@one_run_per_folder
 def regenerate_flow(config_path: str, student_users: int | None = None) -> dict[str, object]:
     """New interaction data -> rationales for the users whose prompts changed, nobody else.
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from prefect import flow
 
-from flows.identity import run_name
+from flows.identity import one_run_per_folder, run_name
 from flows.pipeline import TRACED, _each, _load
 from slim_core.config import SlimConfig
 from slim_core.rec.tune import TuneResult, finished_trials, open_study, tune_study
@@ -19,6 +19,7 @@ from tasks.tune import tune_summary_task, tune_trial_task
 
 
 @flow(name="slim-tune", flow_run_name=run_name("tune"), **TRACED)
+@one_run_per_folder
 def tune_flow(config_path: str, trials: int | None = None) -> TuneResult:
     """Search `tune.space` until the study has `trials` finished trials (default: tune.trials)."""
     config: SlimConfig = _load(config_path, stages=("data", "encode", "tune"))

@@ -371,3 +371,42 @@ def test_two_configurations_on_one_output_folder_each_keep_their_own_in_the_run_
         str(first.state_details.flow_run_id): 3,
         str(second.state_details.flow_run_id): 2,
     }
+
+
+def test_two_runs_on_one_run_folder_take_turns_on_a_standing_server(tmp_path, slim_server):
+    """Two deployment or CLI runs on one server never write the same run folder at once: the
+    second waits on a concurrency limit named by the folder until the first ends."""
+    api, env = slim_server
+    quick = {"variants": ["id"], "models": ["sasrec"], "seeds": [1, 2], "max_epochs": 3}
+    path = str(demo_config(tmp_path, recommender=quick))
+    first = subprocess.Popen(
+        [SLIM, "train", "-c", path], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    deadline = time.monotonic() + 300
+    while not runs_of(api, path, "train "):  # the first run holds the folder
+        assert time.monotonic() < deadline and first.poll() is None
+        time.sleep(0.5)
+    run_cli(env, "prepare", "-c", path)
+    assert first.wait(timeout=600) == 0, first.stdout.read().decode()[-3000:]
+    (trained,), (prepared,) = runs_of(api, path, "train "), runs_of(api, path, "prepare ")
+    train_end = max(t["end_time"] for t in task_runs_of(api, trained["id"]))
+    prepare_start = min(t["start_time"] for t in task_runs_of(api, prepared["id"]))
+    assert prepare_start >= train_end  # ISO timestamps in UTC compare as strings
+
+
+def runs_of(api: str, config_path: str, prefix: str) -> list[dict]:
+    """This test's flow runs (the server is shared by the module's tests)."""
+    runs = httpx.post(f"{api}/flow_runs/filter", json={}, timeout=10).json()
+    return [
+        r
+        for r in runs
+        if r["name"].startswith(prefix) and r["parameters"].get("config_path") == config_path
+    ]
+
+
+def task_runs_of(api: str, flow_run_id: str) -> list[dict]:
+    return httpx.post(
+        f"{api}/task_runs/filter",
+        json={"flow_runs": {"id": {"any_": [flow_run_id]}}},
+        timeout=10,
+    ).json()
