@@ -87,3 +87,97 @@ def demo_config(
     path = tmp_path / name
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def task_states(flow_state) -> list[str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(
+                id=FlowRunFilterId(any_=[flow_state.state_details.flow_run_id])
+            )
+        )
+    return [run.state.name for run in runs]
+
+
+USERS = 16
+
+
+def interaction_log(extra: dict[int, int] | None = None) -> str:
+    """16 users with 6 purchases each; `extra` appends more purchases to some users."""
+    lines = []
+    for user in range(USERS):
+        count = 6 + (extra or {}).get(user, 0)
+        for step in range(count):
+            lines.append(f"u{user},i{(user + step * 3) % 20},{1000 + step * 10 + user}")
+    return csv("user_id,item_id,timestamp", *lines)
+
+
+def items_file(folder: Path) -> Path:
+    path = folder / "items.csv"
+    path.write_text(
+        csv("item_id,title,category", *(f"i{n},Widget number {n},Lab" for n in range(20)))
+    )
+    return path
+
+
+def data_section(folder: Path, extra: dict[int, int] | None = None) -> dict:
+    """The `data` configuration of the small fixture, its files written into `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    log = folder / "log.csv"
+    log.write_text(interaction_log(extra))
+    source = {"format": "table", "interactions": str(log), "items": str(items_file(folder))}
+    return {"source": source, "k_core_users": 1, "k_core_items": 1}
+
+
+E2E_VARIANTS = ["id", "item_text", "user_text", "item_user_text"]
+
+
+def e2e_config(tmp_path: Path, fake_url: str, base: Path) -> Path:
+    """The whole pipeline on the small fixture: a loopback teacher at `fake_url`, the tiny
+    student `base`, every variant and rationale source (tests/test_pipeline_e2e.py)."""
+    config = {
+        "run": {"name": "e2e", "output_dir": str(tmp_path / "run"), "seed": 3},
+        "data": data_section(tmp_path),
+        "recommender": {
+            "models": ["sasrec", "gru4rec"],
+            "variants": E2E_VARIANTS,
+            "rationales": ["student", "teacher", "history"],
+            "zero_vector_control": True,
+            "text_matching": True,
+            "text_matching_parts": ["full", "step1", "step2", "step3"],
+            "seeds": [1],
+            "max_epochs": 2,
+            "dim": 16,
+            "max_len": 8,
+        },
+        "evaluation": {"sampled_negatives": 10},
+        "teacher": {
+            "backend": "openai",
+            "model": "teacher-test",
+            "base_url": fake_url,
+            "api_key_env": None,
+            "users": 8,
+            "cutoffs": ["train", "valid"],
+            "batch_size": 8,
+        },
+        "student": {
+            "base_model": str(base),
+            # Enough to memorise the loopback teacher's fixed answer, so that the student's
+            # answers have the three steps (the step-only text matching rows need them).
+            "max_steps": 120,
+            "learning_rate": 0.01,
+            "lora_r": 16,
+            "lora_targets": ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"],
+            "batch_size": 4,
+            "heldout_fraction": 0.25,
+            "min_pairs": 4,
+            "shard_users": 8,
+            "max_tokens": 48,
+        },
+    }
+    path = tmp_path / "e2e.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path

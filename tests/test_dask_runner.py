@@ -5,8 +5,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from tests.test_flow_and_cli import task_states
-from tests.test_pipeline_e2e import write_config
+from tests.helpers import e2e_config, task_states
 from tests.tiny_llm import build_tiny_llm
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -14,7 +13,7 @@ pytestmark = pytest.mark.usefixtures("prefect_server")
 
 def whole_pipeline(tmp_path, fake_url, base, runner: str):
     tmp_path.mkdir(parents=True)
-    path = write_config(tmp_path, fake_url, base)
+    path = e2e_config(tmp_path, fake_url, base)
     config = yaml.safe_load(path.read_text())
     config["student"]["shard_users"] = 4  # four shards: work for both workers
     config["run"]["task_runner"] = runner

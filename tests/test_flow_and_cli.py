@@ -7,24 +7,11 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from tests.helpers import demo_config, flow_run_artifact
+from tests.helpers import demo_config, flow_run_artifact, task_states
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 # Recommender settings that keep flow tests to seconds (the demo's own settings train for minutes).
 QUICK = {"models": ["sasrec"], "variants": ["id", "item_text"], "max_epochs": 2, "seeds": [1]}
-
-
-def task_states(flow_state) -> list[str]:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(
-                id=FlowRunFilterId(any_=[flow_state.state_details.flow_run_id])
-            )
-        )
-    return [run.state.name for run in runs]
 
 
 def test_flow_caches_by_inputs_and_recomputes_on_change(tmp_path):

@@ -2,66 +2,17 @@
 vectors -> every recommender variant -> report; then a rerun that loads no LLM and calls no one."""
 
 import json
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from tests.helpers import flow_run_artifact
-from tests.test_flow_and_cli import task_states
-from tests.test_student import USERS, data_section
+from tests.helpers import E2E_VARIANTS as VARIANTS
+from tests.helpers import USERS, flow_run_artifact, task_states
+from tests.helpers import e2e_config as write_config
 from tests.tiny_llm import build_tiny_llm
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
-
-VARIANTS = ["id", "item_text", "user_text", "item_user_text"]
-
-
-def write_config(tmp_path: Path, fake_url: str, base: Path) -> Path:
-    config = {
-        "run": {"name": "e2e", "output_dir": str(tmp_path / "run"), "seed": 3},
-        "data": data_section(tmp_path),
-        "recommender": {
-            "models": ["sasrec", "gru4rec"],
-            "variants": VARIANTS,
-            "rationales": ["student", "teacher", "history"],
-            "zero_vector_control": True,
-            "text_matching": True,
-            "text_matching_parts": ["full", "step1", "step2", "step3"],
-            "seeds": [1],
-            "max_epochs": 2,
-            "dim": 16,
-            "max_len": 8,
-        },
-        "evaluation": {"sampled_negatives": 10},
-        "teacher": {
-            "backend": "openai",
-            "model": "teacher-test",
-            "base_url": fake_url,
-            "api_key_env": None,
-            "users": 8,
-            "cutoffs": ["train", "valid"],
-            "batch_size": 8,
-        },
-        "student": {
-            "base_model": str(base),
-            # Enough to memorise the loopback teacher's fixed answer, so that the student's
-            # answers have the three steps (the step-only text matching rows need them).
-            "max_steps": 120,
-            "learning_rate": 0.01,
-            "lora_r": 16,
-            "lora_targets": ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"],
-            "batch_size": 4,
-            "heldout_fraction": 0.25,
-            "min_pairs": 4,
-            "shard_users": 8,
-            "max_tokens": 48,
-        },
-    }
-    path = tmp_path / "e2e.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 def named_states(flow_state) -> dict[str, set[str]]:

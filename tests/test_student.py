@@ -14,37 +14,8 @@ from slim_core.errors import ConfigError, DataError
 from slim_core.llm import Decoding
 from slim_core.prompts import STUDENT_VERSION
 from slim_core.teacher.stage import RATIONALE_SCHEMA
-from tests.helpers import csv, run_stage
+from tests.helpers import USERS, data_section, run_stage
 from tests.tiny_llm import build_tiny_llm
-
-USERS = 16
-
-
-def interaction_log(extra: dict[int, int] | None = None) -> str:
-    """16 users with 6 purchases each; `extra` appends more purchases to some users."""
-    lines = []
-    for user in range(USERS):
-        count = 6 + (extra or {}).get(user, 0)
-        for step in range(count):
-            lines.append(f"u{user},i{(user + step * 3) % 20},{1000 + step * 10 + user}")
-    return csv("user_id,item_id,timestamp", *lines)
-
-
-def items_file(folder: Path) -> Path:
-    path = folder / "items.csv"
-    path.write_text(
-        csv("item_id,title,category", *(f"i{n},Widget number {n},Lab" for n in range(20)))
-    )
-    return path
-
-
-def data_section(folder: Path, extra: dict[int, int] | None = None) -> dict:
-    """The `data` configuration of the small fixture, its files written into `folder`."""
-    folder.mkdir(parents=True, exist_ok=True)
-    log = folder / "log.csv"
-    log.write_text(interaction_log(extra))
-    source = {"format": "table", "interactions": str(log), "items": str(items_file(folder))}
-    return {"source": source, "k_core_users": 1, "k_core_items": 1}
 
 
 def prepare(folder: Path, extra: dict[int, int] | None = None):

@@ -8,9 +8,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from tests.helpers import flow_run_artifact
-from tests.test_flow_and_cli import task_states
-from tests.test_student import USERS, data_section, interaction_log
+from tests.helpers import USERS, data_section, flow_run_artifact, interaction_log, task_states
 from tests.tiny_llm import build_tiny_llm
 
 pytestmark = pytest.mark.usefixtures("prefect_server")

@@ -10,8 +10,7 @@ import pytest
 import yaml
 
 from tests.fake_openai import FakeOpenAI
-from tests.helpers import demo_config, flow_run_artifact
-from tests.test_flow_and_cli import task_states
+from tests.helpers import demo_config, flow_run_artifact, task_states
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 SECRET = "sk-never-log-me-0123456789"

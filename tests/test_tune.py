@@ -157,7 +157,7 @@ def test_trials_run_as_prefect_tasks_on_a_dask_cluster(tmp_path):
     """Two Dask worker processes ask the same SQLite study for trials at once."""
     from flows.runners import with_task_runner
     from flows.tune import tune_flow
-    from tests.test_flow_and_cli import task_states
+    from tests.helpers import task_states
 
     path = tune_config(tmp_path, trials=3)
     values = yaml.safe_load(path.read_text())
