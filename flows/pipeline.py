@@ -24,6 +24,7 @@ from flows.identity import (
     skipped_without_llm,
     tag_flow_run,
 )
+from flows.tracking import tracked
 from slim_core.config import SlimConfig, TeacherConfig, load_config
 from slim_core.data import DataStageResult
 from slim_core.errors import ConfigError
@@ -156,6 +157,7 @@ def _with_history_control(
 
 @flow(name="slim-train", flow_run_name=run_name("train", without_llm=True), **TRACED)
 @one_run_per_folder
+@tracked
 def train_flow(config_path: str) -> dict[str, object]:
     """Data, item encoding and every recommender run, evaluated under both protocols."""
     config = _load(config_path, stages=("data", "encode", "recommenders"), without_llm=True)
@@ -175,6 +177,7 @@ def _timed(timings: dict[str, float], stage: str, call: Callable[[], T]) -> T:
 
 @flow(name="slim-pipeline", flow_run_name=run_name("slim"), **TRACED)
 @one_run_per_folder
+@tracked
 def slim_pipeline(
     config_path: str,
     teacher_users: int | None = None,

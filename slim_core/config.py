@@ -328,6 +328,24 @@ class RecommenderConfig(_Strict):
     )
 
 
+class TrackingConfig(_Strict):
+    """Experiment tracking with MLflow (optional: `pip install -e '.[mlflow]'`)."""
+
+    mlflow: bool = Field(
+        False,
+        description="Log each pipeline or train run to MLflow: the resolved settings as params, "
+        "every recommender run's per-epoch loss and validation NDCG@10 and its test metrics, and "
+        "the results, report and plots as artifacts; the student's fine-tuning (TRL) reports to "
+        "the same experiment.",
+    )
+    uri: str | None = Field(
+        None,
+        description="MLflow tracking URI; default a SQLite store in the run folder "
+        "(sqlite:///<output_dir>/mlflow.db, artifacts in <output_dir>/mlflow-artifacts).",
+    )
+    experiment: str | None = Field(None, description="MLflow experiment; default run.name.")
+
+
 class EvalConfig(_Strict):
     """Evaluation protocols; both are always reported side by side."""
 
@@ -652,6 +670,7 @@ class SlimConfig(BaseSettings):
     encoder: EncoderConfig = EncoderConfig()
     recommender: RecommenderConfig = RecommenderConfig()
     evaluation: EvalConfig = EvalConfig()
+    tracking: TrackingConfig = TrackingConfig()
     teacher: TeacherConfig | None = None
     student: StudentConfig | None = None
     # None, not TuneConfig(): settings merge a given section into a default instance, and a

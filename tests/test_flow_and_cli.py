@@ -272,3 +272,36 @@ def test_cli_train_on_a_config_with_llm_sections_trains_the_rest_and_says_so(tmp
     assert "sasrec" in trained.stdout and "item_text" in trained.stdout
     nothing = train("--set", "recommender.variants=[item_user_text]", "--set", "run.name=x")
     assert nothing.returncode == 2 and "does not make" in nothing.stdout, nothing.stdout
+
+
+def test_cli_train_tracks_to_mlflow(tmp_path):
+    """`tracking.mlflow: true`: the run's settings, each recommender run's epochs and test
+    metrics, and the results as artifacts, in a SQLite store in the run folder."""
+    import os
+    import subprocess
+    import sys
+
+    import mlflow
+
+    slim = str(Path(sys.executable).parent / "slim")
+    path = demo_config(tmp_path, recommender={**QUICK, "variants": ["id"], "max_epochs": 2})
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
+    done = subprocess.run(
+        [slim, "train", "-c", str(path), "--set", "tracking.mlflow=true"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'run' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("demo")
+    runs = client.search_runs([experiment.experiment_id])
+    (parent,) = [r for r in runs if r.info.run_name.startswith("train demo-")]
+    assert parent.data.params["recommender.max_epochs"] == "2"
+    child = next(r for r in runs if r.info.run_name == "sasrec-id-1")
+    assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    epochs = client.get_metric_history(child.info.run_id, "valid_ndcg_at_10")
+    assert [m.step for m in epochs] == [1, 2]
+    assert 0 <= child.data.metrics["test_full_ndcg_at_10"] <= 1
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "recommenders")}
+    assert {"recommenders/metrics.parquet", "recommenders/ndcg.png"} <= artifacts

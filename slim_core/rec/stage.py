@@ -392,6 +392,7 @@ def _train_facts(result) -> dict[str, Any]:
         "epochs": result.epochs_run,
         "train_seconds": result.seconds,
         "seconds_per_epoch": result.seconds_per_epoch,
+        "history": result.history,  # per epoch: loss and validation NDCG@10 (tracking, plots)
     }
 
 

@@ -139,6 +139,7 @@ def finetune(
     gguf_file: str | None = None,
     seed: int = 42,
     callbacks: list[Any] | None = None,
+    report_to: str = "none",
 ) -> SFTResult:
     import torch
     from datasets import Dataset
@@ -173,7 +174,7 @@ def finetune(
         # TRL turns it on by default; a small student on a CPU has the memory without it.
         gradient_checkpointing=cfg.gradient_checkpointing,
         logging_steps=1,
-        report_to="none",
+        report_to=report_to,  # "mlflow" with tracking.mlflow (slim_core.tracking)
         use_cpu=not torch.cuda.is_available(),
         # TRL turns bfloat16 mixed precision on by default; a CPU without AVX512-BF16 / AMX
         # emulates it, about 10x slower than float32.

@@ -137,7 +137,15 @@ def finetune_student(
     quality = json.loads(quality_file.read_text(encoding="utf-8")) if quality_file.is_file() else {}
     if quality.get("scored_with") != scoring:
         if not (folder / "training.json").is_file():  # written last by a finished fine-tuning
-            finetune(pairs, cfg, base, folder, gguf_file=gguf_file, seed=config.run.seed)
+            finetune(
+                pairs,
+                cfg,
+                base,
+                folder,
+                gguf_file=gguf_file,
+                seed=config.run.seed,
+                report_to="mlflow" if config.tracking.mlflow else "none",
+            )
         heldout = [p for p in pairs if p.heldout]
         encoder = TextEncoder.from_config(config.encoder)
         before, base_answers = student_quality(
