@@ -139,8 +139,14 @@ def test_ui_shows_the_run_and_its_results_artifact(tmp_path, slim_server):
     (results,) = [a for a in artifacts_of(api, flow_run["id"]) if a["key"] == "recommender-results"]
     ui = api.removesuffix("/api")
 
-    page = browse(f"{ui}/runs/flow-run/{flow_run['id']}", "--dump-dom", cwd=tmp_path)
+    run_url = f"{ui}/runs/flow-run/{flow_run['id']}"
+    page = browse(run_url, "--dump-dom", cwd=tmp_path)
     assert flow_run["name"] in page
+    assert "[4/4] sealing the stage folder" in page  # SLIM's own log lines, in the run's logs
+    (progress,) = [
+        a for a in artifacts_of(api, flow_run["id"]) if a["key"] == "recommenders-progress"
+    ]
+    assert float(progress["data"]) == 100
     artifact_url = f"{ui}/artifacts/artifact/{results['id']}"
     page = browse(artifact_url, "--dump-dom", cwd=tmp_path)
     assert "Recommenders: test split" in page and "gru4rec" in page
@@ -150,6 +156,11 @@ def test_ui_shows_the_run_and_its_results_artifact(tmp_path, slim_server):
     assert shot[:4] == b"\x89PNG" and len(shot) > 10_000
     if os.environ.get("UPDATE_DOCS_SCREENSHOTS"):
         (REPO / "docs" / "ui-results-artifact.png").write_bytes(shot)
+        for url, name in (
+            (run_url, "ui-run-logs.png"),
+            (f"{ui}/artifacts/artifact/{progress['id']}", "ui-progress-artifact.png"),
+        ):
+            browse(url, f"--screenshot={REPO / 'docs' / name}", cwd=tmp_path)
 
 
 @pytest.mark.usefixtures("prefect_server")
