@@ -177,8 +177,8 @@ def train(config: ConfigOption, overrides: SetOption = None) -> None:
 
 
 @app.command()
-def evaluate(config: ConfigOption, overrides: SetOption = None) -> None:
-    """Print the results table of the run's latest recommender stage."""
+def results(config: ConfigOption, overrides: SetOption = None) -> None:
+    """Print the results table of the run's latest recommender stage (nothing is retrained)."""
     from slim_core.config import load_config
     from slim_core.rec.pipeline import load_recommender_result
 
@@ -186,6 +186,12 @@ def evaluate(config: ConfigOption, overrides: SetOption = None) -> None:
     if result is None:
         raise SlimError(f"{config}: no recommender results yet; run `slim train` first")
     _print_results(result)
+
+
+@app.command(hidden=True, deprecated=True)
+def evaluate(config: ConfigOption, overrides: SetOption = None) -> None:
+    """Renamed `slim results`: it prints the latest results and evaluates nothing anew."""
+    results(config, overrides)
 
 
 @app.command()

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.context import TaskRunContext
 
 from slim_core.config import SlimConfig
@@ -31,6 +31,7 @@ from slim_core.rec.pipeline import (
     recommender_stage_folder,
     train_run,
 )
+from slim_core.rec.report import summary_records
 from slim_core.rec.workers import call
 from slim_core.student.stage import student_config
 from storage import RunFolder
@@ -141,5 +142,12 @@ def evaluate_recommenders_task(
         f"{result.table}\n\n{embed_images('![NDCG@10](ndcg.png)', result.folder)}\n\n"
         f"Folder: `{result.folder}`\n",
         description="NDCG@10, Hit@10, Hit@20, MRR per model and variant, both protocols",
+    )
+    # The same numbers as a table artifact: the UI sorts and scrolls it, where the markdown
+    # table overflows sideways.
+    create_table_artifact(
+        key="recommender-results-table",
+        table=summary_records(rows),
+        description="Test split, %, mean and std over seeds per model, variant and protocol",
     )
     return result

@@ -181,6 +181,8 @@ def test_train_flow_trains_evaluates_and_caches(tmp_path):
         assert (result.folder / name).is_file(), name
     summary = flow_run_artifact(first.state_details.flow_run_id, "recommender-results")
     assert "| sasrec | item_text |" in summary
+    table = flow_run_artifact(first.state_details.flow_run_id, "recommender-results-table")
+    assert "'variant': 'item_text'" in table or '"variant": "item_text"' in table
     # the UI's progress bar for the stage ends full
     assert float(flow_run_artifact(first.state_details.flow_run_id, "recommenders-progress")) == 100
 
@@ -237,12 +239,14 @@ def test_cli_train_and_evaluate(tmp_path):
     from slim_cli.app import app
 
     path = demo_config(tmp_path, recommender={**QUICK, "variants": ["id"]})
-    missing = CliRunner().invoke(app, ["evaluate", "-c", str(path)])
+    missing = CliRunner().invoke(app, ["results", "-c", str(path)])
     assert missing.exit_code == 2 and "run `slim train` first" in missing.output
     trained = CliRunner().invoke(app, ["train", "-c", str(path)])
     assert trained.exit_code == 0, trained.output
-    shown = CliRunner().invoke(app, ["evaluate", "-c", str(path)], env={"COLUMNS": "250"})
+    shown = CliRunner().invoke(app, ["results", "-c", str(path)], env={"COLUMNS": "250"})
     assert shown.exit_code == 0, shown.output
+    renamed = CliRunner().invoke(app, ["evaluate", "-c", str(path)], env={"COLUMNS": "250"})
+    assert renamed.exit_code == 0 and "sasrec" in renamed.output  # the old name still works
     assert "sasrec" in shown.output and "popularity" in shown.output and "ndcg.png" in shown.output
 
 

@@ -36,6 +36,23 @@ def summarize(rows: list[dict[str, Any]], split: str = "test") -> list[dict[str,
     return out
 
 
+def summary_records(rows: list[dict[str, Any]], split: str = "test") -> list[dict[str, Any]]:
+    """`summarize` as flat records in %, ordered as the markdown table: one per (model,
+    variant, protocol), `<metric>` and `<metric>_std` columns."""
+    records = []
+    for row in sorted(
+        summarize(rows, split), key=lambda r: (_order((r["model"], r["variant"])), r["protocol"])
+    ):
+        record = {k: row[k] for k in ("model", "variant", "protocol", "runs")}
+        for metric in METRICS:
+            if metric in row:
+                mean, std = row[metric]
+                record[metric] = round(100 * mean, 2)
+                record[f"{metric}_std"] = round(100 * std, 2)
+        records.append(record)
+    return records
+
+
 def markdown_table(rows: list[dict[str, Any]], split: str = "test") -> str:
     """Paper-style table: a row per model and variant, NDCG@10 / Hit@10 / Hit@20 / MRR in %,
     full ranking and sampled protocol side by side."""
