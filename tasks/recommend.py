@@ -105,7 +105,11 @@ def train_recommender_task(
 ) -> list[dict[str, Any]]:
     """Train one model run (early stopping on validation NDCG@10) and evaluate it; in a worker
     process while the flow holds `recommender.workers` of them."""
-    return call(train_run, config, data, encoded, spec, rationales)
+    context = TaskRunContext.get()
+    ids = {} if context is None else {"flow_run_id": context.task_run.flow_run_id}
+    if context is not None:
+        ids["task_run_id"] = context.task_run.id
+    return call(train_run, config, data, encoded, spec, rationales, log_extra=ids)
 
 
 def training_task(

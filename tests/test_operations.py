@@ -143,6 +143,7 @@ def test_ui_shows_the_run_and_its_results_artifact(tmp_path, slim_server):
     page = browse(run_url, "--dump-dom", cwd=tmp_path)
     assert flow_run["name"] in page
     assert "[4/4] sealing the stage folder" in page  # SLIM's own log lines, in the run's logs
+    assert "gru4rec/id/1: epoch 2, loss" in page  # those of a worker process (workers: 2) too
     (progress,) = [
         a for a in artifacts_of(api, flow_run["id"]) if a["key"] == "recommenders-progress"
     ]

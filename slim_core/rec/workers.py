@@ -77,9 +77,36 @@ def training_workers(workers: int, threads: int | None = None) -> Iterator[None]
         logs.close()
 
 
-def call(function: Callable[..., T], *args: object) -> T:
-    """`function(*args)` in a worker while `training_workers` is open, else here."""
+def call(function: Callable[..., T], *args: object, log_extra: dict | None = None) -> T:
+    """`function(*args)` in a worker while `training_workers` is open, else here.
+
+    `log_extra` is set on each record the worker logs meanwhile (the orchestrator's run ids):
+    the parent relays worker records from a thread of its own, outside any run's context, so
+    without them a run log (the Prefect UI) would never see a worker's epochs."""
     pool = _pool
     if pool is None:
         return function(*args)
-    return pool.submit(function, *args).result()
+    return pool.submit(_tagged, function, log_extra or {}, *args).result()
+
+
+class _Tag(logging.Filter):
+    def __init__(self, extra: dict) -> None:
+        super().__init__()
+        self.extra = extra
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.__dict__.update(self.extra)
+        return True
+
+
+def _tagged(function: Callable[..., T], extra: dict, *args: object) -> T:
+    """In a worker: `function(*args)` with `extra` on every record it logs."""
+    handlers = logging.getLogger("slim_core").handlers
+    tag = _Tag({k: str(v) for k, v in extra.items()})
+    for handler in handlers:
+        handler.addFilter(tag)
+    try:
+        return function(*args)
+    finally:
+        for handler in handlers:
+            handler.removeFilter(tag)
