@@ -151,12 +151,34 @@ def _print_results(result) -> None:
     )
 
 
+DryRunOption = Annotated[
+    bool,
+    typer.Option(
+        "--dry-run",
+        help="Print the plan (each stage cached or to compute, the teacher's calls and the most "
+        "they cost) and run nothing.",
+    ),
+]
+
+
+def _print_plan(config: Path, llm: bool) -> None:
+    from flows.identity import without_llm_rows
+    from slim_core.config import load_config
+    from slim_core.plan import markdown, plan
+
+    settings = load_config(config) if llm else without_llm_rows(load_config(config))
+    console.print("Plan (nothing run):", markdown(plan(settings, llm)), sep="\n", markup=False)
+
+
 @app.command()
-def run(config: ConfigOption, overrides: SetOption = None) -> None:
+def run(config: ConfigOption, dry_run: DryRunOption = False, overrides: SetOption = None) -> None:
     """Run the whole pipeline: data, teacher, fine-tuning, student, encoding, recommenders, report.
 
     Stages without a section in the configuration (teacher, student) are left out.
     """
+    if dry_run:
+        _print_plan(config, llm=True)
+        return
     from flows.pipeline import slim_pipeline
     from flows.runners import with_task_runner
 
@@ -167,8 +189,11 @@ def run(config: ConfigOption, overrides: SetOption = None) -> None:
 
 
 @app.command()
-def train(config: ConfigOption, overrides: SetOption = None) -> None:
+def train(config: ConfigOption, dry_run: DryRunOption = False, overrides: SetOption = None) -> None:
     """Train and evaluate the configured recommenders (runs the data stage first if needed)."""
+    if dry_run:
+        _print_plan(config, llm=False)
+        return
     from flows.pipeline import train_flow
     from flows.runners import with_task_runner
 

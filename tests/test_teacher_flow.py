@@ -439,3 +439,42 @@ def test_samples_need_a_temperature_and_best_of_k_needs_samples(tmp_path, fake):
     path.write_text(yaml.safe_dump(values))
     with pytest.raises(ConfigError, match="set teacher.samples to 2 or more"):
         load_config(path)
+
+
+def test_dry_run_plans_the_teacher_calls_and_their_cost_without_calling(tmp_path, fake_openai):
+    """`slim run --dry-run` (the real command): the data stage and each teacher prompt marked
+    cached or not, the calls and the most they cost; nothing runs, nothing is asked."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.helpers import e2e_config
+
+    fake_openai.reset()
+    path = e2e_config(tmp_path, fake_openai.url, tmp_path / "no-student-needed")
+    config = yaml.safe_load(path.read_text())
+    config["teacher"] |= {"price_input_per_1k": 1.0, "price_output_per_1k": 2.0}
+    path.write_text(yaml.safe_dump(config))
+    slim = str(Path(sys.executable).parent / "slim")
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
+
+    def dry_run() -> str:
+        done = subprocess.run(
+            [slim, "run", "-c", str(path), "--dry-run"], env=env, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    assert "| data | to compute |" in dry_run()
+    assert not (tmp_path / "run" / "data").exists()  # planned, not run
+    prepared = subprocess.run([slim, "prepare", "-c", str(path)], env=env, capture_output=True)
+    assert prepared.returncode == 0
+    plan = dry_run()
+    assert "| data | cached |" in plan and "| teacher | 0 of 16 prompts cached |" in plan
+    calls = int(plan.split("| teacher | 0 of 16 prompts cached | ")[1].split(" LLM calls")[0])
+    most = float(plan.split("at most $")[1].split(" ")[0])
+    from slim_core.config import load_config
+
+    answer_tokens = load_config(path).teacher.max_tokens  # the most each answer could be
+    assert calls == 16 and most > 16 * answer_tokens * 2.0 / 1000
+    assert sum(fake_openai.calls.values()) == 0
