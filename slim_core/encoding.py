@@ -49,11 +49,14 @@ def resolve_model_path(name: str) -> str:
         return str(path)
     if Path(name).expanduser().is_dir():
         return name
+    from slim_core.model_files import HUB_FORM, hub_snapshot, is_hub_id
+
+    if is_hub_id(name):
+        return str(hub_snapshot(name, "encoder.model"))
     raise ConfigError(
-        f"text encoder {name!r} is neither the bundled {DEFAULT_ENCODER!r} nor an existing"
-        " folder; models cannot be downloaded from the Hugging Face hub here (offline). Use"
-        f" {DEFAULT_ENCODER!r} or pass the path of a local folder holding a sentence-transformers"
-        " model (modules.json, config.json, weights)"
+        f"text encoder {name!r} is neither the bundled {DEFAULT_ENCODER!r}, an existing folder"
+        f" holding a sentence-transformers model (modules.json, config.json, weights), nor a"
+        f" pinned hub id ({HUB_FORM})"
     )
 
 

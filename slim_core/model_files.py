@@ -179,3 +179,34 @@ def dequantised_folder(name: str, cache: Path | None = None) -> Path:
     tokenizer.save_pretrained(partial)
     partial.rename(folder)
     return folder
+
+
+HUB_FORM = "org/name@<commit>"  # how an error message spells the hub form
+
+
+def is_hub_id(name: str) -> bool:
+    """`org/name@revision`: a model on a Hugging Face hub (or a mirror), pinned."""
+    repo, at, revision = name.partition("@")
+    return bool(at) and repo.count("/") == 1 and not Path(name).expanduser().exists()
+
+
+def hub_snapshot(name: str, field: str, local_only: bool = False) -> Path:
+    """The local folder of hub model `org/name@revision`, downloaded once into the Hugging Face
+    cache (`HF_HUB_CACHE`; a mirror through `HF_ENDPOINT`). `HF_HUB_OFFLINE=1` reads the cache
+    only. The revision must be given: a branch can move under a run's cached results, so pin a
+    commit (or a tag you control)."""
+    repo, _, revision = name.partition("@")
+    if not revision:
+        raise ConfigError(f"{field}: {name!r} has no revision after '@' (pin a commit or tag)")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo, revision=revision, local_files_only=local_only))
+    except LocalEntryNotFoundError as error:
+        raise ConfigError(
+            f"{field}: {name!r} is not in the Hugging Face cache and the hub cannot be reached "
+            f"(HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '')!r}): {error}"
+        ) from None
+    except HfHubHTTPError as error:
+        raise ConfigError(f"{field}: {name!r}: {error}") from None

@@ -81,13 +81,19 @@ def _teacher(config: SlimConfig, data: DataStageResult | None) -> PlannedStage:
 def _teacher_model_id(config: SlimConfig) -> str | None:
     """The id the answer cache keys by, or None for a shipped model not yet fetched (asking
     for the id must not start a download)."""
-    from slim_core.model_files import SHIPPED_MODELS, model_cache
+    from slim_core.errors import ConfigError
+    from slim_core.model_files import SHIPPED_MODELS, hub_snapshot, is_hub_id, model_cache
     from slim_core.teacher.stage import make_backend
 
     cfg = config.teacher
     shipped = cfg.backend == "transformers" and cfg.model in SHIPPED_MODELS
     if shipped and not (model_cache() / cfg.model / "hf" / "config.json").is_file():
         return None
+    if cfg.backend == "transformers" and is_hub_id(cfg.model):
+        try:
+            hub_snapshot(cfg.model, "teacher.model", local_only=True)
+        except ConfigError:
+            return None
     # a placeholder key: the id names the model, and nothing is sent
     return make_backend(cfg, api_key="dry-run").model_id
 

@@ -47,7 +47,7 @@ def test_resolve_model_path(tmp_path: Path):
     assert (Path(bundled) / "modules.json").is_file()
     assert resolve_model_path("sentence-transformers/all-MiniLM-L6-v2") == bundled
     assert resolve_model_path(str(tmp_path)) == str(tmp_path)
-    with pytest.raises(ConfigError, match="'intfloat/e5-small'.*offline.*local folder"):
+    with pytest.raises(ConfigError, match="'intfloat/e5-small' is neither.*pinned hub id"):
         resolve_model_path("intfloat/e5-small")
 
 

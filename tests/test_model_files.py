@@ -103,3 +103,46 @@ def test_real_shipped_model_generates_a_rationale(smollm2):
     results = backend.generate(prompts, Decoding(max_tokens=24))
     assert all(isinstance(r, Generation) and r.tokens_out > 0 and r.text for r in results)
     assert backend.model_id.startswith("transformers:smollm2-135m-instruct:")
+
+
+def hub_mirror(cache: Path, repo: str, files_from: Path, commit: str = "a" * 40) -> str:
+    """A Hugging Face cache folder holding `repo` at `commit`, as a mirror or an earlier
+    download leaves it (snapshots/<commit>/..., refs/main); returns the pinned id."""
+    import shutil
+
+    root = cache / f"models--{repo.replace('/', '--')}"
+    shutil.copytree(files_from, root / "snapshots" / commit)
+    (root / "refs").mkdir(parents=True)
+    (root / "refs" / "main").write_text(commit)
+    return f"{repo}@{commit}"
+
+
+def test_pinned_hub_models_resolve_from_a_local_mirror(tmp_path, monkeypatch):
+    """Encoder, teacher and student base accept `org/name@commit` from the Hugging Face cache
+    (a mirror folder here; HF_HUB_OFFLINE=1 in the tests: never the network)."""
+    import huggingface_hub.constants
+
+    from slim_core.config import StudentConfig, TeacherConfig
+    from slim_core.encoding import TextEncoder, resolve_model_path
+    from slim_core.errors import ConfigError
+    from slim_core.student.stage import base_model
+    from slim_core.teacher.stage import make_backend
+    from tests.tiny_llm import build_tiny_llm
+
+    cache = tmp_path / "hub"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    encoder_id = hub_mirror(cache, "mirror/minilm", Path(resolve_model_path("all-MiniLM-L6-v2")))
+    llm_id = hub_mirror(cache, "mirror/tiny-llm", build_tiny_llm(tmp_path / "tiny"))
+
+    vectors = TextEncoder(encoder_id).encode(["a red widget", "a blue widget"])
+    assert vectors.shape == (2, 384)
+    teacher = make_backend(TeacherConfig(model=llm_id))
+    assert teacher.model_id.startswith(f"transformers:{llm_id}:")
+    folder, gguf = base_model(StudentConfig(base_model=llm_id))
+    assert (folder / "config.json").is_file() and gguf is None
+
+    unpinned = "mirror/tiny-llm@"
+    with pytest.raises(ConfigError, match="no revision after '@'"):
+        base_model(StudentConfig(base_model=unpinned))
+    with pytest.raises(ConfigError, match="teacher.model: 'mirror/absent@b+' is not in the"):
+        make_backend(TeacherConfig(model="mirror/absent@" + "b" * 40))

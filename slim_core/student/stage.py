@@ -63,16 +63,23 @@ def student_folder(config: SlimConfig) -> Path:
 
 def base_model(cfg: StudentConfig) -> tuple[Path, str | None]:
     """(folder, gguf file) of the base model: a shipped model is fetched and dequantised."""
-    from slim_core.model_files import SHIPPED_MODELS, dequantised_folder
+    from slim_core.model_files import (
+        HUB_FORM,
+        SHIPPED_MODELS,
+        dequantised_folder,
+        hub_snapshot,
+        is_hub_id,
+    )
 
     if cfg.base_model in SHIPPED_MODELS:
         return dequantised_folder(cfg.base_model), None
-    folder = Path(cfg.base_model)
+    is_hub = is_hub_id(cfg.base_model)
+    folder = hub_snapshot(cfg.base_model, "student.base_model") if is_hub else Path(cfg.base_model)
     if not folder.is_dir():
         known = ", ".join(sorted(SHIPPED_MODELS))
         raise ConfigError(
-            f"student.base_model: {cfg.base_model!r} is neither a local model folder nor a "
-            f"shipped model ({known})"
+            f"student.base_model: {cfg.base_model!r} is neither a local model folder, a "
+            f"shipped model ({known}) nor a pinned hub id ({HUB_FORM})"
         )
     if cfg.gguf_file and not (folder / cfg.gguf_file).is_file():
         raise ConfigError(f"student.gguf_file: {folder / cfg.gguf_file} not found")

