@@ -10,7 +10,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -124,7 +124,12 @@ class TextEncoder:
             self._model_id = canonical_hash({"files": files, "normalize": self.normalize})
         return self._model_id
 
-    def encode(self, texts: Sequence[str], description: str | None = None) -> np.ndarray:
+    def encode(
+        self,
+        texts: Sequence[str],
+        description: str | None = None,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> np.ndarray:
         """float32 [n, dim]; rows L2-normalised when `normalize`.
 
         With a `description`, long work shows progress: a bar in a terminal, else a log line
@@ -149,6 +154,8 @@ class TextEncoder:
                 normalize_embeddings=self.normalize,
             )
             parts.append(np.asarray(vectors, dtype=np.float32))
+            if on_progress is not None:  # (texts done, texts in all): the UI's progress
+                on_progress(start + len(chunk), len(texts))
             if bar is not None:
                 bar.update(len(chunk))
                 if bar.disable and len(texts) > PROGRESS_CHUNK:
@@ -192,12 +199,15 @@ def encode_items(
     items_path: Path,
     out_path: Path,
     encoder: TextEncoder,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Encode the items' text into a vector file keyed by item_idx (NULL vector: no text)."""
     start = time.perf_counter()
     idx, texts = _read_item_texts(Path(items_path))
     with_text = [i for i, text in enumerate(texts) if text is not None]
-    encoded = encoder.encode([texts[i] for i in with_text], description="item text")
+    encoded = encoder.encode(
+        [texts[i] for i in with_text], description="item text", on_progress=on_progress
+    )
     vectors: list[np.ndarray | None] = [None] * len(texts)
     for row, i in enumerate(with_text):
         vectors[i] = encoded[row]

@@ -1,7 +1,8 @@
 """Progress artifacts: how far a long stage has got, in the Prefect UI while it runs.
 
-Teacher batches, student shards, recommender runs and tuning trials each move their stage's
-bar (`<stage>-progress` in the run's artifacts); a terminal shows bars of its own.
+Teacher batches, student shards, recommender runs, tuning trials and encoded item texts each
+move their stage's bar (`<stage>-progress` in the run's artifacts); a terminal shows bars of
+its own.
 """
 
 from __future__ import annotations
@@ -30,3 +31,17 @@ class StageProgress:
             progress=100.0 * self.done / self.total if self.total else 100.0,
             description=self._describe(),
         )
+
+
+class CountProgress:
+    """A callback `(done, total)` for slim_core code that knows its total only once it starts
+    (texts to encode): the artifact is made on the first call."""
+
+    def __init__(self, stage: str, unit: str) -> None:
+        self.stage, self.unit = stage, unit
+        self.progress: StageProgress | None = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.progress is None:
+            self.progress = StageProgress(self.stage, total, self.unit)
+        self.progress.advance(done - self.progress.done)

@@ -35,6 +35,7 @@ from slim_core.rec.report import summary_records
 from slim_core.rec.workers import call
 from slim_core.student.stage import student_config
 from storage import RunFolder
+from tasks.progress import CountProgress
 from tasks.report import embed_images
 
 
@@ -46,7 +47,7 @@ def _encode_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
 @task(name="encode-items", cache_key_fn=_encode_key, persist_result=True, tags=["slim-encode"])
 def encode_items_task(config: SlimConfig, data: DataStageResult) -> EncodeResult:
     """Item text -> vectors with the configured sentence-transformers model."""
-    return encode_stage(config, data)
+    return encode_stage(config, data, CountProgress("encode", "item texts"))
 
 
 def encoding_task(config: SlimConfig, data: DataStageResult):

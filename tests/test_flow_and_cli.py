@@ -184,7 +184,8 @@ def test_train_flow_trains_evaluates_and_caches(tmp_path):
     table = flow_run_artifact(first.state_details.flow_run_id, "recommender-results-table")
     assert "'variant': 'item_text'" in table or '"variant": "item_text"' in table
     # the UI's progress bar for the stage ends full
-    assert float(flow_run_artifact(first.state_details.flow_run_id, "recommenders-progress")) == 100
+    for stage in ("encode", "recommenders"):
+        assert float(flow_run_artifact(first.state_details.flow_run_id, f"{stage}-progress")) == 100
 
     again = train_flow(str(path), return_state=True)
     states = task_states(again)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,12 +98,16 @@ def encode_stage_key(config: SlimConfig, data: DataStageResult) -> str:
     )
 
 
-def encode_stage(config: SlimConfig, data: DataStageResult) -> EncodeResult:
+def encode_stage(
+    config: SlimConfig,
+    data: DataStageResult,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> EncodeResult:
     """Item text vectors, reused while item text and encoder are unchanged."""
     folder = RunFolder(config.run.output_dir).stage("encode", encode_stage_key(config, data))
     if not folder.is_complete():
         facts = encode_items(
-            data.path("items"), folder.file("item_vectors.parquet"), _encoder(config)
+            data.path("items"), folder.file("item_vectors.parquet"), _encoder(config), on_progress
         )
         folder.write_manifest(
             {"item_vectors.parquet": {"rows": facts["rows"]}},
