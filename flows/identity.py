@@ -12,16 +12,20 @@ import functools
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 from prefect.runtime import flow_run
 
 from slim_core.config import VARIANTS, SlimConfig, load_config, uses_user_vectors
 from slim_core.errors import ConfigError, SlimError
+from slim_core.tracking import redacted_setting
 from storage import canonical_hash
 
 log = logging.getLogger("slim_core.storage")  # under slim_core: its lines reach Prefect
+
+
+RESOLVED_PARAMETERS = ("config_path", "teacher_users", "student_users", "budget_usd")
 
 
 def resolve(
@@ -81,12 +85,11 @@ def config_hash(config: SlimConfig) -> str:
 
 def run_name(kind: str, without_llm: bool = False) -> Callable[[], str]:
     """A flow's `flow_run_name`: `<kind> <config name>-<8 hex of the resolved config>`."""
-    accepted = ("config_path", "teacher_users", "student_users", "budget_usd")
 
     def name() -> str:
         parameters: dict[str, Any] = flow_run.parameters
         try:
-            values = {k: v for k, v in parameters.items() if k in accepted}
+            values = {k: v for k, v in parameters.items() if k in RESOLVED_PARAMETERS}
             config = resolve(**values, without_llm=without_llm)
         except SlimError:  # the run fails on it with the full message; still a readable name
             return f"{kind} {parameters.get('config_path')}"
@@ -96,13 +99,15 @@ def run_name(kind: str, without_llm: bool = False) -> Callable[[], str]:
 
 
 def overrides() -> list[str]:
-    """`SLIM_*` environment overrides (and `--set`, which sets them) as `key.path=value`."""
+    """`SLIM_*` environment overrides (and `--set`, which sets them) as `key.path=value`, with
+    credentials taken out (tags are readable by everyone with access to the UI)."""
     sections = tuple(f"SLIM_{name.upper()}__" for name in SlimConfig.model_fields)
-    return sorted(
-        f"{name[5:].lower().replace('__', '.')}={value}"
-        for name, value in os.environ.items()
-        if name.startswith(sections)
-    )
+    items = []
+    for name, value in os.environ.items():
+        if name.startswith(sections):
+            key = name[5:].lower().replace("__", ".")
+            items.append(f"{key}={redacted_setting(key, value)}")
+    return sorted(items)
 
 
 def tag_flow_run(config: SlimConfig, stages: Sequence[str]) -> list[str]:
@@ -135,7 +140,10 @@ def run_folder_slot(config: SlimConfig) -> Iterator[None]:
 
     folder = str(config.run.output_dir.resolve())
     name = f"slim-run-folder-{canonical_hash(folder, 12)}"
-    with get_client(sync_client=True) as client:
+    from prefect.exceptions import ObjectAlreadyExists
+
+    # another run may make it between the upsert's read and its write (not atomic)
+    with get_client(sync_client=True) as client, suppress(ObjectAlreadyExists):
         client.upsert_global_concurrency_limit_by_name(name, limit=1)
     # The lease is renewed while the run lives; a killed run's slot is free a minute later.
     with concurrency(
@@ -160,3 +168,11 @@ def one_run_per_folder(function: Callable) -> Callable:
             return function(config_path, *args, **kwargs)
 
     return holding
+
+
+def flows_version() -> str:
+    """A hash of the flows' source files: Prefect's flow version."""
+    from pathlib import Path
+
+    sources = sorted(Path(__file__).parent.glob("*.py"))
+    return canonical_hash([p.read_text(encoding="utf-8") for p in sources], 12)

@@ -15,9 +15,11 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from prefect import Task, flow
+from prefect.futures import as_completed
 from prefect.runtime import flow_run
 
 from flows.identity import (
+    flows_version,
     one_run_per_folder,
     resolve,
     run_name,
@@ -69,6 +71,9 @@ log = logging.getLogger("slim_core.storage")  # under slim_core: its lines reach
 # Every flow run leaves a manifest (its config, data fingerprint, seeds, versions, commit),
 # whether it completed, failed, crashed (SIGTERM) or was cancelled.
 TRACED = {
+    # Prefect versions a flow by its function's source file, which the decorators below wrap:
+    # the flows' own sources instead.
+    "version": flows_version(),
     "on_completion": [record_flow_run],
     "on_failure": [record_flow_run],
     "on_crashed": [record_flow_run],
@@ -86,7 +91,7 @@ def _load(
     student_users: int | None = None,
     budget_usd: float | None = None,
     *,
-    stages: tuple[str, ...],
+    stages: tuple[str, ...] = STAGES,
     without_llm: bool = False,
 ) -> SlimConfig:
     """Validate the configuration, apply the run's parameters, tag the flow run, and save the
@@ -157,7 +162,7 @@ def _with_history_control(
 
 @flow(name="slim-train", flow_run_name=run_name("train", without_llm=True), **TRACED)
 @one_run_per_folder
-@tracked
+@tracked(without_llm=True)
 def train_flow(config_path: str) -> dict[str, object]:
     """Data, item encoding and every recommender run, evaluated under both protocols."""
     config = _load(config_path, stages=("data", "encode", "recommenders"), without_llm=True)
@@ -177,7 +182,7 @@ def _timed(timings: dict[str, float], stage: str, call: Callable[[], T]) -> T:
 
 @flow(name="slim-pipeline", flow_run_name=run_name("slim"), **TRACED)
 @one_run_per_folder
-@tracked
+@tracked()
 def slim_pipeline(
     config_path: str,
     teacher_users: int | None = None,
@@ -239,11 +244,11 @@ def _each(
     `together` for tasks that share no model). `progress` moves as each call finishes."""
     results = []
     if together or config.run.task_runner == "dask":
-        for future in [task.submit(*args) for task, args in calls]:
-            results.append(future.result())
-            if progress is not None:
+        futures = [task.submit(*args) for task, args in calls]
+        if progress is not None:  # the bar moves as runs finish, in whatever order
+            for _ in as_completed(futures):
                 progress.advance()
-        return results
+        return [future.result() for future in futures]
     for task, args in calls:
         results.append(task(*args))
         if progress is not None:

@@ -94,6 +94,17 @@ TimezoneOption = Annotated[
 ]
 
 
+def _print_markdown(text: str) -> None:
+    """Rendered in a terminal; piped or redirected, the markdown itself: rich pads rendered
+    paragraphs to the console's width, 1000 columns there."""
+    if console.is_terminal:
+        from rich.markdown import Markdown
+
+        console.print(Markdown(text))
+    else:
+        console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
 def _apply_overrides(values: list[str] | None) -> list[str] | None:
     """`--set recommender.models=[sasrec]` becomes `SLIM_RECOMMENDER__MODELS`, read as every
     other `SLIM_*` override is (a value in YAML or JSON), by this process and its workers."""
@@ -141,11 +152,7 @@ def _print_data_summary(stats: dict, folder: Path) -> None:
 
 
 def _print_results(result) -> None:
-    from rich.markdown import Markdown
-
-    console.print(
-        Markdown(f"**Recommenders, test split (%, mean ± std over seeds)**\n\n{result.table}")
-    )
+    _print_markdown(f"**Recommenders, test split (%, mean ± std over seeds)**\n\n{result.table}")
     console.print(
         f"Metrics: [cyan]{result.folder / 'metrics.parquet'}[/]  chart: [cyan]{result.folder / 'ndcg.png'}[/]"
     )
@@ -339,14 +346,13 @@ def teacher_reset_budget(config: ConfigOption, overrides: SetOption = None) -> N
 
 
 def _print_teacher(result, replayed: int | None = None) -> None:
-    from rich.markdown import Markdown
 
     from slim_core.teacher.stage import summary_markdown
 
     head = (
         "**Teacher**" if replayed is None else f"**Teacher: replayed {replayed} failed prompt(s)**"
     )
-    console.print(Markdown(f"{head}\n\n{summary_markdown(result.summary)}"))
+    _print_markdown(f"{head}\n\n{summary_markdown(result.summary)}")
     console.print(f"Rationales: [cyan]{result.rationales}[/]")
 
 
@@ -393,9 +399,8 @@ def student_run(config: ConfigOption, overrides: SetOption = None) -> None:
     from slim_core.student.stage import quality_markdown
 
     results = with_task_runner(student_flow, str(config))(str(config))
-    from rich.markdown import Markdown
 
-    console.print(Markdown(quality_markdown(results["student_model"].quality)))
+    _print_markdown(quality_markdown(results["student_model"].quality))
     _print_student(results["student"])
 
 
@@ -531,10 +536,9 @@ def rationales_score(
 
     resolved = load_config(config)
     rows = score_run(RunFolder(resolved.run.output_dir), shown_history_items(resolved))
-    from rich.markdown import Markdown
 
     console.print("Zero-shot NDCG@10 (%), full ranking, history excluded:")
-    console.print(Markdown(markdown_table(rows)))
+    _print_markdown(markdown_table(rows))
     if json_path is not None:
         json_path.write_text(json.dumps({"rows": [asdict(r) for r in rows]}, indent=2) + "\n")
 

@@ -190,7 +190,14 @@ def is_hub_id(name: str) -> bool:
     return bool(at) and repo.count("/") == 1 and not Path(name).expanduser().exists()
 
 
-def hub_snapshot(name: str, field: str, local_only: bool = False) -> Path:
+# Other frameworks' copies of the weights, which a transformers or sentence-transformers load
+# never reads (a sentence-transformers repository brings onnx and openvino folders too).
+HUB_IGNORED = ["onnx/*", "openvino/*", "*.onnx", "*.h5", "*.msgpack", "*.ot", "*.tflite"]
+
+
+def hub_snapshot(
+    name: str, field: str, local_only: bool = False, gguf_file: str | None = None
+) -> Path:
     """The local folder of hub model `org/name@revision`, downloaded once into the Hugging Face
     cache (`HF_HUB_CACHE`; a mirror through `HF_ENDPOINT`). `HF_HUB_OFFLINE=1` reads the cache
     only. The revision must be given: a branch can move under a run's cached results, so pin a
@@ -202,7 +209,15 @@ def hub_snapshot(name: str, field: str, local_only: bool = False) -> Path:
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     try:
-        return Path(snapshot_download(repo, revision=revision, local_files_only=local_only))
+        # A GGUF repository holds every quantisation (tens of GB): only the one named, and the
+        # configuration and tokenizer files beside it.
+        patterns = (
+            {"allow_patterns": [gguf_file, "*.json", "tokenizer*", "*.model", "*.txt"]}
+            if gguf_file
+            else {"ignore_patterns": HUB_IGNORED}
+        )
+        folder = snapshot_download(repo, revision=revision, local_files_only=local_only, **patterns)
+        return Path(folder)
     except LocalEntryNotFoundError as error:
         raise ConfigError(
             f"{field}: {name!r} is not in the Hugging Face cache and the hub cannot be reached "

@@ -90,10 +90,14 @@ def _teacher_model_id(config: SlimConfig) -> str | None:
     if shipped and not (model_cache() / cfg.model / "hf" / "config.json").is_file():
         return None
     if cfg.backend == "transformers" and is_hub_id(cfg.model):
-        try:
-            hub_snapshot(cfg.model, "teacher.model", local_only=True)
+        from slim_core.llm.transformers_local import TransformersBackend
+
+        try:  # the cache only: the plan must not download
+            folder = hub_snapshot(cfg.model, "teacher.model", True, cfg.gguf_file)
         except ConfigError:
             return None
+        backend = TransformersBackend(str(folder), cfg.gguf_file, label=cfg.model, dtype=cfg.dtype)
+        return backend.model_id  # as make_backend's (batch size is not part of it)
     # a placeholder key: the id names the model, and nothing is sent
     return make_backend(cfg, api_key="dry-run").model_id
 

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from slim_core.config import SlimConfig
 from slim_core.errors import ConfigError
@@ -42,16 +43,69 @@ def environment(config: SlimConfig) -> dict[str, str]:
     }
 
 
+SECRET_WORDS = ("password", "secret", "token")
+
+
+def redacted_setting(key: str, value: Any) -> str:
+    """A setting's value as it may be shown (MLflow params, flow-run tags): a URL without its
+    user, password and query (`postgresql://mlflow:pw@db/x`, `...?api-key=`), and nothing of a
+    setting whose name says it is a secret."""
+    text = str(value)
+    if any(word in key.lower() for word in SECRET_WORDS):
+        return "<redacted>"
+    if "://" in text:
+        parts = urlsplit(text)
+        host = parts.hostname or ""
+        netloc = host + (f":{parts.port}" if parts.port else "")
+        hidden = "<redacted>@" if parts.username or parts.password else ""
+        text = urlunsplit((parts.scheme, hidden + netloc, parts.path, "", ""))
+    return text
+
+
 def flat_params(values: dict[str, Any], prefix: str = "") -> dict[str, str]:
-    """`{"a": {"b": 1}}` -> `{"a.b": "1"}`; MLflow params are strings of at most 6,000 chars."""
+    """`{"a": {"b": 1}}` -> `{"a.b": "1"}`, credentials out; MLflow params are strings of at
+    most 6,000 characters."""
     out: dict[str, str] = {}
     for key, value in values.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict):
             out |= flat_params(value, f"{name}.")
         else:
-            out[name] = str(value)[:6000]
+            out[name] = redacted_setting(name, value)[:6000]
     return out
+
+
+@contextmanager
+def tracking_environment(config: SlimConfig) -> Iterator[None]:
+    """`environment(config)` set while open (TRL's MLflow callback reads it), then restored."""
+    values = environment(config)
+    if values:
+        _experiment(config)  # made here with its artifacts in the run folder, not by TRL
+    before = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _experiment(config: SlimConfig):
+    """MLflow, pointed at the configured store and experiment (made if missing, its artifacts
+    in the run folder with the default store)."""
+    mlflow = _mlflow()
+    mlflow.set_tracking_uri(tracking_uri(config))
+    name = experiment_name(config)
+    if mlflow.get_experiment_by_name(name) is None:
+        artifacts = config.run.output_dir.resolve() / "mlflow-artifacts"
+        location = artifacts.as_uri() if config.tracking.uri is None else None
+        with suppress(mlflow.exceptions.MlflowException):  # made meanwhile by another run
+            mlflow.create_experiment(name, artifact_location=location)
+    mlflow.set_experiment(name)
+    return mlflow
 
 
 def _mlflow():
@@ -96,9 +150,14 @@ class Tracker:
                             key = f"test_{part['protocol']}_{metric.replace('@', '_at_')}"
                             self.mlflow.log_metric(key, float(part[metric]))
 
-    def log_folder(self, folder: Path, artifact_path: str) -> None:
-        if self.mlflow is not None and Path(folder).is_dir():
-            self.mlflow.log_artifacts(str(folder), artifact_path=artifact_path)
+    def log_files(self, folder: Path, names: tuple[str, ...], artifact_path: str) -> None:
+        """The named files of a stage folder (never its checkpoints: one per run and seed)."""
+        if self.mlflow is None:
+            return
+        for name in names:
+            path = Path(folder) / name
+            if path.is_file():
+                self.mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
 
 @contextmanager
@@ -107,15 +166,7 @@ def tracked_run(config: SlimConfig, run_name: str) -> Iterator[Tracker]:
     if not config.tracking.mlflow:
         yield Tracker(None)
         return
-    mlflow = _mlflow()
-    os.environ.update(environment(config))  # TRL's callback, in this process, reads them
-    mlflow.set_tracking_uri(tracking_uri(config))
-    name = experiment_name(config)
-    if mlflow.get_experiment_by_name(name) is None:
-        artifacts = config.run.output_dir.resolve() / "mlflow-artifacts"
-        location = artifacts.as_uri() if config.tracking.uri is None else None
-        mlflow.create_experiment(name, artifact_location=location)
-    mlflow.set_experiment(name)
+    mlflow = _experiment(config)
     with mlflow.start_run(run_name=run_name):
         mlflow.log_params(flat_params(config.model_dump(mode="json")))
         yield Tracker(mlflow)

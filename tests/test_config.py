@@ -153,3 +153,20 @@ def test_cli_version_short_help_set_and_yaml_list_overrides(tmp_path):
     broken = cli("config", "-c", demo, SLIM_RECOMMENDER__MODELS="[gru4rec")
     assert broken.returncode == 2 and "Traceback" not in broken.stdout + broken.stderr
     assert "SLIM_RECOMMENDER__MODELS: not valid YAML or JSON" in broken.stdout
+
+
+def test_settings_shown_in_tags_and_tracking_carry_no_credentials(monkeypatch):
+    from flows.identity import overrides
+    from slim_core.tracking import flat_params, redacted_setting
+
+    assert redacted_setting("tracking.uri", "postgresql://mlflow:pw@db:5432/x") == (
+        "postgresql://<redacted>@db:5432/x"
+    )
+    assert redacted_setting("teacher.base_url", "https://h/v1?api-key=k") == "https://h/v1"
+    assert redacted_setting("teacher.api_token", "abc") == "<redacted>"
+    assert redacted_setting("recommender.lr", 0.001) == "0.001"
+    monkeypatch.setenv("SLIM_TRACKING__URI", "postgresql://mlflow:pw@db/x")
+    monkeypatch.setenv("SLIM_SHARED_DATA", "/not/a/setting")
+    assert overrides() == ["tracking.uri=postgresql://<redacted>@db/x"]
+    params = flat_params({"teacher": {"base_url": "https://u:p@h/v1", "model": "m"}})
+    assert params == {"teacher.base_url": "https://<redacted>@h/v1", "teacher.model": "m"}

@@ -31,6 +31,7 @@ from slim_core.student.inference import (
 from slim_core.student.pairs import distillation_pairs
 from slim_core.student.quality import QUALITY_METRICS_VERSION, student_quality
 from slim_core.student.sft import finetune
+from slim_core.tracking import tracking_environment
 from storage import canonical_hash, file_fingerprint, write_json_atomic
 
 log = logging.getLogger("slim_core.student")
@@ -74,7 +75,11 @@ def base_model(cfg: StudentConfig) -> tuple[Path, str | None]:
     if cfg.base_model in SHIPPED_MODELS:
         return dequantised_folder(cfg.base_model), None
     is_hub = is_hub_id(cfg.base_model)
-    folder = hub_snapshot(cfg.base_model, "student.base_model") if is_hub else Path(cfg.base_model)
+    folder = (
+        hub_snapshot(cfg.base_model, "student.base_model", gguf_file=cfg.gguf_file)
+        if is_hub
+        else Path(cfg.base_model)
+    )
     if not folder.is_dir():
         known = ", ".join(sorted(SHIPPED_MODELS))
         raise ConfigError(
@@ -144,15 +149,16 @@ def finetune_student(
     quality = json.loads(quality_file.read_text(encoding="utf-8")) if quality_file.is_file() else {}
     if quality.get("scored_with") != scoring:
         if not (folder / "training.json").is_file():  # written last by a finished fine-tuning
-            finetune(
-                pairs,
-                cfg,
-                base,
-                folder,
-                gguf_file=gguf_file,
-                seed=config.run.seed,
-                report_to="mlflow" if config.tracking.mlflow else "none",
-            )
+            with tracking_environment(config):  # TRL reports to the run's MLflow store
+                finetune(
+                    pairs,
+                    cfg,
+                    base,
+                    folder,
+                    gguf_file=gguf_file,
+                    seed=config.run.seed,
+                    report_to="mlflow" if config.tracking.mlflow else "none",
+                )
         heldout = [p for p in pairs if p.heldout]
         encoder = TextEncoder.from_config(config.encoder)
         before, base_answers = student_quality(

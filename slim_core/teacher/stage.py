@@ -91,7 +91,7 @@ def make_backend(cfg: TeacherConfig, api_key: str | None = None) -> LLMBackend:
         folder = (
             dequantised_folder(cfg.model)
             if cfg.model in SHIPPED_MODELS
-            else hub_snapshot(cfg.model, "teacher.model")
+            else hub_snapshot(cfg.model, "teacher.model", gguf_file=cfg.gguf_file)
         )
         return TransformersBackend(
             str(folder),
