@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 from machine import merge_rows  # benchmarks/machine.py
 
 from slim_core.config import load_config
+from slim_core.llm.transformers_local import resolve_dtype
 from slim_core.rationale_score import score_run, shown_history_items
 from storage import RunFolder
 
@@ -87,6 +88,10 @@ def rows_for(config_path: Path, dataset: str) -> list[dict]:
         "student": config.student.base_model if config.student else None,
     }
     filters = {"teacher": "none", "student": config.student.select if config.student else None}
+    dtypes = {
+        "teacher": resolve_dtype(config.teacher.dtype) if config.teacher else None,
+        "student": resolve_dtype(config.student.dtype) if config.student else None,
+    }
     scores = score_run(run, shown_history_items(config))
     step3 = {s.source: s.ndcg10 for s in scores if s.part == "step3"}
     # the no-LLM control on the student's pairs, or the teacher's in a run without a student
@@ -95,13 +100,13 @@ def rows_for(config_path: Path, dataset: str) -> list[dict]:
     for score in scores:
         if score.part == "full":
             source = score.source
-            row = {"model": models[source], "filter": filters[source]}
+            row = {"model": models[source], "filter": filters[source], "dtype": dtypes[source]}
             row["three_step_share"] = three_step_share(run, source)
             row["ndcg10_step3"] = round(step3[source], 2) if source in step3 else None
             row["seconds_per_answer"] = seconds_per_answer(config, source)
         elif score.part == "history" and score.source == control_source:
             source = "history"
-            row = {"model": None, "filter": "none", "three_step_share": None}
+            row = {"model": None, "filter": "none", "dtype": None, "three_step_share": None}
         else:
             continue
         rows.append(
@@ -120,7 +125,9 @@ def rows_for(config_path: Path, dataset: str) -> list[dict]:
 def _key(row: dict) -> tuple:
     """Rows replace earlier ones of the same measurement: the history control differs by the
     pairs it was scored on, hence the user count in the key."""
-    return (row["dataset"], row["source"], row["model"], row["filter"], row["users"])
+    # float32 rows from before the dtype was recorded count as float32
+    dtype = row.get("dtype") or ("float32" if row["model"] else None)
+    return (row["dataset"], row["source"], row["model"], row["filter"], row["users"], dtype)
 
 
 def main() -> None:
@@ -136,15 +143,16 @@ def main() -> None:
     rows = rows_for(args.config, args.dataset)
     merged = merge_rows(RESULTS, rows, _key)
     print(
-        "| dataset | source | model | filter | users | rationales | zero-shot NDCG@10 | step 3 "
-        "| three steps | s / answer |"
+        "| dataset | source | model | dtype | filter | users | rationales | zero-shot NDCG@10 "
+        "| step 3 | three steps | s / answer |"
     )
-    print("|---|---|---|---|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---|---|---|---:|---:|---:|---:|---:|---:|")
     for r in merged:
         share = "—" if r["three_step_share"] is None else f"{100 * r['three_step_share']:.0f}%"
         step3, seconds = r.get("ndcg10_step3"), r.get("seconds_per_answer")
         print(
-            f"| {r['dataset']} | {r['source']} | {r['model'] or '—'} | {r['filter']} | "
+            f"| {r['dataset']} | {r['source']} | {r['model'] or '—'} | {r.get('dtype') or '—'} | "
+            f"{r['filter']} | "
             f"{r['users']} | {r['rationales']} | {r['ndcg10_zero_shot']:.2f} | "
             f"{'—' if step3 is None else f'{step3:.2f}'} | {share} | "
             f"{'—' if seconds is None else f'{seconds:.1f}'} |"
