@@ -37,7 +37,19 @@ def resolve(
 ) -> SlimConfig:
     """The configuration file with environment overrides and the run's parameters applied (what
     deployments let users change per run); `without_llm` for `slim train` (see below)."""
-    config = load_config(config_path)
+    return with_parameters(
+        load_config(config_path), teacher_users, student_users, budget_usd, without_llm
+    )
+
+
+def with_parameters(
+    config: SlimConfig,
+    teacher_users: int | None = None,
+    student_users: int | None = None,
+    budget_usd: float | None = None,
+    without_llm: bool = False,
+) -> SlimConfig:
+    """`config` with the run's parameters applied (see `resolve`)."""
     if without_llm:
         config = without_llm_rows(config)
     teacher = {"users": teacher_users, "budget_usd": budget_usd}
@@ -137,10 +149,10 @@ def run_folder_slot(config: SlimConfig) -> Iterator[None]:
     write the same run folder at once; the second waits for the first."""
     from prefect.client.orchestration import get_client
     from prefect.concurrency.sync import concurrency
+    from prefect.exceptions import ObjectAlreadyExists
 
     folder = str(config.run.output_dir.resolve())
     name = f"slim-run-folder-{canonical_hash(folder, 12)}"
-    from prefect.exceptions import ObjectAlreadyExists
 
     # another run may make it between the upsert's read and its write (not atomic)
     with get_client(sync_client=True) as client, suppress(ObjectAlreadyExists):

@@ -21,10 +21,10 @@ from prefect.runtime import flow_run
 from flows.identity import (
     flows_version,
     one_run_per_folder,
-    resolve,
     run_name,
     skipped_without_llm,
     tag_flow_run,
+    with_parameters,
 )
 from flows.tracking import tracked
 from slim_core.config import SlimConfig, TeacherConfig, load_config
@@ -99,7 +99,7 @@ def _load(
     code_version()  # the commit this process started with: its run manifest names it
     config = load_config(config_path)
     skipped = skipped_without_llm(config) if without_llm else []
-    config = resolve(config_path, teacher_users, student_users, budget_usd, without_llm)
+    config = with_parameters(config, teacher_users, student_users, budget_usd, without_llm)
     if skipped:
         log.warning(
             "slim train runs no LLM: skipping %s (they read the pipeline's rationales: `slim "

@@ -79,27 +79,22 @@ def _teacher(config: SlimConfig, data: DataStageResult | None) -> PlannedStage:
 
 
 def _teacher_model_id(config: SlimConfig) -> str | None:
-    """The id the answer cache keys by, or None for a shipped model not yet fetched (asking
-    for the id must not start a download)."""
+    """The id the answer cache keys by, or None for a model not on disk yet (asking for the id
+    must not start a download)."""
     from slim_core.errors import ConfigError
-    from slim_core.model_files import SHIPPED_MODELS, hub_snapshot, is_hub_id, model_cache
+    from slim_core.model_files import SHIPPED_MODELS, is_hub_id
     from slim_core.teacher.stage import make_backend
 
     cfg = config.teacher
-    shipped = cfg.backend == "transformers" and cfg.model in SHIPPED_MODELS
-    if shipped and not (model_cache() / cfg.model / "hf" / "config.json").is_file():
+    fetched = cfg.backend == "transformers" and (
+        cfg.model in SHIPPED_MODELS or is_hub_id(cfg.model)
+    )
+    try:  # a placeholder key: the id names the model, and nothing is sent
+        return make_backend(cfg, api_key="dry-run", local_only=True).model_id
+    except ConfigError:
+        if not fetched:
+            raise  # a configuration error, not a model still to fetch
         return None
-    if cfg.backend == "transformers" and is_hub_id(cfg.model):
-        from slim_core.llm.transformers_local import TransformersBackend
-
-        try:  # the cache only: the plan must not download
-            folder = hub_snapshot(cfg.model, "teacher.model", True, cfg.gguf_file)
-        except ConfigError:
-            return None
-        backend = TransformersBackend(str(folder), cfg.gguf_file, label=cfg.model, dtype=cfg.dtype)
-        return backend.model_id  # as make_backend's (batch size is not part of it)
-    # a placeholder key: the id names the model, and nothing is sent
-    return make_backend(cfg, api_key="dry-run").model_id
 
 
 def _student(config: SlimConfig, data: DataStageResult | None) -> PlannedStage:
@@ -118,16 +113,15 @@ def _student(config: SlimConfig, data: DataStageResult | None) -> PlannedStage:
 
 
 def _recommenders(config: SlimConfig, llm: bool) -> PlannedStage:
-    from slim_core.rec.stage import run_specs
+    from slim_core.rec.pipeline import source_parts
+    from slim_core.rec.stage import FILE_SOURCE, run_specs
 
     rec = config.recommender
     sources: list[str] = []
-    if llm and uses_user_vectors(rec) and rec.user_vectors is None:
-        sources = list(rec.rationales)
-        if rec.text_matching and "student" in rec.rationales:
-            sources += [f"student:{p}" for p in rec.text_matching_parts if p != "full"]
-    elif rec.user_vectors is not None:
-        sources = ["file"]
+    if rec.user_vectors is not None:
+        sources = [FILE_SOURCE]
+    elif llm and uses_user_vectors(rec):
+        sources = [name for source in rec.rationales for name, _ in source_parts(rec, source)]
     specs = run_specs(rec, sources) if sources or not uses_user_vectors(rec) else []
     return PlannedStage(
         "recommenders",

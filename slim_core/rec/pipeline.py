@@ -66,14 +66,17 @@ def user_sources(
         return {FILE_SOURCE: rec.user_vectors}
     out: dict[str, Path] = {}
     for vectors in rationales:
-        if vectors.source not in rec.rationales:
-            continue
-        out[vectors.source] = vectors.path("full")
-        if rec.text_matching and vectors.source == "student":
-            for part in rec.text_matching_parts:
-                if part != "full":
-                    out[f"student:{part}"] = vectors.path(part)
+        if vectors.source in rec.rationales:
+            for name, part in source_parts(rec, vectors.source):
+                out[name] = vectors.path(part)
     return out
+
+
+def source_parts(rec: RecommenderConfig, source: str) -> list[tuple[str, str]]:
+    """(source name, rationale part) pairs one rationale source gives the recommenders."""
+    steps = rec.text_matching and source == "student"
+    parts = [p for p in rec.text_matching_parts if p != "full"] if steps else []
+    return [(source, "full")] + [(f"student:{part}", part) for part in parts]
 
 
 def needs_item_text(config: SlimConfig) -> bool:

