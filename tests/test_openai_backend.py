@@ -296,8 +296,8 @@ def test_a_key_no_header_can_carry_is_refused_without_showing_it(server, monkeyp
 def test_transport_errors_never_quote_the_key():
     from slim_core.llm.openai_http import _LoopRunner, _redacted
 
-    runner = _LoopRunner.__new__(_LoopRunner)  # only its headers are read
-    runner.headers = [(b"Authorization", f"Bearer {SECRET}".encode())]
+    runner = _LoopRunner.__new__(_LoopRunner)  # only its key is read
+    runner.key = SECRET
     text = _redacted(f"Illegal header value b'Bearer {SECRET}' / {SECRET}", runner)
     assert SECRET not in text and "***" in text
 

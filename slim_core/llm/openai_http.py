@@ -11,11 +11,9 @@ or put in an error message, even when an endpoint echoes it in a reply. `stop_al
 at once, so nothing is sent, and billed, after a stop. HTTP(S)_PROXY / NO_PROXY from the
 environment are honoured.
 
-The requests go through httpcore (httpx's transport layer) on plain asyncio streams. At a
-concurrency of 32-64 the client's CPU per request decides whether it keeps up with the
-endpoint: httpx's request and response models and httpcore's anyio streams (a cancel scope
-and a timer per read and per write) cost about 1.4 ms a request on 2 cores, this path about
-0.7 ms (`benchmarks/teacher.py`, docs/benchmarks.md).
+The requests go through one `httpx.AsyncClient` (its pool holds `max_concurrency` kept-alive
+connections; a semaphore bounds the requests in flight) on an event loop in a daemon thread, so
+that synchronous callers in several threads share the connections from one batch to the next.
 """
 
 from __future__ import annotations
@@ -32,16 +30,14 @@ import re
 import ssl
 import threading
 import time
-import urllib.parse
 import urllib.request
 import weakref
-from collections.abc import Coroutine, Iterable, Iterator
+from collections.abc import Coroutine, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from typing import Any
 
-import httpcore
 import httpx
 
 from slim_core.errors import ConfigError
@@ -87,12 +83,12 @@ class OpenAICompatibleBackend:
     def model_id(self) -> str:
         return f"openai-compatible:{self.model}"
 
-    def _headers(self) -> list[tuple[bytes, bytes]]:
-        headers = [
-            (b"Accept", b"application/json"),
-            (b"Content-Type", b"application/json"),
-            (b"User-Agent", f"slim-rec/{_package_version()}".encode()),
-        ]
+    def _headers(self) -> dict[str, str]:
+        headers = {
+            "Accept": "application/json",
+            "Content-Type": "application/json",
+            "User-Agent": f"slim-rec/{_package_version()}",
+        }
         key = self.api_key
         if not key and self.api_key_env is not None:
             key = os.environ.get(self.api_key_env)
@@ -108,7 +104,7 @@ class OpenAICompatibleBackend:
                     f"teacher: the API key in {source} contains spaces, line breaks or other "
                     "characters an HTTP header cannot carry"
                 )
-            headers.append((b"Authorization", f"Bearer {key}".encode()))
+            headers["Authorization"] = f"Bearer {key}"
         return headers
 
     # Runtime state, not a setting: an event loop in a daemon thread with its HTTP clients,
@@ -210,32 +206,36 @@ class OpenAICompatibleBackend:
         self.__dict__.update(state, _lock=threading.Lock())
 
     def _connect(self, runner: _LoopRunner) -> None:
-        """Create the connection pools on the runner's loop, once."""
+        """Create the clients on the runner's loop, once."""
         if runner.idle is None:
-            runner.headers = self._headers()
-            runner.url = httpcore.URL(self.base_url.rstrip("/") + "/chat/completions")
-            runner.clients = [self._pool(runner.url) for _ in range(self.max_concurrency)]
+            runner.key = self._headers().get("Authorization", "Bearer ")[len("Bearer ") :]
+            try:  # HTTP(S)_PROXY, ALL_PROXY and NO_PROXY from the environment (trust_env)
+                clients = [self._client() for _ in range(self.max_concurrency)]
+            except (ImportError, ValueError) as error:  # e.g. socks5:// without httpx[socks]
+                proxies = urllib.request.getproxies()
+                scheme = urllib.request.urlparse(self.base_url).scheme
+                proxy = proxies.get(scheme) or proxies.get("all") or ""
+                raise ConfigError(
+                    f"teacher: proxy scheme {proxy.partition('://')[0]!r} is not supported "
+                    f"({error}); use an http:// or https:// proxy in HTTP_PROXY / HTTPS_PROXY"
+                ) from None
+            runner.clients = clients
             runner.idle = asyncio.Queue()
-            for client in runner.clients:
+            for client in clients:
                 runner.idle.put_nowait(client)
 
-    def _pool(self, url: httpcore.URL) -> httpcore.AsyncConnectionPool:
-        """A pool of one connection. A pool scans all its connections on every request and
-        every reply, in Python: with 64 connections in one pool the scans cost more CPU than
-        the requests (28% of the ideal throughput at concurrency 64). A pool of one has nothing
-        to scan, and the queue of idle pools is the concurrency bound."""
-        common: dict[str, Any] = {
-            "ssl_context": _ssl_context(),
-            "max_connections": 1,
-            "max_keepalive_connections": 1,
-            "keepalive_expiry": 5.0,  # as httpx: servers drop idle connections
-            "network_backend": _ASYNCIO_BACKEND,
-        }
-        proxy = _proxy_for(url)
-        if proxy is None:
-            return httpcore.AsyncConnectionPool(**common)
-        proxy_url, proxy_auth = proxy
-        return httpcore.AsyncHTTPProxy(proxy_url=proxy_url, proxy_auth=proxy_auth, **common)
+    def _client(self) -> httpx.AsyncClient:
+        """A client of one connection. httpx's pool scans all its connections in Python on
+        every request and every reply: one pool of 64 connections reached 24% of concurrency /
+        latency at 200 ms and 64 in flight, 64 pools of one 89.7% (`benchmarks/teacher.py`).
+        The queue of idle clients is the concurrency bound."""
+        return httpx.AsyncClient(
+            base_url=self.base_url.rstrip("/") + "/",
+            headers=self._headers(),
+            limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+            timeout=None,  # one timeout for the whole request, in `_one`
+            verify=_ssl_context(),
+        )
 
     async def _one(
         self, runner: _LoopRunner, prompt: str, params: dict[str, float | int]
@@ -257,17 +257,15 @@ class OpenAICompatibleBackend:
                 try:
                     # One timeout for the whole request: connecting, sending, waiting, reading.
                     async with asyncio.timeout(self.timeout_s):
-                        response = await client.request(
-                            "POST", runner.url, headers=runner.headers, content=content
-                        )
-                except (TimeoutError, httpcore.TimeoutException):
+                        response = await client.post("chat/completions", content=content)
+                except (TimeoutError, httpx.TimeoutException):
                     status, billed = None, True  # it may have been answering, and billing
                     error = f"TimeoutError: no complete reply within {self.timeout_s} s"
-                except (httpcore.NetworkError, httpcore.ProtocolError, OSError) as exc:
+                except (httpx.TransportError, OSError) as exc:
                     status = None
                     error = f"{type(exc).__name__}: request failed ({_redacted(str(exc), runner)})"
                 else:
-                    status = response.status
+                    status = response.status_code
                     if status == 200:
                         parsed = _parse(response.content)
                         if isinstance(parsed, str):
@@ -282,7 +280,7 @@ class OpenAICompatibleBackend:
                         error = f"HTTP {status}: {_redacted(_text(response.content), runner)}"
                         if status not in RETRYABLE_STATUS:
                             return GenerationFailure(error, attempt, status=status)
-                        wait = _retry_after(response.headers)
+                        wait = _retry_after(response.headers.get("retry-after"))
                         if wait is not None and wait > self.max_backoff_s:
                             return GenerationFailure(
                                 f"{error} (Retry-After {wait:g} s is past max_backoff_s "
@@ -302,15 +300,14 @@ class OpenAICompatibleBackend:
 
 
 class _LoopRunner:
-    """An asyncio event loop in a daemon thread, and the HTTP clients that live on it."""
+    """An asyncio event loop in a daemon thread, and the HTTP client that lives on it."""
 
     def __init__(self) -> None:
         self.futures: set[Future] = set()  # the `generate_each` calls running on this loop
         self.stopped = False
-        self.clients: list[httpcore.AsyncConnectionPool] = []
-        self.idle: asyncio.Queue[httpcore.AsyncConnectionPool] | None = None  # not in a request
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.url = httpcore.URL("http://localhost/")
+        self.clients: list[httpx.AsyncClient] = []
+        self.idle: asyncio.Queue[httpx.AsyncClient] | None = None  # not in a request
+        self.key = ""  # the API key, to redact from error texts
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(
             target=self.loop.run_forever, name="slim-openai-http", daemon=True
@@ -345,99 +342,7 @@ class _LoopRunner:
             await client.aclose()
 
 
-class _AsyncioStream(httpcore.AsyncNetworkStream):
-    """httpcore's network stream on asyncio's streams. httpcore's own backend goes through
-    anyio and opens a cancel scope per read and per write; timeouts here are one per request
-    (`asyncio.timeout` in `_one`), so the per-operation ones httpcore passes are not needed."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._reader, self._writer = reader, writer
-
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        try:
-            return await self._reader.read(max_bytes)
-        except OSError as exc:
-            raise httpcore.ReadError(str(exc)) from exc
-
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        if not buffer:
-            return
-        try:
-            self._writer.write(buffer)
-            await self._writer.drain()
-        except OSError as exc:
-            raise httpcore.WriteError(str(exc)) from exc
-
-    async def aclose(self) -> None:
-        self._writer.close()
-
-    async def start_tls(
-        self,
-        ssl_context: ssl.SSLContext,
-        server_hostname: str | None = None,
-        timeout: float | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        try:
-            await self._writer.start_tls(ssl_context, server_hostname=server_hostname)
-        except (OSError, ssl.SSLError) as exc:
-            self._writer.close()
-            raise httpcore.ConnectError(f"TLS handshake failed: {exc}") from exc
-        return self
-
-    def get_extra_info(self, info: str) -> Any:
-        if info == "is_readable":  # an idle kept-alive connection the server has closed
-            return self._reader.at_eof() or self._writer.is_closing()
-        names = {"client_addr": "sockname", "server_addr": "peername"}
-        return self._writer.get_extra_info(names.get(info, info))
-
-
-class _AsyncioBackend(httpcore.AsyncNetworkBackend):
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        try:
-            reader, writer = await asyncio.open_connection(
-                host, port, local_addr=(local_address, 0) if local_address else None
-            )
-        except OSError as exc:
-            raise httpcore.ConnectError(str(exc)) from exc
-        sock = writer.get_extra_info("socket")
-        for option in socket_options or ():
-            sock.setsockopt(*option)
-        return _AsyncioStream(reader, writer)
-
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
-
-
-_ASYNCIO_BACKEND = _AsyncioBackend()
 _RUNNERS: weakref.WeakSet[_LoopRunner] = weakref.WeakSet()
-
-
-def _proxy_for(url: httpcore.URL) -> tuple[str, tuple[str, str] | None] | None:
-    """(proxy URL, credentials) from HTTP_PROXY / HTTPS_PROXY unless NO_PROXY exempts the host."""
-    host = url.host.decode("ascii")
-    proxy = urllib.request.getproxies().get(url.scheme.decode("ascii"))
-    if not proxy or urllib.request.proxy_bypass(host):
-        return None
-    parts = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
-    if parts.scheme not in ("http", "https"):
-        raise ConfigError(
-            f"teacher: proxy scheme {parts.scheme!r} is not supported (use an http:// or "
-            "https:// proxy in HTTP_PROXY / HTTPS_PROXY)"
-        )
-    auth = None
-    if parts.username:
-        auth = (urllib.parse.unquote(parts.username), urllib.parse.unquote(parts.password or ""))
-    netloc = parts.hostname or ""
-    if parts.port:
-        netloc = f"{netloc}:{parts.port}"
-    return f"{parts.scheme}://{netloc}", auth
 
 
 @functools.cache
@@ -471,11 +376,8 @@ _CREDENTIALS = [
 def _redacted(text: str, runner: _LoopRunner) -> str:
     """`text` without this backend's key or anything that looks like a credential, at most 300
     characters: error texts are stored in the dead-letter table and logged."""
-    for name, value in runner.headers:
-        if name == b"Authorization":
-            key = value.decode()[len("Bearer ") :]
-            if key:
-                text = text.replace(key, "***")
+    if runner.key:
+        text = text.replace(runner.key, "***")
     for pattern, replacement in _CREDENTIALS:
         text = pattern.sub(replacement, text)
     return text[:300]
@@ -487,17 +389,16 @@ def _text(content: bytes) -> str:
     return content[:4096].decode("utf-8", errors="replace")
 
 
-def _retry_after(headers: list[tuple[bytes, bytes]]) -> float | None:
-    for name, value in headers:
-        if name.lower() == b"retry-after":
-            try:
-                seconds = float(value)
-            except ValueError:
-                return None  # an HTTP date: fall back to our own backoff
-            if math.isnan(seconds):
-                return None
-            return max(0.0, seconds)  # inf stays inf: past any cap
-    return None
+def _retry_after(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None  # an HTTP date: fall back to our own backoff
+    if math.isnan(seconds):
+        return None
+    return max(0.0, seconds)  # inf stays inf: past any cap
 
 
 def _parse(content: bytes) -> tuple[str, int, int] | str:
