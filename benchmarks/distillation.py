@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("--config", default=str(ROOT / "configs" / "demo.yaml"))
     parser.add_argument("--teacher-users", type=int, default=64)
     parser.add_argument("--heldout", type=float, default=0.25)
-    parser.add_argument("--epochs", type=float, help="override student.epochs of the config")
+    parser.add_argument("--epochs", type=float, help="override student.sft.num_train_epochs")
     parser.add_argument("--output-dir", default="runs/distillation-bench")
     args = parser.parse_args()
 
@@ -50,7 +50,7 @@ def main() -> None:
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     }
     if args.epochs is not None:
-        env["SLIM_STUDENT__EPOCHS"] = str(args.epochs)
+        env["SLIM_STUDENT__SFT__NUM_TRAIN_EPOCHS"] = str(args.epochs)
     slim = str(Path(sys.executable).parent / "slim")
     started = time.perf_counter()
     run = subprocess.run(

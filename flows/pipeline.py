@@ -42,6 +42,7 @@ from slim_core.rec.pipeline import (
 )
 from slim_core.rec.workers import training_workers
 from slim_core.student.inference import StudentInferenceResult, student_prompts
+from slim_core.student.sft import check_trainer_settings
 from slim_core.student.stage import StudentModel, current_student, student_config
 from slim_core.teacher.run import TeacherReport
 from slim_core.teacher.stage import answer_cache, prompt_keys, teacher_config, teacher_prompts
@@ -107,6 +108,8 @@ def _load(
             ", ".join(skipped),
             ", ".join(config.recommender.variants),
         )
+    if config.student is not None and "student" in stages:
+        check_trainer_settings(config.student)  # a typo in student.sft fails before the teacher
     # a stage without its section (teacher, student) is left out of the run
     tag_flow_run(config, [s for s in stages if s not in LLM_STAGES or getattr(config, s)])
     # config.yaml is the latest run's; the flow run's own copy is what its manifest records, even

@@ -10,6 +10,7 @@ relative to the working directory. Unknown keys are errors, so typos do not pass
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, NamedTuple
@@ -465,6 +466,42 @@ class TeacherConfig(_Strict):
         return self
 
 
+# SLIM's fine-tuning defaults, under `student.sft` / `student.lora` (TRL's and PEFT's own
+# defaults suit a GPU and a larger model: lr 2e-5, gradient checkpointing on, saves every 500).
+SFT_DEFAULTS: dict[str, Any] = {
+    "learning_rate": 2e-4,
+    "num_train_epochs": 3.0,
+    "per_device_train_batch_size": 4,
+    "max_length": 768,
+    "save_steps": 20,
+    "gradient_checkpointing": False,
+}
+LORA_DEFAULTS: dict[str, Any] = {
+    "r": 8,
+    "lora_alpha": 16,
+    "lora_dropout": 0.05,
+    "target_modules": ["q_proj", "v_proj"],
+}
+SFT_OWNED = frozenset({"output_dir", "completion_only_loss", "report_to", "seed"})
+LORA_OWNED = frozenset({"task_type"})
+# Flat student keys of earlier versions and where they live now.
+LEGACY_SFT_KEYS = {
+    "learning_rate": "learning_rate",
+    "epochs": "num_train_epochs",
+    "max_steps": "max_steps",
+    "batch_size": "per_device_train_batch_size",
+    "max_length": "max_length",
+    "save_steps": "save_steps",
+    "gradient_checkpointing": "gradient_checkpointing",
+}
+LEGACY_LORA_KEYS = {
+    "lora_r": "r",
+    "lora_alpha": "lora_alpha",
+    "lora_dropout": "lora_dropout",
+    "lora_targets": "target_modules",
+}
+
+
 class StudentConfig(_Strict):
     """The student LLM: LoRA fine-tuning on teacher rationales, then a rationale for every user."""
 
@@ -472,18 +509,20 @@ class StudentConfig(_Strict):
         description="A local transformers folder or a shipped model name (`slim models list`)."
     )
     gguf_file: str | None = Field(None, description="GGUF file inside base_model's folder.")
-    # Fine-tuning (TRL SFTTrainer + PEFT LoRA; loss on the rationale tokens only).
-    lora_r: int = Field(8, ge=1, description="LoRA rank.")
-    lora_alpha: int = Field(16, ge=1, description="LoRA scaling (alpha / r).")
-    lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA inputs.")
-    lora_targets: list[str] = Field(
-        ["q_proj", "v_proj"], min_length=1, description="Module names that get adapters."
+    # Fine-tuning: TRL's SFTTrainer with a PEFT LoRA adapter, loss on the rationale tokens only.
+    sft: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Settings for TRL's SFTConfig, passed as they are and validated by it (e.g. "
+        "learning_rate, num_train_epochs, max_steps, per_device_train_batch_size, max_length, "
+        "weight_decay, lr_scheduler_type, save_steps, gradient_checkpointing), over SLIM's "
+        f"defaults {SFT_DEFAULTS}. SLIM sets {sorted(SFT_OWNED)} itself.",
     )
-    learning_rate: float = Field(2e-4, gt=0, description="AdamW learning rate.")
-    epochs: float = Field(3.0, gt=0, description="Passes over the training pairs.")
-    max_steps: int | None = Field(None, ge=1, description="Stop after this many steps instead.")
-    batch_size: int = Field(4, ge=1, description="Pairs per optimizer step (per device).")
-    max_length: int = Field(768, ge=16, description="Longest prompt + rationale, in tokens.")
+    lora: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Settings for PEFT's LoraConfig, passed as they are and validated by it (r, "
+        f"lora_alpha, lora_dropout, target_modules, ...), over SLIM's defaults {LORA_DEFAULTS}. "
+        "task_type is CAUSAL_LM.",
+    )
     heldout_fraction: float = Field(
         0.1, ge=0, lt=1, description="Share of teacher pairs (by user) held out for evaluation."
     )
@@ -511,13 +550,6 @@ class StudentConfig(_Strict):
     )
     select_fraction: float = Field(
         0.5, gt=0, le=1, description="With select: top_fraction, the share of answers kept."
-    )
-    save_steps: int = Field(20, ge=1, description="Checkpoint every N steps (resume after a kill).")
-    gradient_checkpointing: bool = Field(
-        False,
-        description="Recompute activations in the backward pass instead of keeping them: saves "
-        "GPU memory on a 7B student, costs an extra forward pass (off: a small student on a CPU "
-        "has the memory). Same result either way, so changing it does not retrain.",
     )
     # Inference for every user.
     backend: Literal["transformers", "vllm"] = Field(
@@ -563,10 +595,62 @@ class StudentConfig(_Strict):
         "For throughput, run one shard per GPU instead (docs/operations.md).",
     )
 
+    @field_validator("sft", "lora", mode="before")
+    @classmethod
+    def _typed_values(cls, values: Any) -> Any:
+        """Values from SLIM_STUDENT__SFT__* or --set arrive as text: read them as YAML, as the
+        configuration file would have given them (`2` a number, `[a, b]` a list)."""
+        if not isinstance(values, dict):
+            return values
+        return {k: yaml.safe_load(v) if isinstance(v, str) else v for k, v in values.items()}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_trainer_keys(cls, values: Any) -> Any:
+        """The flat keys of earlier versions (lora_r, epochs, ...) move into `sft` / `lora`."""
+        if not isinstance(values, dict):
+            return values
+        values = dict(values)
+        for renames, section in ((LEGACY_SFT_KEYS, "sft"), (LEGACY_LORA_KEYS, "lora")):
+            moved = {old: values.pop(old) for old in list(renames) if old in values}
+            if not moved:
+                continue
+            nested = dict(values.get(section) or {})
+            for old, value in moved.items():
+                new = renames[old]
+                if new in nested:
+                    raise ValueError(f"student.{old} and student.{section}.{new} are both set")
+                if value is not None:  # max_steps: null meant TRL's default
+                    nested[new] = value
+            values[section] = nested
+            logging.getLogger("slim_core.config").warning(
+                "student: %s are deprecated; write them as student.%s: {%s}",
+                ", ".join(moved),
+                section,
+                ", ".join(f"{renames[old]}: ..." for old in moved),
+            )
+        return values
+
     @model_validator(mode="after")
     def _steps_fit(self) -> StudentConfig:
         check_step_budget(self.step_tokens, self.max_tokens, self.backend)
+        owned = sorted(SFT_OWNED & set(self.sft)) + sorted(LORA_OWNED & set(self.lora))
+        if owned:
+            raise ValueError(
+                f"student.sft / student.lora: {owned} are set by SLIM (the run folder, the "
+                "rationale-only loss, tracking, run.seed, a causal LM); remove them"
+            )
         return self
+
+    @property
+    def sft_settings(self) -> dict[str, Any]:
+        """What TRL's SFTConfig gets from the configuration: SLIM's defaults under `sft`."""
+        return {**SFT_DEFAULTS, **self.sft}
+
+    @property
+    def lora_settings(self) -> dict[str, Any]:
+        """What PEFT's LoraConfig gets from the configuration: SLIM's defaults under `lora`."""
+        return {**LORA_DEFAULTS, **self.lora}
 
 
 class SearchRange(_Strict):

@@ -275,6 +275,65 @@ def test_rationale_token_loss_is_the_models_own_loss(tiny):
     assert rationale_token_loss(model, inputs) is None
 
 
+def test_sft_and_lora_settings_pass_through_to_trl_and_peft(tmp_path, caplog):
+    """student.sft / student.lora reach SFTConfig / LoraConfig as they are, over SLIM's defaults;
+    what they refuse, or what SLIM sets itself, is a clear error naming the section."""
+    from slim_core.config import LORA_DEFAULTS, SFT_DEFAULTS
+    from slim_core.student.sft import trainer_configs
+
+    cfg = StudentConfig(
+        base_model="b",
+        sft={"weight_decay": 0.1, "lr_scheduler_type": "cosine", "num_train_epochs": 2},
+        lora={"r": 4, "bias": "lora_only"},
+    )
+    args, lora = trainer_configs(cfg, tmp_path / "checkpoints", seed=7)
+    assert (args.weight_decay, args.num_train_epochs, args.seed) == (0.1, 2, 7)
+    assert args.lr_scheduler_type == "cosine"
+    assert args.learning_rate == SFT_DEFAULTS["learning_rate"] and args.completion_only_loss
+    assert (lora.r, lora.bias, lora.lora_alpha) == (4, "lora_only", LORA_DEFAULTS["lora_alpha"])
+    assert set(lora.target_modules) == set(LORA_DEFAULTS["target_modules"])
+
+    with pytest.raises(ConfigError, match=r"student\.sft: TRL's SFTConfig refused.*no_such"):
+        trainer_configs(StudentConfig(base_model="b", sft={"no_such": 1}), tmp_path)
+    with pytest.raises(ConfigError, match=r"student\.lora: PEFT's LoraConfig refused"):
+        trainer_configs(StudentConfig(base_model="b", lora={"rank": 4}), tmp_path)
+    with pytest.raises(ValueError, match=r"\['output_dir', 'seed'\] are set by SLIM"):
+        StudentConfig(base_model="b", sft={"seed": 1, "output_dir": "x"})
+
+
+def test_flat_trainer_keys_still_work_and_keep_the_students_key(caplog):
+    """The flat keys of earlier versions move into sft / lora with a deprecation note, and the
+    fine-tuned student's key is the same either way (no retraining after the move)."""
+    from slim_core.student.stage import finetune_settings
+
+    with caplog.at_level("WARNING", logger="slim_core.config"):
+        flat = StudentConfig(
+            base_model="b",
+            lora_r=16,
+            lora_targets=["q_proj"],
+            epochs=5,
+            batch_size=2,
+            max_steps=None,
+        )
+    assert "lora_r, lora_targets are deprecated" in caplog.text
+    assert flat.lora == {"r": 16, "target_modules": ["q_proj"]}
+    assert flat.sft == {"num_train_epochs": 5, "per_device_train_batch_size": 2}
+    nested = StudentConfig(
+        base_model="b",
+        lora={"r": 16, "target_modules": ["q_proj"]},
+        sft={"num_train_epochs": 5.0, "per_device_train_batch_size": 2},
+    )
+    assert finetune_settings(flat) == finetune_settings(nested)
+    assert finetune_settings(flat)["epochs"] == 5.0
+    # A setting that changes the weights changes the key; a checkpointing one does not.
+    weighted = nested.model_copy(update={"sft": nested.sft | {"weight_decay": 0.1}})
+    assert finetune_settings(weighted) != finetune_settings(nested)
+    saving = nested.model_copy(update={"sft": nested.sft | {"save_steps": 5}})
+    assert finetune_settings(saving) == finetune_settings(nested)
+    with pytest.raises(ValueError, match="student.lora_r and student.lora.r are both set"):
+        StudentConfig(base_model="b", lora_r=4, lora={"r": 8})
+
+
 def test_adapter_for_another_base_model_is_refused(tmp_path, tiny):
     from slim_core.student.pairs import distillation_pairs
     from slim_core.student.sft import finetune, load_adapter

@@ -29,9 +29,7 @@ def write_config(tmp_path: Path, fake_url: str, base: Path) -> Path:
         },
         "student": {
             "base_model": str(base),
-            "max_steps": 4,
-            "save_steps": 2,
-            "batch_size": 4,
+            "sft": {"max_steps": 4, "save_steps": 2, "per_device_train_batch_size": 4},
             "heldout_fraction": 0.25,
             "shard_users": 4,
             "max_tokens": 8,
@@ -74,3 +72,19 @@ def test_student_flow_then_regenerate_only_changed_users(tmp_path, fake_openai):
     saved = json.loads((tmp_path / "run" / "student" / "summary.json").read_text())
     assert (saved["generated_this_run"], saved["reused"]) == (4, USERS * 2 - 4)  # see test_student
     assert sum(fake_openai.calls.values()) == calls_after_first  # no teacher call, no training
+
+
+def test_a_setting_trl_refuses_stops_the_run_before_the_teacher(tmp_path, fake_openai):
+    """student.sft goes to TRL's SFTConfig as it is: a setting it does not have fails the CLI
+    run at its start, naming the section, before any teacher prompt is paid for."""
+    from slim_cli.app import app
+
+    fake_openai.reset()
+    path = write_config(tmp_path, fake_openai.url, tmp_path / "no-model-needed")
+    config = yaml.safe_load(path.read_text())
+    config["student"]["sft"]["warmup_stepz"] = 3
+    path.write_text(yaml.safe_dump(config))
+    result = CliRunner().invoke(app, ["student", "run", "-c", str(path)])
+    assert result.exit_code == 2, result.output
+    assert "student.sft" in result.output and "warmup_stepz" in result.output
+    assert sum(fake_openai.calls.values()) == 0

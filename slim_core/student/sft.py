@@ -130,6 +130,52 @@ def latest_checkpoint(folder: Path) -> Path | None:
     return max(found, key=lambda p: int(p.name.split("-")[-1]), default=None)
 
 
+def trainer_configs(
+    cfg: StudentConfig, checkpoints: Path, *, seed: int = 42, report_to: str = "none"
+) -> tuple[Any, Any]:
+    """TRL's SFTConfig and PEFT's LoraConfig built from `student.sft` / `student.lora` (over
+    SLIM's defaults) and what SLIM decides itself; a setting either refuses is a ConfigError
+    naming it. Cheap enough to call before any paid stage, so a typo fails at once."""
+    import torch
+    from peft import LoraConfig
+    from trl import SFTConfig
+
+    runtime = {
+        "save_strategy": "steps",
+        "save_total_limit": 2,
+        "logging_steps": 1,
+        "use_cpu": not torch.cuda.is_available(),
+        # TRL turns bfloat16 mixed precision on by default; a CPU without AVX512-BF16 / AMX
+        # emulates it, about 10x slower than float32.
+        "bf16": native_bfloat16("cuda" if torch.cuda.is_available() else "cpu"),
+        "dataloader_num_workers": 0,
+    }
+    owned = {
+        "output_dir": str(checkpoints),
+        "completion_only_loss": True,
+        "report_to": report_to,  # "mlflow" with tracking.mlflow (slim_core.tracking)
+        "seed": seed,
+    }
+    try:
+        args = SFTConfig(**{**runtime, **cfg.sft_settings, **owned})
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"student.sft: TRL's SFTConfig refused it: {error}") from None
+    try:
+        peft = LoraConfig(**cfg.lora_settings, task_type="CAUSAL_LM")
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"student.lora: PEFT's LoraConfig refused it: {error}") from None
+    return args, peft
+
+
+def check_trainer_settings(cfg: StudentConfig) -> None:
+    """Build TRL's and PEFT's configs once, before any stage is paid for: a setting either
+    refuses stops the run at its start, not after the teacher."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        trainer_configs(cfg, Path(folder))
+
+
 def finetune(
     pairs: list[Pair],
     cfg: StudentConfig,
@@ -143,52 +189,22 @@ def finetune(
 ) -> SFTResult:
     import torch
     from datasets import Dataset
-    from peft import LoraConfig
-    from trl import SFTConfig
 
     train = [p for p in pairs if not p.heldout]
     if not train:
         raise ConfigError("student: every teacher pair is held out; lower heldout_fraction")
+    checkpoints = out / "checkpoints"
+    args, peft = trainer_configs(cfg, checkpoints, seed=seed, report_to=report_to)
     model, tokenizer = load_base(base, gguf_file)
-    missing = [
-        t for t in cfg.lora_targets if not any(n.endswith(t) for n, _ in model.named_modules())
-    ]
+    targets = peft.target_modules if isinstance(peft.target_modules, (set, list)) else []
+    modules = [n for n, _ in model.named_modules()]
+    missing = sorted(t for t in targets if not any(n.endswith(t) for n in modules))
     if missing:
         raise ConfigError(
-            f"student.lora_targets: the base model has no module named {missing} "
-            f"(e.g. {sorted({n.rsplit('.', 1)[-1] for n, _ in model.named_modules()})[:12]})"
+            f"student.lora.target_modules: the base model has no module named {missing} "
+            f"(e.g. {sorted({n.rsplit('.', 1)[-1] for n in modules})[:12]})"
         )
     chat = bool(getattr(tokenizer, "chat_template", None))
-    checkpoints = out / "checkpoints"
-    args = SFTConfig(
-        output_dir=str(checkpoints),
-        per_device_train_batch_size=cfg.batch_size,
-        num_train_epochs=cfg.epochs,
-        max_steps=cfg.max_steps or -1,
-        learning_rate=cfg.learning_rate,
-        max_length=cfg.max_length,
-        completion_only_loss=True,
-        save_strategy="steps",
-        save_steps=cfg.save_steps,
-        save_total_limit=2,
-        # TRL turns it on by default; a small student on a CPU has the memory without it.
-        gradient_checkpointing=cfg.gradient_checkpointing,
-        logging_steps=1,
-        report_to=report_to,  # "mlflow" with tracking.mlflow (slim_core.tracking)
-        use_cpu=not torch.cuda.is_available(),
-        # TRL turns bfloat16 mixed precision on by default; a CPU without AVX512-BF16 / AMX
-        # emulates it, about 10x slower than float32.
-        bf16=native_bfloat16("cuda" if torch.cuda.is_available() else "cpu"),
-        seed=seed,
-        dataloader_num_workers=0,
-    )
-    peft = LoraConfig(
-        r=cfg.lora_r,
-        lora_alpha=cfg.lora_alpha,
-        lora_dropout=cfg.lora_dropout,
-        target_modules=cfg.lora_targets,
-        task_type="CAUSAL_LM",
-    )
     trainer = sft_trainer_class(fused_loss=torch.cuda.is_available())(
         model=model,
         args=args,

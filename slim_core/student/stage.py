@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from slim_core.config import SlimConfig, StudentConfig
+from slim_core.config import LEGACY_LORA_KEYS, LEGACY_SFT_KEYS, SlimConfig, StudentConfig
 from slim_core.data import DataStageResult
 from slim_core.encoding import TextEncoder
 from slim_core.errors import ConfigError, DataError
@@ -36,20 +36,38 @@ from storage import canonical_hash, file_fingerprint, write_json_atomic
 
 log = logging.getLogger("slim_core.student")
 
-FINETUNE_FIELDS = (
-    "lora_r",
-    "lora_alpha",
-    "lora_dropout",
-    "lora_targets",
-    "learning_rate",
-    "epochs",
-    "max_steps",
-    "batch_size",
-    "max_length",
-    "heldout_fraction",
-    "max_history_items",
-    "token_budget",
-)
+# What decides the fine-tuned weights, keyed by the names earlier versions used, so that a
+# configuration moved to `sft:` / `lora:` keeps its fine-tuned student.
+KEYED_FIELDS = ("heldout_fraction", "max_history_items", "token_budget")
+# SFTConfig settings that do not change the weights: changing them does not retrain.
+UNKEYED_SFT = frozenset({"save_steps", "save_total_limit", "gradient_checkpointing"})
+
+
+def finetune_settings(cfg: StudentConfig) -> dict[str, Any]:
+    """The settings in the fine-tuned student's key."""
+    sft, lora = cfg.sft_settings, cfg.lora_settings
+    legacy = {v: k for k, v in LEGACY_SFT_KEYS.items()} | {
+        v: k for k, v in LEGACY_LORA_KEYS.items()
+    }
+    settings: dict[str, Any] = {
+        "lora_r": lora["r"],
+        "lora_alpha": lora["lora_alpha"],
+        "lora_dropout": float(lora["lora_dropout"]),  # as the flat keys were validated
+        "lora_targets": lora["target_modules"],
+        "learning_rate": float(sft["learning_rate"]),
+        "epochs": float(sft["num_train_epochs"]),
+        "max_steps": sft.get("max_steps"),
+        "batch_size": sft["per_device_train_batch_size"],
+        "max_length": sft["max_length"],
+    }
+    settings |= {name: getattr(cfg, name) for name in KEYED_FIELDS}
+    extra_sft = {k: v for k, v in cfg.sft.items() if k not in legacy and k not in UNKEYED_SFT}
+    extra_lora = {k: v for k, v in cfg.lora.items() if k not in legacy}
+    if extra_sft:  # only when set: keys of configurations without them stay as they were
+        settings["sft"] = extra_sft
+    if extra_lora:
+        settings["lora"] = extra_lora
+    return settings
 
 
 def student_config(config: SlimConfig) -> StudentConfig:
@@ -131,7 +149,7 @@ def finetune_student(
     key = canonical_hash(
         {
             "pairs": [(p.user_idx, p.cutoff, p.prompt, p.completion) for p in pairs],
-            "settings": {name: getattr(cfg, name) for name in FINETUNE_FIELDS},
+            "settings": finetune_settings(cfg),
             "base": base_model_hash(cfg, base, gguf_file),
             "seed": config.run.seed,
         },
