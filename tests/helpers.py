@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +43,61 @@ def sequences_by_user(result: DataStageResult) -> dict[str, list[str]]:
     """user_id -> stored sequence as raw item ids."""
     items = {r["item_idx"]: r["item_id"] for r in rows(result, "items")}
     return {r["user_id"]: [items[i] for i in r["items"]] for r in rows(result, "sequences")}
+
+
+@contextlib.contextmanager
+def spawned(
+    command: list[str],
+    *,
+    env: dict[str, str] | None = None,
+    log: Path | None = None,
+    stop: int = signal.SIGKILL,
+    **popen: Any,
+) -> Iterator[subprocess.Popen]:
+    """A real process, as a user starts it, in a process group of its own (with the temporary
+    Prefect server it may start); on the way out `stop` goes to the whole group. Its output
+    goes to `log` when given (read it for a failure's message), else nowhere."""
+    with contextlib.ExitStack() as files:
+        output = files.enter_context(log.open("w")) if log is not None else subprocess.DEVNULL
+        process = subprocess.Popen(
+            command,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            **popen,
+        )
+        try:
+            yield process
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, stop)
+            process.wait(timeout=60)
+
+
+def wait_until(
+    condition: Callable[[], Any],
+    timeout: float,
+    process: subprocess.Popen | None = None,
+    interval: float = 0.1,
+) -> bool:
+    """Poll `condition` until it holds (True), `timeout` seconds pass or `process` ends
+    (False): the caller's assert says what it waited for."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline or (process is not None and process.poll() is not None):
+            return bool(condition())
+        time.sleep(interval)
+    return True
+
+
+def group_alive(pid: int) -> bool:
+    """Whether any process is left in the process group `pid` leads."""
+    try:
+        os.killpg(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def csv(header: str, *lines: str) -> str:

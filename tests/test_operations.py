@@ -4,10 +4,10 @@ a real server, the work-pool `prefect.yaml`, and retention of old runs and stage
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -15,7 +15,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.helpers import REPO, demo_config
+from tests.helpers import REPO, demo_config, spawned, wait_until
 
 
 def free_port() -> int:
@@ -34,29 +34,17 @@ def slim_server(tmp_path_factory):
     port = free_port()
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     env.pop("PREFECT_API_URL", None)
-    server = subprocess.Popen(
-        [SLIM, "server", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
     api = f"http://127.0.0.1:{port}/api"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{api}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "the server did not start within 120 s"
-            assert server.poll() is None, "slim server exited"
-            time.sleep(1)
+
+    def healthy() -> bool:
+        try:
+            return httpx.get(f"{api}/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    with spawned([SLIM, "server", "--port", str(port)], env=env, stop=signal.SIGTERM) as server:
+        assert wait_until(healthy, 120, server, interval=1), "slim server did not start"
         yield api, {**env, "PREFECT_API_URL": api}
-    finally:
-        os.killpg(server.pid, 15)
-        server.wait(timeout=30)
 
 
 def run_cli(env: dict, *args: str) -> None:
@@ -391,15 +379,12 @@ def test_two_runs_on_one_run_folder_take_turns_on_a_standing_server(tmp_path, sl
     api, env = slim_server
     quick = {"variants": ["id"], "models": ["sasrec"], "seeds": [1, 2], "max_epochs": 3}
     path = str(demo_config(tmp_path, recommender=quick))
-    first = subprocess.Popen(
-        [SLIM, "train", "-c", path], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
-    deadline = time.monotonic() + 300
-    while not runs_of(api, path, "train "):  # the first run holds the folder
-        assert time.monotonic() < deadline and first.poll() is None
-        time.sleep(0.5)
-    run_cli(env, "prepare", "-c", path)
-    assert first.wait(timeout=600) == 0, first.stdout.read().decode()[-3000:]
+    log = tmp_path / "first.log"
+    with spawned([SLIM, "train", "-c", path], env=env, log=log) as first:
+        holding = wait_until(lambda: runs_of(api, path, "train "), 300, first, interval=0.5)
+        assert holding, log.read_text()[-3000:]  # the first run holds the folder
+        run_cli(env, "prepare", "-c", path)
+        assert first.wait(timeout=600) == 0, log.read_text()[-3000:]
     (trained,), (prepared,) = runs_of(api, path, "train "), runs_of(api, path, "prepare ")
     train_end = max(t["end_time"] for t in task_runs_of(api, trained["id"]))
     prepare_start = min(t["start_time"] for t in task_runs_of(api, prepared["id"]))

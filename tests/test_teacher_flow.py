@@ -2,7 +2,7 @@
 
 import json
 import os
-import time
+import sys
 from pathlib import Path
 
 import duckdb
@@ -10,10 +10,18 @@ import pytest
 import yaml
 
 from tests.fake_openai import FakeOpenAI
-from tests.helpers import demo_config, flow_run_artifact, task_states
+from tests.helpers import (
+    demo_config,
+    flow_run_artifact,
+    group_alive,
+    spawned,
+    task_states,
+    wait_until,
+)
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 SECRET = "sk-never-log-me-0123456789"
+SLIM_TEACHER = [str(Path(sys.executable).parent / "slim"), "teacher", "run", "-c"]
 
 
 @pytest.fixture
@@ -144,12 +152,6 @@ def test_killed_teacher_flow_then_retry_failed_empties_the_dead_letters(
     """`slim teacher run` in a real process, killed with SIGKILL mid-flow after a batch left two
     dead letters; `retry-failed` replays exactly those, a rerun finishes the rest, and no prompt
     is paid for twice beyond one batch of unwritten answers and the requests in flight."""
-    import contextlib
-    import signal
-    import subprocess
-    import sys
-    import time
-
     from flows.pipeline import retry_failed_flow, teacher_flow
     from slim_core.config import load_config
     from slim_core.data import prepare_data
@@ -165,29 +167,17 @@ def test_killed_teacher_flow_then_retry_failed_empties_the_dead_letters(
     env = dict(os.environ)
     env.pop("PREFECT_API_URL", None)  # the child runs its own temporary server,
     env["PREFECT_HOME"] = str(tmp_path / "child-prefect")  # on a database of its own
-    slim = str(Path(sys.executable).parent / "slim")
     child_log = tmp_path / "child.log"
-    with child_log.open("w") as log:
-        child = subprocess.Popen(
-            [slim, "teacher", "run", "-c", str(path)],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # so that the kill also takes its temporary Prefect server
+    with spawned(SLIM_TEACHER + [str(path)], env=env, log=child_log) as child:
+        # HTTP batches run two at a time and write in halves: wait for the first batch's dead
+        # letters (its two hopeless prompts fail after their retries) and six answers; the
+        # child (and its temporary server) is killed with SIGKILL on the way out.
+        wait_until(
+            lambda: len(cache.answered_keys()) >= 6 and len(cache.dead_letters()) >= 2,
+            180,
+            child,
+            interval=0.05,
         )
-    deadline = time.monotonic() + 180
-    # HTTP batches run two at a time and write in halves: wait for the first batch's dead
-    # letters (its two hopeless prompts fail after their retries) and six answers.
-    while (
-        (len(cache.answered_keys()) < 6 or len(cache.dead_letters()) < 2)
-        and time.monotonic() < deadline
-        and child.poll() is None
-    ):
-        time.sleep(0.05)
-    # the child and its group may have ended already (the assert below says why)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(child.pid, signal.SIGKILL)
-    child.wait()
     answered = len(cache.answered_keys())
     assert 6 <= answered < 18, (
         "the kill should land after the first batch, mid-flow; the child's output ends with:\n"
@@ -245,11 +235,7 @@ def test_sigterm_stops_the_command_and_its_temporary_prefect_server(tmp_path, fa
     """A scheduler stops `slim` with SIGTERM to the command alone: the command ends, takes the
     temporary Prefect server it started with it (no process of its group is left), and what
     was answered stays cached."""
-    import contextlib
     import signal
-    import subprocess
-    import sys
-    import time
 
     from slim_core.config import load_config
     from slim_core.teacher.stage import answer_cache
@@ -262,49 +248,24 @@ def test_sigterm_stops_the_command_and_its_temporary_prefect_server(tmp_path, fa
     env.pop("PREFECT_API_URL", None)  # the command starts its own temporary server
     env["PREFECT_HOME"] = str(tmp_path / "child-prefect")
     child_log = tmp_path / "child.log"
-    with child_log.open("w") as log:
-        child = subprocess.Popen(
-            [str(Path(sys.executable).parent / "slim"), "teacher", "run", "-c", str(path)],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: the server's too
-        )
-    try:
-        deadline = time.monotonic() + 180
-        while not cache.answered_keys() and time.monotonic() < deadline and child.poll() is None:
-            time.sleep(0.1)
-        assert cache.answered_keys(), child_log.read_text()[-3000:]
+    with spawned(SLIM_TEACHER + [str(path)], env=env, log=child_log) as child:
+        assert wait_until(cache.answered_keys, 180, child), child_log.read_text()[-3000:]
         os.kill(child.pid, signal.SIGTERM)  # the command only, as a scheduler does
         assert child.wait(timeout=60) != 0
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(child.pid, 0)  # anything left in the command's process group?
-            except ProcessLookupError:
-                break
-            time.sleep(0.2)
-        else:
-            pytest.fail(
-                "the temporary Prefect server outlived the command:\n"
-                + child_log.read_text()[-3000:]
-            )
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(child.pid, signal.SIGKILL)
+        assert wait_until(lambda: not group_alive(child.pid), 30, interval=0.2), (
+            "the temporary Prefect server outlived the command:\n" + child_log.read_text()[-3000:]
+        )
     assert len(cache.answered_keys()) >= 1
 
 
-def _slim_teacher(tmp_path: Path, path: Path, env: dict[str, str], **popen):
+def _slim_teacher(tmp_path: Path, path: Path, env: dict[str, str]):
     """`slim teacher run` as a user runs it, on the session's Prefect server."""
     import subprocess
-    import sys
 
-    command = [str(Path(sys.executable).parent / "slim"), "teacher", "run", "-c", str(path)]
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "child-prefect"), **env}
-    if popen:
-        return subprocess.Popen(command, env=env, **popen)
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        SLIM_TEACHER + [str(path)], env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_a_missing_key_fails_at_once_and_is_never_retried(tmp_path, fake, monkeypatch):
@@ -340,9 +301,7 @@ def test_sigterm_during_a_retry_after_wait_stops_at_once_and_keeps_the_answers(t
     """A 429 asks for 30 s. A SIGTERM in that wait ends the command at once: the answers
     already received are written (also those not yet due for writing), and no request leaves
     after the stop, so none is billed after it."""
-    import contextlib
     import signal
-    import subprocess
 
     from slim_core.config import load_config
     from slim_core.data import prepare_data
@@ -354,27 +313,21 @@ def test_sigterm_during_a_retry_after_wait_stops_at_once_and_keeps_the_answers(t
     prompts = teacher_prompts(config, prepare_data(config))
     fake.reset({p.text: ["429:30"] for p in prompts[10:]})  # the first 10 are answered
     cache = answer_cache(config)
-    child = _slim_teacher(
-        tmp_path,
-        path,
-        {"SLIM_TEST_TEACHER_KEY": SECRET},
-        stdout=(tmp_path / "child.log").open("w"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and child.poll() is None:
-            if fake.calls[prompts[19].text] and fake.calls[prompts[10].text]:
-                break  # the last batches' 429s arrived: their prompts now wait 30 s
-            time.sleep(0.1)
-        assert child.poll() is None, (tmp_path / "child.log").read_text()[-3000:]
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(tmp_path / "child-prefect"),
+        "SLIM_TEST_TEACHER_KEY": SECRET,
+    }
+    child_log = tmp_path / "child.log"
+    with spawned(SLIM_TEACHER + [str(path)], env=env, log=child_log) as child:
+        # the last batches' 429s arrived: their prompts now wait 30 s
+        wait_until(
+            lambda: fake.calls[prompts[19].text] and fake.calls[prompts[10].text], 180, child
+        )
+        assert child.poll() is None, child_log.read_text()[-3000:]
         calls = fake.settled_calls()
         os.kill(child.pid, signal.SIGTERM)
         assert child.wait(timeout=20) != 0  # not after the 30 s wait
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(child.pid, signal.SIGKILL)
     assert fake.settled_calls() == calls  # nothing sent after the stop
     [manifest] = (Path(config.run.output_dir) / "flow-runs").glob("*.json")
     assert json.loads(manifest.read_text())["state"] == "Crashed"  # a stopped run is traced

@@ -142,21 +142,16 @@ ask_teacher(prompts, backend, AnswerCache(folder), Decoding(max_tokens=64), batc
 
 def test_a_run_killed_with_sigkill_loses_at_most_the_batch_in_flight(server, tmp_path):
     """A real process, killed with SIGKILL mid-run; the rerun pays only for what is missing."""
-    import signal
-    import subprocess
     import sys
-    import time
+
+    from tests.helpers import spawned, wait_until
 
     server.reset(latency_s=0.15)
     script = tmp_path / "run.py"
     script.write_text(KILLED_RUN)
     cache = AnswerCache(tmp_path / "cache")
-    child = subprocess.Popen([sys.executable, str(script), server.url, str(cache.folder)])
-    deadline = time.monotonic() + 60
-    while len(cache.answered_keys()) < 12 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    child.send_signal(signal.SIGKILL)
-    child.wait()
+    with spawned([sys.executable, str(script), server.url, str(cache.folder)]) as child:
+        wait_until(lambda: len(cache.answered_keys()) >= 12, 60, child, interval=0.05)
     saved = len(cache.answered_keys())
     assert 12 <= saved < 40, "the kill should land mid-run"
     # A kill during a write leaves at most a hidden temporary file, never a partial Parquet one.

@@ -1,10 +1,7 @@
 """`slim tune`: Optuna search on the validation split, a study that survives a kill, bad input."""
 
 import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import optuna
@@ -14,7 +11,7 @@ from typer.testing import CliRunner
 
 from slim_core.config import load_config
 from slim_core.errors import ConfigError
-from tests.helpers import REPO, demo_config
+from tests.helpers import REPO, demo_config, spawned, wait_until
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 QUICK = {"max_epochs": 4, "patience": 2}
@@ -65,27 +62,16 @@ def test_a_killed_search_resumes_from_the_study_on_disk(tmp_path):
     holds and runs only the missing trials."""
     path = tune_config(tmp_path, trials=40)
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    process = subprocess.Popen(
-        [str(Path(sys.executable).with_name("slim")), "tune", "-c", str(path)],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
     db = load_config(path).run.output_dir / "tune" / "sasrec-id" / "study.db"
-    deadline = time.monotonic() + 240
-    try:
-        while time.monotonic() < deadline:
-            if db.exists() and sum(t.state.is_finished() for t in study_of(path).trials) >= 2:
-                break
-            assert process.poll() is None, "slim tune ended before it was killed"
-            time.sleep(1)
-        else:
-            pytest.fail("no trial finished within 240 s")
-    finally:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+    command = [str(Path(sys.executable).with_name("slim")), "tune", "-c", str(path)]
+    with spawned(command, env=env, cwd=REPO) as process:  # killed with SIGKILL on the way out
+        two_finished = wait_until(
+            lambda: db.exists() and sum(t.state.is_finished() for t in study_of(path).trials) >= 2,
+            240,
+            process,
+            interval=1,
+        )
+        assert two_finished and process.poll() is None, "no trial finished before the kill"
     done = sum(t.state.is_finished() for t in study_of(path).trials)
     assert 2 <= done < 40
 
