@@ -187,6 +187,21 @@ def _read(
                 field=name,
             )
 
+    keys = _keys(table, key_names, path)
+    matrix, valid = _vectors(table, key_names, keys, dim, path)
+    unique, counts = np.unique(keys, axis=0, return_counts=True)
+    if (counts > 1).any():
+        dup = unique[counts > 1]
+        raise DataError(
+            f"{len(dup)} duplicate key(s), e.g. {_key_text(key_names, dup[0])}",
+            path=path,
+            field=", ".join(key_names),
+        )
+    return keys, matrix, valid
+
+
+def _keys(table: pa.Table, key_names: Sequence[str], path: Path) -> np.ndarray:
+    """The key columns as [m, k] int64, refused when not integers or with NULLs."""
     key_cols = []
     for name in key_names:
         col = table.column(name)
@@ -197,6 +212,13 @@ def _read(
         key_cols.append(col.to_numpy().astype(np.int64))
     keys = np.stack(key_cols, axis=1) if len(table) else np.zeros((0, len(key_names)), np.int64)
 
+    return keys
+
+
+def _vectors(
+    table: pa.Table, key_names: Sequence[str], keys: np.ndarray, dim: int | None, path: Path
+) -> tuple[np.ndarray, np.ndarray]:
+    """(vectors [m, dim] float32 with NULL rows zero, valid [m]): one dimension, all finite."""
     column = table.column(VECTOR).combine_chunks()
     kind = column.type
     if not (
@@ -239,12 +261,4 @@ def _read(
             field=VECTOR,
         )
 
-    unique, counts = np.unique(keys, axis=0, return_counts=True)
-    if (counts > 1).any():
-        dup = unique[counts > 1]
-        raise DataError(
-            f"{len(dup)} duplicate key(s), e.g. {_key_text(key_names, dup[0])}",
-            path=path,
-            field=", ".join(key_names),
-        )
-    return keys, matrix, valid
+    return matrix, valid

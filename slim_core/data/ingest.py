@@ -288,7 +288,17 @@ def _load_interactions(
         FROM {view}
         """
     )
-    # (condition on raw_interactions, source column, field, message), reported in this order.
+    checks = _interaction_checks(user, item, timestamp, rating, time_format)
+    _raise_first_bad_row(con, view, path, checks, field_prefix)
+    con.execute(
+        f"ALTER TABLE raw_interactions DROP COLUMN rating_bad; DROP VIEW {view}; DROP TABLE {view}_file"
+    )
+
+
+def _interaction_checks(
+    user: str, item: str, timestamp: str | None, rating: str | None, time_format: str | None
+) -> list[tuple[str, str, str, str]]:
+    """(condition on raw_interactions, source column, field, message), reported in this order."""
     checks = [
         ("user_id IS NULL OR user_id = ''", user, "user", "empty user id"),
         ("item_id IS NULL OR item_id = ''", item, "item", "empty item id"),
@@ -318,6 +328,17 @@ def _load_interactions(
         )
     if rating is not None:
         checks.append(("rating_bad", rating, "rating", "rating {value!r} is not a number"))
+    return checks
+
+
+def _raise_first_bad_row(
+    con: duckdb.DuckDBPyConnection,
+    view: str,
+    path: Path,
+    checks: list[tuple[str, str, str, str]],
+    field_prefix: str,
+) -> None:
+    """A DataError naming the first source row that fails a check, in the checks' order."""
     firsts = con.execute(
         "SELECT "
         + ", ".join(f"min(src_order) FILTER (WHERE {condition})" for condition, *_ in checks)
@@ -335,9 +356,6 @@ def _load_interactions(
                 path=path,
                 field=f"{field_prefix}.{field} ({column})",
             )
-    con.execute(
-        f"ALTER TABLE raw_interactions DROP COLUMN rating_bad; DROP VIEW {view}; DROP TABLE {view}_file"
-    )
 
 
 def _resolve_item_columns(
@@ -480,6 +498,15 @@ def _read_index(
 def _ingest_recbole_sequence(
     con: duckdb.DuckDBPyConnection, src: RecBoleSequenceSource
 ) -> tuple[list[Path], bool]:
+    _sequence_rows(con, src)
+    _sequence_interactions(con, src)
+    items_view = _sequence_item_text(con, src)
+    _load_items(con, items_view, src.item_text, NORMALISED_ITEM_COLUMNS)
+    return input_files(src), False
+
+
+def _sequence_rows(con: duckdb.DuckDBPyConnection, src: RecBoleSequenceSource) -> None:
+    """`seq_rows`: each user's full item sequence, from the sequence files' longest row."""
     parts = []
     for n, path in enumerate(src.sequences):
         field = f"source.sequences[{n}]"
@@ -508,6 +535,10 @@ def _ingest_recbole_sequence(
         FROM ({" UNION ALL ".join(parts)}) GROUP BY user_id
         """
     )
+
+
+def _sequence_interactions(con: duckdb.DuckDBPyConnection, src: RecBoleSequenceSource) -> None:
+    """`raw_interactions` from `seq_rows`, ids mapped through the index files when given."""
     user_map, item_map = "user_id", "item_id"
     joins = ""
     if src.user_index is not None:
@@ -542,6 +573,10 @@ def _ingest_recbole_sequence(
         FROM (SELECT user_id, unnest(seq) AS item_id, unnest(range(len(seq))) AS pos FROM seq_rows) s {joins}
         """
     )
+
+
+def _sequence_item_text(con: duckdb.DuckDBPyConnection, src: RecBoleSequenceSource) -> str | None:
+    """The view of item text fields parsed from `source.item_text`, if there is one."""
     items_view = None
     if src.item_text is not None:
         _check_file(src.item_text, "source.item_text")
@@ -578,8 +613,7 @@ def _ingest_recbole_sequence(
             """
         )
         items_view = "text_fields"
-    _load_items(con, items_view, src.item_text, NORMALISED_ITEM_COLUMNS)
-    return input_files(src), False
+    return items_view
 
 
 def _check_mapped(

@@ -121,6 +121,16 @@ def build_sequences(
     con: duckdb.DuckDBPyConnection, cfg: DataConfig, *, has_timestamps: bool, source_name: str
 ) -> dict[str, Any]:
     """Create the `interactions`, `items` and `sequences` tables in `con`; return statistics."""
+    stats = _filter(con, cfg, source_name)
+    _ordered_tables(con, cfg, has_timestamps)
+    _item_table(con)
+    stats |= _output_stats(con, cfg)
+    stats["has_timestamps"] = has_timestamps
+    return stats
+
+
+def _filter(con: duckdb.DuckDBPyConnection, cfg: DataConfig, source_name: str) -> dict[str, Any]:
+    """Ratings, duplicates and the k-core, leaving the `kcore` table; what each step dropped."""
     _encode(con, cfg)
     n_raw = _count(con, "raw_interactions")
     stats: dict[str, Any] = {
@@ -162,6 +172,11 @@ def build_sequences(
             field="data.k_core_users / data.k_core_items",
         )
 
+    return stats
+
+
+def _ordered_tables(con: duckdb.DuckDBPyConnection, cfg: DataConfig, has_timestamps: bool) -> None:
+    """`interactions` and `sequences` over the kept users and items, from `kcore`."""
     # Dense ids over what is kept, in id order. Chronological positions; ties by item id (the
     # code follows id order) or source order. Order-only sources keep their order.
     tie = "i, " if has_timestamps and cfg.tie_break == "item_id" else ""
@@ -206,6 +221,9 @@ def build_sequences(
         """
     )
 
+
+def _item_table(con: duckdb.DuckDBPyConnection) -> None:
+    """`items`: the kept items with their text and interaction counts."""
     con.execute(
         """
         CREATE OR REPLACE TEMP TABLE items AS
@@ -220,6 +238,9 @@ def build_sequences(
         """
     )
 
+
+def _output_stats(con: duckdb.DuckDBPyConnection, cfg: DataConfig) -> dict[str, Any]:
+    """Sizes, density and sequence lengths of what the stage keeps."""
     n_users, n_items, n_inter = (_count(con, t) for t in ("sequences", "items", "interactions"))
     lengths = con.execute(
         """
@@ -237,6 +258,7 @@ def build_sequences(
             no_text,
             n_items,
         )
+    stats: dict[str, Any] = {}
     stats["output"] = {
         "users": n_users,
         "items": n_items,
@@ -257,5 +279,4 @@ def build_sequences(
         "max": lengths[7],
         "max_history": cfg.max_history,
     }
-    stats["has_timestamps"] = has_timestamps
     return stats

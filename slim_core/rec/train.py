@@ -84,24 +84,15 @@ def fit(
     )
     for epoch in bar:
         epoch_started = time.perf_counter()
-        model.train()
-        total, steps = 0.0, 0
-        for batch in batches(rng):
-            loss = model.calculate_loss(*(part.to(device) for part in batch))
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            total, steps = total + loss.item(), steps + 1
+        loss = _train_epoch(model, batches(rng), optimizer, device)
         model.eval()
         with torch.no_grad():
             score = validate()
-        history.append({"epoch": epoch, "loss": total / max(steps, 1), "valid_ndcg@10": score})
+        history.append({"epoch": epoch, "loss": loss, "valid_ndcg@10": score})
         if on_epoch is not None:
             on_epoch(epoch, score)
         bar.set_postfix(
-            loss=f"{total / max(steps, 1):.4f}",
-            valid_ndcg=f"{score:.4f}",
-            best=f"{max(best, score):.4f}",
+            loss=f"{loss:.4f}", valid_ndcg=f"{score:.4f}", best=f"{max(best, score):.4f}"
         )
         # Without a bar (not a terminal: a scheduler's log, the Prefect UI) every epoch is a log
         # line, as an epoch can take minutes; beside a bar, a heartbeat every 10 for the UI.
@@ -110,7 +101,7 @@ def fit(
                 "%s: epoch %d, loss %.4f, valid NDCG@10 %.4f (best %.4f at %d), %.1f s",
                 description,
                 epoch,
-                total / max(steps, 1),
+                loss,
                 score,
                 max(best, score),
                 best_epoch if best >= score else epoch,
@@ -141,6 +132,24 @@ def fit(
         seconds,
     )
     return TrainResult(best_epoch, best, len(history), seconds, history)
+
+
+def _train_epoch(
+    model: nn.Module,
+    batches: Iterator[Batch],
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+) -> float:
+    """One pass over `batches` in train mode; the mean batch loss."""
+    model.train()
+    total, steps = 0.0, 0
+    for batch in batches:
+        loss = model.calculate_loss(*(part.to(device) for part in batch))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        total, steps = total + loss.item(), steps + 1
+    return total / max(steps, 1)
 
 
 def window_batches(

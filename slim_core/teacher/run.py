@@ -170,21 +170,9 @@ def ask_teacher(
         return report
     for start in range(0, len(todo), batch_size):
         batch = todo[start : start + batch_size]
-        if budget_usd is not None:
-            estimate = prices.cost(
-                sum(len(p.text.split()) * 2 for _, p in batch), decoding.max_tokens * len(batch)
-            )
-            spent = cache.spent_usd()  # every run's, from the ledger
-            if spent + estimate > budget_usd:
-                log.warning(
-                    "budget: stopping before a batch estimated at $%.4f would pass $%.2f (spent "
-                    "$%.4f through this cache; `slim teacher reset-budget` starts again)",
-                    estimate,
-                    budget_usd,
-                    spent,
-                )
-                report.stopped_by_budget = True
-                break
+        if budget_usd is not None and _past_budget(batch, cache, prices, decoding, budget_usd):
+            report.stopped_by_budget = True
+            break
         answers: list[dict] = []
         failures: list[dict] = []
         try:
@@ -208,6 +196,30 @@ def ask_teacher(
     bar.close()
     _warn_estimates(report, prices)
     return report
+
+
+def _past_budget(
+    batch: list[tuple[str, Prompt]],
+    cache: AnswerCache,
+    prices: Prices,
+    decoding: Decoding,
+    budget_usd: float,
+) -> bool:
+    """Whether the batch's estimated cost would take what this cache has spent past the budget."""
+    estimate = prices.cost(
+        sum(len(p.text.split()) * 2 for _, p in batch), decoding.max_tokens * len(batch)
+    )
+    spent = cache.spent_usd()  # every run's, from the ledger
+    if spent + estimate <= budget_usd:
+        return False
+    log.warning(
+        "budget: stopping before a batch estimated at $%.4f would pass $%.2f (spent "
+        "$%.4f through this cache; `slim teacher reset-budget` starts again)",
+        estimate,
+        budget_usd,
+        spent,
+    )
+    return True
 
 
 def _warn_estimates(report: TeacherReport, prices: Prices) -> None:
