@@ -202,6 +202,14 @@ class DataConfig(_Strict):
         description="What the items are; sets the words of the teacher and student prompts "
         "(products: customer, categories and brands; movies: viewer, genres).",
     )
+    sample_users: int | None = Field(
+        None,
+        ge=1,
+        description="Keep a sample of this many users, drawn before any filtering by a hash of "
+        "their id and `sample_seed` (the same users on every run and machine; None: all). "
+        "For a run sized to a machine: the filters then apply to the sample.",
+    )
+    sample_seed: int = Field(0, description="Which users `sample_users` draws.")
     duckdb_threads: int | None = Field(None, ge=1, description="DuckDB threads (default: all).")
     duckdb_memory_limit: str | None = Field(
         None,

@@ -163,3 +163,32 @@ def test_no_target_in_its_own_history(write, tmp_path):
         assert seq["test_item"] not in [*seq["train_items"], seq["valid_item"]]
         assert seq["valid_item"] not in seq["train_items"]
         assert seq["items"] == [*seq["train_items"], seq["valid_item"], seq["test_item"]]
+
+
+def test_a_user_sample_is_drawn_before_filtering_the_same_on_every_run(write, tmp_path):
+    """data.sample_users keeps that many users (chosen by md5 of seed and id), whole histories,
+    before the k-core; the same seed gives the same users, another seed others."""
+    from slim_core.config import DataConfig
+    from slim_core.data import data_stage_key, summary_rows
+
+    log = [(f"u{u:02d}", f"i{(u + k) % 7}", k) for u in range(40) for k in range(5)]
+    source = table(write, log)
+    full = sequences_by_user(run_stage(tmp_path / "all", source, k_core_users=1, k_core_items=1))
+    first = run_stage(tmp_path / "a", source, k_core_users=1, k_core_items=1, sample_users=10)
+    again = run_stage(tmp_path / "b", source, k_core_users=1, k_core_items=1, sample_users=10)
+    other = run_stage(
+        tmp_path / "c", source, k_core_users=1, k_core_items=1, sample_users=10, sample_seed=1
+    )
+    sample = sequences_by_user(first)
+    assert len(sample) == 10 and sample == sequences_by_user(again)
+    assert all(full[user] == items for user, items in sample.items())  # whole histories
+    assert set(sequences_by_user(other)) != set(sample)
+    assert first.stats["dropped"]["not_sampled"] == 30 * 5
+    assert first.stats["sample"] == {"users": 10, "seed": 0}
+    assert summary_rows(first.stats)[0] == (
+        "sample: users / seed / interactions left out",
+        "10 / 0 / 150",
+    )
+
+    plain = DataConfig(source=source)
+    assert data_stage_key(plain) != data_stage_key(plain.model_copy(update={"sample_users": 10}))

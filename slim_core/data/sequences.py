@@ -54,6 +54,25 @@ def _encode(con: duckdb.DuckDBPyConnection, cfg: DataConfig) -> None:
     )
 
 
+def _sample_users(con: duckdb.DuckDBPyConnection, users: int, seed: int) -> int:
+    """Keep the `events` of `users` users: those whose md5 of seed and id sorts first (stable
+    across DuckDB versions and machines, unlike `hash`). Returns their raw interaction count."""
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE sampled_users AS
+        SELECT user_id, u FROM user_codes
+        ORDER BY md5('{int(seed)}' || chr(31) || user_id), user_id LIMIT {int(users)};
+        CREATE OR REPLACE TEMP TABLE events AS
+        SELECT * FROM events SEMI JOIN sampled_users USING (u);
+        """
+    )
+    sampled = con.execute(
+        "SELECT count(*) FROM raw_interactions SEMI JOIN sampled_users USING (user_id)"
+    ).fetchone()[0]
+    con.execute("DROP TABLE sampled_users")
+    return sampled
+
+
 def _dedup(con: duckdb.DuckDBPyConnection, mode: str) -> None:
     # `exact`: same user, item and time (for order-only sources every position is distinct).
     partition = "u, i, coalesce(ts, src_order)" if mode == "exact" else "u, i"
@@ -133,6 +152,9 @@ def _filter(con: duckdb.DuckDBPyConnection, cfg: DataConfig, source_name: str) -
     """Ratings, duplicates and the k-core, leaving the `kcore` table; what each step dropped."""
     _encode(con, cfg)
     n_raw = _count(con, "raw_interactions")
+    sampled = n_raw
+    if cfg.sample_users is not None:
+        sampled = _sample_users(con, cfg.sample_users, cfg.sample_seed)
     stats: dict[str, Any] = {
         "input": {
             "interactions": n_raw,
@@ -140,8 +162,11 @@ def _filter(con: duckdb.DuckDBPyConnection, cfg: DataConfig, source_name: str) -
             "items": _count(con, "item_codes"),
             "item_rows": _count(con, "raw_items"),
         },
-        "dropped": {"below_min_rating": n_raw - _count(con, "events")},
+        "dropped": {"below_min_rating": sampled - _count(con, "events")},
     }
+    if cfg.sample_users is not None:
+        stats["sample"] = {"users": cfg.sample_users, "seed": cfg.sample_seed}
+        stats["dropped"]["not_sampled"] = n_raw - sampled
     # Intermediate tables are dropped as soon as they are used: peak memory is the log's size a
     # few times over, not once per step.
     con.execute("DROP TABLE raw_interactions")

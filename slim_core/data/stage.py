@@ -70,6 +70,9 @@ def fingerprint_inputs(cfg: DataConfig) -> list[dict[str, Any]]:
 def data_stage_key(cfg: DataConfig) -> str:
     """Hash of what the stage's output depends on: file contents (not paths) and settings."""
     settings = cfg.model_dump(mode="json", exclude=NON_OUTPUT_SETTINGS)
+    if cfg.sample_users is None:  # keys of runs without a sample stay what they were
+        settings.pop("sample_users")
+        settings.pop("sample_seed")
     for name in list(settings["source"]):
         value = getattr(cfg.source, name)
         if isinstance(value, Path) or (
@@ -150,7 +153,18 @@ def _read_json(path: Path) -> dict[str, Any]:
 def summary_rows(stats: dict[str, Any]) -> list[tuple[str, str]]:
     """(label, value) rows for a summary table of the data stage."""
     out, seq, dropped = stats["output"], stats["sequence_length"], stats["dropped"]
-    return [
+    sample = stats.get("sample")
+    sampled = (
+        []
+        if sample is None
+        else [
+            (
+                "sample: users / seed / interactions left out",
+                f"{sample['users']:,} / {sample['seed']} / {dropped['not_sampled']:,}",
+            )
+        ]
+    )
+    return sampled + [
         ("users", f"{out['users']:,}"),
         ("items", f"{out['items']:,}"),
         ("interactions", f"{out['interactions']:,}"),
