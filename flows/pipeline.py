@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from prefect import Task, flow
 from prefect.futures import as_completed
@@ -51,8 +51,8 @@ from tasks.data import run_prepare_data
 from tasks.manifest import record_flow_run
 from tasks.progress import StageProgress
 from tasks.recommend import (
+    encode_items,
     encode_rationales_task,
-    encoding_task,
     evaluate_recommenders_task,
     history_vectors_task,
     training_task,
@@ -130,7 +130,7 @@ def prepare_flow(config_path: str) -> DataStageResult:
 def _recommenders(
     config: SlimConfig, data: DataStageResult, rationales: tuple[RationaleVectors, ...] = ()
 ) -> RecommenderResult:
-    encoded = encoding_task(config, data)(config, data) if needs_item_text(config) else None
+    encoded = encode_items(config, data) if needs_item_text(config) else None
     rationales = _with_history_control(config, data, encoded, rationales)
     specs = run_specs(config.recommender, list(user_sources(config, rationales)))
     arguments = [(config, data, encoded, spec, rationales) for spec in specs]
@@ -173,14 +173,12 @@ def train_flow(config_path: str) -> dict[str, object]:
     return {"data": data, "recommenders": _recommenders(config, data)}
 
 
-T = TypeVar("T")
-
-
-def _timed(timings: dict[str, float], stage: str, call: Callable[[], T]) -> T:
+@contextmanager
+def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
+    """Seconds the block took, as `timings[stage]` (the report's stage times)."""
     started = time.perf_counter()
-    result = call()
+    yield
     timings[stage] = time.perf_counter() - started
-    return result
 
 
 @flow(name="slim-pipeline", flow_run_name=run_name("slim"), **TRACED)
@@ -200,31 +198,28 @@ def slim_pipeline(
     """
     config = _load(config_path, teacher_users, student_users, budget_usd, stages=STAGES)
     timings: dict[str, float] = {}
-    data = _timed(timings, "data", lambda: run_prepare_data(config).result())
+    with _timed(timings, "data"):
+        data = run_prepare_data(config).result()
     wanted = set(config.recommender.rationales) if needs_user_text(config) else set()
     encodings: list[tuple[Task, tuple]] = []
     teacher = model = student = None
     if config.teacher is not None:
-        teacher = _timed(timings, "teacher", lambda: _teacher(config, data))
+        with _timed(timings, "teacher"):
+            teacher = _teacher(config, data)
         if "teacher" in wanted:
             encodings.append((encode_rationales_task, (config, "teacher", teacher.rationales)))
     if config.student is not None:
         if teacher is None:
             raise ConfigError("the student section needs a teacher section to learn from")
-        model = _timed(
-            timings,
-            "student fine-tuning",
-            lambda: finetune_student_task(config, data, str(teacher.rationales)),
-        )
-        student = _timed(
-            timings, "student inference", lambda: _student_inference(config, data, model)
-        )
+        with _timed(timings, "student fine-tuning"):
+            model = finetune_student_task(config, data, str(teacher.rationales))
+        with _timed(timings, "student inference"):
+            student = _student_inference(config, data, model)
         if wanted & {"student", "history"}:  # the history control sits at the student's pairs
             encodings.append((encode_rationales_task, (config, "student", student.rationales)))
     vectors = _each(config, encodings)  # one encoding task per source
-    recommenders = _timed(
-        timings, "encoding and recommenders", lambda: _recommenders(config, data, tuple(vectors))
-    )
+    with _timed(timings, "encoding and recommenders"):
+        recommenders = _recommenders(config, data, tuple(vectors))
     return {
         "data": data,
         "teacher": teacher,

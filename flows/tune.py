@@ -14,7 +14,7 @@ from slim_core.config import SlimConfig
 from slim_core.rec.tune import TuneResult, finished_trials, open_study, tune_study
 from tasks.data import run_prepare_data
 from tasks.progress import StageProgress
-from tasks.recommend import encoding_task
+from tasks.recommend import encode_items
 from tasks.tune import tune_summary_task, tune_trial_task
 
 
@@ -25,9 +25,7 @@ def tune_flow(config_path: str, trials: int | None = None) -> TuneResult:
     config: SlimConfig = _load(config_path, stages=("data", "encode", "tune"))
     wanted = trials or config.tuning.trials
     data = run_prepare_data(config).result()
-    encoded = (
-        encoding_task(config, data)(config, data) if config.tuning.variant == "item_text" else None
-    )
+    encoded = encode_items(config, data) if config.tuning.variant == "item_text" else None
     where = tune_study(config, data.key, None if encoded is None else encoded.key)
     missing = max(0, wanted - finished_trials(open_study(where, config)))
     item_vectors = None if encoded is None else encoded.item_vectors

@@ -50,10 +50,10 @@ def encode_items_task(config: SlimConfig, data: DataStageResult) -> EncodeResult
     return encode_stage(config, data, CountProgress("encode", "item texts"))
 
 
-def encoding_task(config: SlimConfig, data: DataStageResult):
-    """The item encoding task, told to bypass a cache entry whose stage folder is gone."""
+def encode_items(config: SlimConfig, data: DataStageResult) -> EncodeResult:
+    """Run the item encoding task, bypassing a cache entry whose stage folder is gone."""
     folder = RunFolder(config.run.output_dir).stage("encode", encode_stage_key(config, data))
-    return encode_items_task.with_options(refresh_cache=not folder.is_complete())
+    return encode_items_task.with_options(refresh_cache=not folder.is_complete())(config, data)
 
 
 @task(
