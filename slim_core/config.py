@@ -333,7 +333,7 @@ class RecommenderConfig(_Strict):
         description="Training runs of `slim run` / `slim train` side by side, each in its own "
         "process. On small data a run uses a second thread poorly: on 2 cores, 2 workers of 1 "
         "thread finish the demo's runs ~1.3x sooner than 1 of 2; on ml-100k, no sooner "
-        "(benchmarks/rec_workers.py, docs/benchmarks.md).",
+        "(docs/benchmarks.md, 'Recommender runs in worker processes').",
     )
 
 

@@ -2,10 +2,11 @@
 
 On small data a sequential recommender uses a second CPU thread poorly: on 2 cores, the demo's
 runs in two processes of one thread each finish ~1.3x sooner than one after the other on two
-threads (benchmarks/rec_workers.py). ml-100k's full windows (long histories) keep both threads
-busy, and gain nothing. Processes, not threads: every run seeds torch's global random generator
-(dropout, sampled negatives), which threads would share, and the results would depend on timing.
-Each worker reads a stage's inputs once and keeps them for its next runs.
+threads (docs/benchmarks.md, "Recommender runs in worker processes"). ml-100k's full windows
+(long histories) keep both threads busy, and gain nothing. Processes, not threads: every run
+seeds torch's global random generator (dropout, sampled negatives), which threads would share,
+and the results would depend on timing. Each worker reads a stage's inputs once and keeps them
+for its next runs.
 """
 
 from __future__ import annotations
