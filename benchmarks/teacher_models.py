@@ -8,6 +8,8 @@ own teacher model reuses the configuration's run folder, whose answers are cache
 
     python benchmarks/teacher_models.py --config configs/ml-100k.yaml --dataset ml-100k \\
         --models qwen2.5-coder-0.5b-instruct qwen2.5-coder-1.5b-instruct --dtype auto
+    python benchmarks/teacher_models.py --config configs/ml-100k.yaml --dataset ml-100k \\
+        --models qwen2.5-coder-0.5b-instruct --dtype auto --prompt-version teacher-v3
 
 Issue 25 asks for 64 users of ml-100k and of Scientific (both configurations' `teacher.users`).
 Seconds per answer come from the rationale files: measured when each answer was generated, so
@@ -28,15 +30,20 @@ ROOT = Path(__file__).resolve().parent.parent
 SLIM = str(Path(sys.executable).parent / "slim")
 
 
-def teacher_config(config_path: Path, model: str, folder: Path, dtype: str | None) -> Path:
+def teacher_config(
+    config_path: Path, model: str, folder: Path, dtype: str | None, prompt: str | None
+) -> Path:
     """`config_path` with teacher `model` only, writing into `folder`; the same path back when
-    `model` is already the configuration's teacher (in the same dtype)."""
+    `model` is already the configuration's teacher (in the same dtype and prompt)."""
     config = yaml.safe_load(config_path.read_text())
     same_dtype = dtype is None or config["teacher"].get("dtype", "float32") == dtype
-    if config["teacher"]["model"] == model and same_dtype:
+    same_prompt = prompt is None or config["teacher"].get("prompt_version", "teacher-v2") == prompt
+    if config["teacher"]["model"] == model and same_dtype and same_prompt:
         return config_path
     if dtype is not None:
         config["teacher"]["dtype"] = dtype
+    if prompt is not None:
+        config["teacher"]["prompt_version"] = prompt
     config["run"] = {**config.get("run", {}), "name": f"{config['run']['name']}-{model}"}
     config["run"]["output_dir"] = str(folder)
     config["teacher"]["model"] = model
@@ -60,12 +67,18 @@ def main() -> None:
         help="teacher.dtype for every model (default: the configuration's); auto is bfloat16 "
         "where the CPU has AVX512-BF16 or AMX",
     )
+    parser.add_argument(
+        "--prompt-version",
+        choices=["teacher-v2", "teacher-v3"],
+        help="teacher.prompt_version for every model (default: the configuration's)",
+    )
     args = parser.parse_args()
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     for model in args.models:
         suffix = f"-{args.dtype}" if args.dtype else ""
+        suffix += f"-{args.prompt_version}" if args.prompt_version else ""
         folder = args.runs / f"{args.dataset}-teacher-{model}{suffix}"
-        config = teacher_config(args.config, model, folder, args.dtype)
+        config = teacher_config(args.config, model, folder, args.dtype, args.prompt_version)
         print(f"== {model}: {config}", flush=True)
         subprocess.run([SLIM, "teacher", "run", "-c", str(config)], env=env, check=True)
         quality = ROOT / "benchmarks" / "rationale_quality.py"

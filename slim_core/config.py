@@ -389,6 +389,12 @@ class TeacherConfig(_Strict):
         "shipped model name (`slim models list`, e.g. qwen2.5-coder-0.5b-instruct)."
     )
     gguf_file: str | None = Field(None, description="GGUF file inside the model folder.")
+    prompt_version: Literal["teacher-v2", "teacher-v3"] = Field(
+        "teacher-v2",
+        description="The teacher prompt: teacher-v2 is the paper's three steps; teacher-v3 asks "
+        "step 3 for items that are not in the history (small teachers otherwise recommend what "
+        "the user already has). Answers are cached per version.",
+    )
     base_url: str | None = Field(None, description="Endpoint, e.g. https://api.openai.com/v1.")
     api_key_env: str | None = Field(
         "OPENAI_API_KEY", description="Environment variable holding the API key (never logged)."

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 TEACHER_VERSION = "teacher-v2"
+TEACHER_NEW_ITEMS = "teacher-v3"  # step 3 asks for items not in the history
 STUDENT_VERSION = "student-v3"
 
 TEACHER_TEMPLATE = """\
@@ -29,6 +30,14 @@ Step 3: Recommend specific {items} within those {short_groups}, and say why.
 Keep each step to one or two sentences and do not repeat the history.
 """
 
+# Small teachers answer step 3 of teacher-v2 with items from the history, which the next-item
+# target never is (docs/results.md, "Where the signal is lost"): v3 asks for new ones.
+TEACHER_NEW_ITEMS_TEMPLATE = TEACHER_TEMPLATE.replace(
+    "Step 3: Recommend specific {items} within those {short_groups}, and say why.",
+    "Step 3: Recommend specific {items} within those {short_groups} that are not in the "
+    "history, and say why.",
+)
+
 STUDENT_TEMPLATE = """\
 {History_name}, oldest first:
 {{history}}
@@ -36,7 +45,11 @@ STUDENT_TEMPLATE = """\
 Step 1: the {person}'s preferences. Step 2: fitting {short_groups}. Step 3: specific {items}.
 """
 
-TEMPLATES = {TEACHER_VERSION: TEACHER_TEMPLATE, STUDENT_VERSION: STUDENT_TEMPLATE}
+TEMPLATES = {
+    TEACHER_VERSION: TEACHER_TEMPLATE,
+    TEACHER_NEW_ITEMS: TEACHER_NEW_ITEMS_TEMPLATE,
+    STUDENT_VERSION: STUDENT_TEMPLATE,
+}
 
 
 @dataclass(frozen=True)
@@ -99,7 +112,11 @@ MAX_TITLE_WORDS = 12
 MAX_CATEGORY_WORDS = 6
 # The student's prompt is the short one: on a CPU its prompt tokens, not its answer, are most of
 # the cost of a rationale (a 135M model reads ~200 tokens/s and batching does not help reading).
-ITEM_WORDS = {TEACHER_VERSION: (MAX_TITLE_WORDS, MAX_CATEGORY_WORDS), STUDENT_VERSION: (8, 3)}
+ITEM_WORDS = {
+    TEACHER_VERSION: (MAX_TITLE_WORDS, MAX_CATEGORY_WORDS),
+    TEACHER_NEW_ITEMS: (MAX_TITLE_WORDS, MAX_CATEGORY_WORDS),
+    STUDENT_VERSION: (8, 3),
+}
 
 
 def _words(text: str, limit: int, *, keep_end: bool = False) -> str:

@@ -155,6 +155,34 @@ def test_data_domain_reaches_teacher_and_student_prompts_without_recomputing_dat
     assert {p.version for _, p in student} == {f"{STUDENT_VERSION}-movies"}
 
 
+def test_teacher_v3_asks_for_items_outside_the_history_and_keys_its_answers_apart(tmp_path):
+    """teacher.prompt_version: teacher-v3 changes step 3 only, and its prompts carry their own
+    version (answers are cached by it, so v2's answers are never served for a v3 prompt)."""
+    import yaml
+
+    from slim_core.config import load_config
+    from slim_core.data import prepare_data
+    from slim_core.teacher.stage import teacher_prompts
+    from tests.helpers import demo_config
+
+    path = demo_config(tmp_path)
+    values = yaml.safe_load(path.read_text())
+    values["teacher"] = {"model": "unused", "users": 3, "prompt_version": "teacher-v3"}
+    path.write_text(yaml.safe_dump(values))
+    config = load_config(path)
+    v3 = teacher_prompts(config, prepare_data(config))
+    v2 = teacher_prompts(
+        config.model_copy(
+            update={"teacher": config.teacher.model_copy(update={"prompt_version": "teacher-v2"})}
+        ),
+        prepare_data(config),
+    )
+    assert {p.version for p in v3} == {"teacher-v3"} and {p.version for p in v2} == {"teacher-v2"}
+    for new, old in zip(v3, v2, strict=True):
+        assert "that are not in the history, and say why" in new.text
+        assert new.text.replace(" that are not in the history", "") == old.text
+
+
 def test_a_header_begun_and_not_finished_is_not_step_text():
     """A small student sometimes writes "Step" or "Step 2" alone on a line, then the header."""
     answer = "Step 1: likes rods.\nStep 2\nStep 2: rods, Small Parts\nStep\nStep 3: Rod 6061"

@@ -24,7 +24,7 @@ from slim_core.config import SlimConfig, TeacherConfig
 from slim_core.data import DataStageResult
 from slim_core.errors import ConfigError
 from slim_core.llm.base import Decoding, LLMBackend
-from slim_core.prompts import TEACHER_VERSION, Prompt, build_prompt, parse_rationale
+from slim_core.prompts import Prompt, build_prompt, parse_rationale
 from slim_core.rec.data import SequenceData, load_sequence_data
 from slim_core.sampling import stratified_users
 from slim_core.teacher.cache import AnswerCache, prompt_key
@@ -185,7 +185,7 @@ def teacher_prompts(config: SlimConfig, data: DataStageResult) -> list[Prompt]:
         item_table(data),
         rows,
         cfg.cutoffs,
-        version=TEACHER_VERSION,
+        version=cfg.prompt_version,
         max_items=cfg.max_history_items,
         token_budget=cfg.token_budget,
         domain=config.data.domain,
