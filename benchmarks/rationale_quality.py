@@ -66,8 +66,11 @@ def encode_run(config_path: Path) -> None:
 
 
 def seconds_per_answer(config, source: str) -> float | None:
-    """Mean generation seconds an answer (batched answers share their batch's time), as the
-    rationale file recorded them when they were generated."""
+    """Median generation seconds an answer (batched answers share their batch's time), as the
+    rationale file recorded them when they were generated: the median, so that one batch slowed
+    by other work on the machine does not move it."""
+    import statistics
+
     from slim_core.student.stage import student_folder
     from slim_core.teacher.stage import teacher_folder
 
@@ -77,7 +80,7 @@ def seconds_per_answer(config, source: str) -> float | None:
         return None
     latency = pq.read_table(path, columns=["latency_s"]).column("latency_s").to_pylist()
     seconds = [s for s in latency if s is not None]
-    return round(sum(seconds) / len(seconds), 2) if seconds else None
+    return round(statistics.median(seconds), 2) if seconds else None
 
 
 def rows_for(config_path: Path, dataset: str) -> list[dict]:
@@ -92,6 +95,10 @@ def rows_for(config_path: Path, dataset: str) -> list[dict]:
         "teacher": resolve_dtype(config.teacher.dtype) if config.teacher else None,
         "student": resolve_dtype(config.student.dtype) if config.student else None,
     }
+    prompts = {
+        "teacher": config.teacher.prompt_version if config.teacher else None,
+        "student": config.teacher.prompt_version if config.teacher else None,  # what it learnt
+    }
     scores = score_run(run, shown_history_items(config))
     step3 = {s.source: s.ndcg10 for s in scores if s.part == "step3"}
     # the no-LLM control on the student's pairs, or the teacher's in a run without a student
@@ -101,12 +108,14 @@ def rows_for(config_path: Path, dataset: str) -> list[dict]:
         if score.part == "full":
             source = score.source
             row = {"model": models[source], "filter": filters[source], "dtype": dtypes[source]}
+            row["prompt"] = prompts[source]
             row["three_step_share"] = three_step_share(run, source)
             row["ndcg10_step3"] = round(step3[source], 2) if source in step3 else None
             row["seconds_per_answer"] = seconds_per_answer(config, source)
         elif score.part == "history" and score.source == control_source:
             source = "history"
             row = {"model": None, "filter": "none", "dtype": None, "three_step_share": None}
+            row["prompt"] = None
         else:
             continue
         rows.append(
@@ -127,7 +136,10 @@ def _key(row: dict) -> tuple:
     pairs it was scored on, hence the user count in the key."""
     # float32 rows from before the dtype was recorded count as float32
     dtype = row.get("dtype") or ("float32" if row["model"] else None)
-    return (row["dataset"], row["source"], row["model"], row["filter"], row["users"], dtype)
+    # rows from before the prompt was recorded were all asked with teacher-v2
+    prompt = row.get("prompt") or ("teacher-v2" if row["model"] else None)
+    key = (row["dataset"], row["source"], row["model"], row["filter"], row["users"], dtype)
+    return (*key, prompt)
 
 
 def main() -> None:
@@ -143,16 +155,16 @@ def main() -> None:
     rows = rows_for(args.config, args.dataset)
     merged = merge_rows(RESULTS, rows, _key)
     print(
-        "| dataset | source | model | dtype | filter | users | rationales | zero-shot NDCG@10 "
-        "| step 3 | three steps | s / answer |"
+        "| dataset | source | model | dtype | prompt | filter | users | rationales "
+        "| zero-shot NDCG@10 | step 3 | three steps | s / answer |"
     )
-    print("|---|---|---|---|---|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|")
     for r in merged:
         share = "—" if r["three_step_share"] is None else f"{100 * r['three_step_share']:.0f}%"
         step3, seconds = r.get("ndcg10_step3"), r.get("seconds_per_answer")
         print(
             f"| {r['dataset']} | {r['source']} | {r['model'] or '—'} | {r.get('dtype') or '—'} | "
-            f"{r['filter']} | "
+            f"{r.get('prompt') or ('teacher-v2' if r['model'] else '—')} | {r['filter']} | "
             f"{r['users']} | {r['rationales']} | {r['ndcg10_zero_shot']:.2f} | "
             f"{'—' if step3 is None else f'{step3:.2f}'} | {share} | "
             f"{'—' if seconds is None else f'{seconds:.1f}'} |"
