@@ -49,11 +49,15 @@ def zero_shot_scores(
     item_vectors: np.ndarray,
     sources: dict[str, Path],
     history_items: int,
+    users: set[int] | None = None,
 ) -> list[ZeroShot]:
     """Rows for every source (a folder of `{part}.parquet` rationale vectors) and part, then the
     two controls on the pairs of that source's full rationales. `item_vectors` is
-    [n_items + 1, dim] by item_idx; `history_items` is how many history items a prompt shows."""
+    [n_items + 1, dim] by item_idx; `history_items` is how many history items a prompt shows;
+    `users` (user_idx) limits the scored pairs to those users."""
     row_of = {int(user): row for row, user in enumerate(data.user_idx.tolist())}
+    if users is not None:
+        row_of = {user: row for user, row in row_of.items() if user in users}
     items = _unit(torch.as_tensor(item_vectors))
     rows = []
     for source, folder in sources.items():
