@@ -108,8 +108,9 @@ def _load(
             ", ".join(skipped),
             ", ".join(config.recommender.variants),
         )
-    if config.student is not None and "student" in stages:
-        check_trainer_settings(config.student)  # a typo in student.sft fails before the teacher
+    if config.student is not None and {"teacher", "student"} <= set(stages):
+        # fine-tuning follows a paid teacher stage: a typo in student.sft fails before it
+        check_trainer_settings(config.student)
     # a stage without its section (teacher, student) is left out of the run
     tag_flow_run(config, [s for s in stages if s not in LLM_STAGES or getattr(config, s)])
     # config.yaml is the latest run's; the flow run's own copy is what its manifest records, even

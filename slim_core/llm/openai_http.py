@@ -11,9 +11,10 @@ or put in an error message, even when an endpoint echoes it in a reply. `stop_al
 at once, so nothing is sent, and billed, after a stop. HTTP(S)_PROXY / NO_PROXY from the
 environment are honoured.
 
-The requests go through one `httpx.AsyncClient` (its pool holds `max_concurrency` kept-alive
-connections; a semaphore bounds the requests in flight) on an event loop in a daemon thread, so
-that synchronous callers in several threads share the connections from one batch to the next.
+The requests go through `max_concurrency` `httpx.AsyncClient`s of one kept-alive connection
+each, handed out by a queue of idle clients (the bound on requests in flight), on an event loop
+in a daemon thread, so that synchronous callers in several threads share the connections from
+one batch to the next.
 """
 
 from __future__ import annotations
@@ -208,9 +209,10 @@ class OpenAICompatibleBackend:
     def _connect(self, runner: _LoopRunner) -> None:
         """Create the clients on the runner's loop, once."""
         if runner.idle is None:
-            runner.key = self._headers().get("Authorization", "Bearer ")[len("Bearer ") :]
+            headers = self._headers()  # reads and checks the key once
+            runner.key = headers.get("Authorization", "Bearer ")[len("Bearer ") :]
             try:  # HTTP(S)_PROXY, ALL_PROXY and NO_PROXY from the environment (trust_env)
-                clients = [self._client() for _ in range(self.max_concurrency)]
+                clients = [self._client(headers) for _ in range(self.max_concurrency)]
             except (ImportError, ValueError) as error:  # e.g. socks5:// without httpx[socks]
                 proxies = urllib.request.getproxies()
                 scheme = urllib.request.urlparse(self.base_url).scheme
@@ -224,14 +226,14 @@ class OpenAICompatibleBackend:
             for client in clients:
                 runner.idle.put_nowait(client)
 
-    def _client(self) -> httpx.AsyncClient:
+    def _client(self, headers: dict[str, str]) -> httpx.AsyncClient:
         """A client of one connection. httpx's pool scans all its connections in Python on
         every request and every reply: one pool of 64 connections reached 24% of concurrency /
         latency at 200 ms and 64 in flight, 64 pools of one 89.7% (`benchmarks/teacher.py`).
         The queue of idle clients is the concurrency bound."""
         return httpx.AsyncClient(
             base_url=self.base_url.rstrip("/") + "/",
-            headers=self._headers(),
+            headers=headers,
             limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
             timeout=None,  # one timeout for the whole request, in `_one`
             verify=_ssl_context(),
@@ -300,7 +302,7 @@ class OpenAICompatibleBackend:
 
 
 class _LoopRunner:
-    """An asyncio event loop in a daemon thread, and the HTTP client that lives on it."""
+    """An asyncio event loop in a daemon thread, and the HTTP clients that live on it."""
 
     def __init__(self) -> None:
         self.futures: set[Future] = set()  # the `generate_each` calls running on this loop

@@ -46,9 +46,6 @@ UNKEYED_SFT = frozenset({"save_steps", "save_total_limit", "gradient_checkpointi
 def finetune_settings(cfg: StudentConfig) -> dict[str, Any]:
     """The settings in the fine-tuned student's key."""
     sft, lora = cfg.sft_settings, cfg.lora_settings
-    legacy = {v: k for k, v in LEGACY_SFT_KEYS.items()} | {
-        v: k for k, v in LEGACY_LORA_KEYS.items()
-    }
     settings: dict[str, Any] = {
         "lora_r": lora["r"],
         "lora_alpha": lora["lora_alpha"],
@@ -61,8 +58,9 @@ def finetune_settings(cfg: StudentConfig) -> dict[str, Any]:
         "max_length": sft["max_length"],
     }
     settings |= {name: getattr(cfg, name) for name in KEYED_FIELDS}
-    extra_sft = {k: v for k, v in cfg.sft.items() if k not in legacy and k not in UNKEYED_SFT}
-    extra_lora = {k: v for k, v in cfg.lora.items() if k not in legacy}
+    keyed_sft = set(LEGACY_SFT_KEYS.values()) | UNKEYED_SFT  # above, or not in the key
+    extra_sft = {k: v for k, v in cfg.sft.items() if k not in keyed_sft}
+    extra_lora = {k: v for k, v in cfg.lora.items() if k not in LEGACY_LORA_KEYS.values()}
     if extra_sft:  # only when set: keys of configurations without them stay as they were
         settings["sft"] = extra_sft
     if extra_lora:
