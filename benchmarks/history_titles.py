@@ -22,11 +22,9 @@ import torch
 
 from slim_core.config import load_config
 from slim_core.encoding import TextEncoder
-from slim_core.rationale_score import zero_shot_ranks
-from slim_core.rec.data import load_sequence_data
+from slim_core.rationale_score import run_items, zero_shot_ranks
 from slim_core.rec.metrics import metrics_from_ranks
 from slim_core.teacher.stage import teacher_folder
-from slim_core.vectors import read_item_vectors
 from storage import RunFolder
 
 LISTED = re.compile(r"\s*\d+\.\s*(.+?)(\s*\((?:genres|category)|;|$)")  # "3. Title (genres: ..."
@@ -49,11 +47,7 @@ def main() -> None:
     parser.add_argument("config", type=Path, help="a finished teacher run's configuration")
     args = parser.parse_args()
     config = load_config(args.config)
-    run = RunFolder(config.run.output_dir)
-    data = load_sequence_data(run.current("data").path)
-    items, _ = read_item_vectors(
-        run.current("encode").file("item_vectors.parquet"), data.n_items, require_all=False
-    )
+    data, items = run_items(RunFolder(config.run.output_dir))
     rows = pq.read_table(teacher_folder(config) / "teacher_rationales.parquet").to_pylist()
     encoder = TextEncoder.from_config(config.encoder)
     keys = [(r["user_idx"], r["cutoff"]) for r in rows]

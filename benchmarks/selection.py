@@ -24,18 +24,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pyarrow.parquet as pq
 import yaml
 from machine import merge_rows  # benchmarks/machine.py
 from rationale_quality import RESULTS as QUALITY
 from rationale_quality import _key, encode_run, three_step_share
 
-from slim_core.config import load_config
+from slim_core.config import SlimConfig, load_config
 from slim_core.llm.transformers_local import resolve_dtype
-from slim_core.rationale_score import zero_shot_scores
-from slim_core.rec.data import load_sequence_data
-from slim_core.vectors import read_item_vectors
+from slim_core.rationale_score import run_items, score_run
 from storage import RunFolder
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,33 +69,21 @@ def teacher_answers(config_path: Path) -> list[int]:
     return pq.read_table(path, columns=["user_idx"]).column("user_idx").to_pylist()
 
 
-def training_pairs(config_path: Path) -> int | None:
+def training_pairs(config: SlimConfig) -> int | None:
     """How many pairs the arm's student was fine-tuned on (its training.json)."""
     import json
 
     from slim_core.student.stage import current_student
 
-    training = current_student(load_config(config_path)).folder / "training.json"
+    training = current_student(config).folder / "training.json"
     return json.loads(training.read_text())["train_pairs"] if training.is_file() else None
 
 
-def student_run(config_path: Path) -> str:
-    return load_config(config_path).run.output_dir
-
-
-def score(config_path: Path, excluded: set[int]) -> dict:
+def score(config: SlimConfig, excluded: set[int]) -> dict:
     """Zero-shot rows of the arm's student rationales and the controls, teacher users left out."""
-    config = load_config(config_path)
     run = RunFolder(config.run.output_dir)
-    data = load_sequence_data(run.current("data").path)
-    items, _ = read_item_vectors(
-        run.current("encode").file("item_vectors.parquet"), data.n_items, require_all=False
-    )
-    users = set(int(u) for u in data.user_idx.tolist()) - excluded
-    folder = run.current("rationale-vectors-student").path
-    rows = zero_shot_scores(
-        data, np.asarray(items), {"student": folder}, config.student.max_history_items, users
-    )
+    users = {int(u) for u in run_items(run)[0].user_idx.tolist()} - excluded
+    rows = score_run(run, {"student": config.student.max_history_items}, users)
     return {row.part: row for row in rows}
 
 
@@ -122,15 +107,16 @@ def main() -> None:
         print(f"== student.select {selection}: {config}", flush=True)
         subprocess.run([SLIM, "student", "run", "-c", str(config)], env=env, check=True)
         encode_run(config)
-        scores = score(config, excluded)
+        arm = load_config(config)
+        scores = score(arm, excluded)
         full = scores["full"]
-        student = load_config(config).student
+        student = arm.student
         rows.append(
             {
                 "dataset": args.dataset,
                 "filter": selection,
                 "teacher_answers": len(answers),
-                "train_pairs": training_pairs(config),
+                "train_pairs": training_pairs(arm),
                 "users": full.users,
                 "ndcg10_zero_shot": round(full.ndcg10, 2),
                 "hit10_zero_shot": round(full.hit10, 2),
@@ -147,8 +133,9 @@ def main() -> None:
                 "model": student.base_model,
                 "filter": selection,
                 "dtype": resolve_dtype(student.dtype),
+                "prompt": arm.teacher.prompt_version,  # what the student learnt from
                 "ndcg10_zero_shot": round(full.ndcg10, 2),
-                "three_step_share": three_step_share(RunFolder(student_run(config)), "student"),
+                "three_step_share": three_step_share(RunFolder(arm.run.output_dir), "student"),
                 "ndcg10_step3": rows[-1]["ndcg10_step3"],
             }
         )
@@ -159,6 +146,7 @@ def main() -> None:
             "model": None,
             "filter": "none",
             "dtype": None,
+            "prompt": None,
             "ndcg10_zero_shot": rows[-1]["ndcg10_history"],
             "three_step_share": None,
         }

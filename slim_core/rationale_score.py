@@ -182,9 +182,8 @@ def markdown_table(rows: list[ZeroShot]) -> str:
     return "\n".join(lines)
 
 
-def score_run(run: RunFolder, history_items: dict[str, int]) -> list[ZeroShot]:
-    """Score the current rationale vectors of a run folder; `history_items` per source (how many
-    history items its prompts show: `teacher.max_history_items`, `student.max_history_items`)."""
+def run_items(run: RunFolder) -> tuple[SequenceData, np.ndarray]:
+    """A run folder's current sequences and item text vectors ([n_items + 1, dim])."""
     data_stage, encode = run.current("data"), run.current("encode")
     if data_stage is None or encode is None:
         raise DataError(
@@ -194,6 +193,16 @@ def score_run(run: RunFolder, history_items: dict[str, int]) -> list[ZeroShot]:
     item_vectors, _ = read_item_vectors(
         encode.file("item_vectors.parquet"), data.n_items, require_all=False
     )
+    return data, item_vectors
+
+
+def score_run(
+    run: RunFolder, history_items: dict[str, int], users: set[int] | None = None
+) -> list[ZeroShot]:
+    """Score the current rationale vectors of a run folder; `history_items` per source (how many
+    history items its prompts show: `teacher.max_history_items`, `student.max_history_items`);
+    `users` (user_idx) limits the scored pairs to those users."""
+    data, item_vectors = run_items(run)
     sources = {}
     for source in history_items:
         stage = run.current(f"rationale-vectors-{source}")
@@ -205,7 +214,7 @@ def score_run(run: RunFolder, history_items: dict[str, int]) -> list[ZeroShot]:
         )
     rows = []
     for source, folder in sources.items():
-        rows += zero_shot_scores(data, item_vectors, {source: folder}, history_items[source])
+        rows += zero_shot_scores(data, item_vectors, {source: folder}, history_items[source], users)
     return rows
 
 
