@@ -37,10 +37,9 @@ from slim_core.rec.pipeline import (
     RecommenderResult,
     needs_item_text,
     needs_user_text,
-    run_specs,
-    user_sources,
 )
-from slim_core.rec.workers import training_workers
+from slim_core.runtime import Runtime
+from slim_core.stages import Stage
 from slim_core.student.inference import StudentInferenceResult, student_prompts
 from slim_core.student.sft import check_trainer_settings
 from slim_core.student.stage import StudentModel, current_student, student_config
@@ -52,21 +51,20 @@ from tasks.manifest import record_flow_run
 from tasks.progress import StageProgress
 from tasks.recommend import (
     encode_items,
-    encode_rationales_task,
     evaluate_recommenders_task,
-    history_vectors_task,
-    training_task,
+    history_control,
+    rationale_encoding,
+    training_runs,
 )
 from tasks.report import report_task
+from tasks.stage import stage_call, stage_result
 from tasks.student import finetune_student_task, student_rationales_task, student_shard_task
-from tasks.student import release_backends as release_student_backends
 from tasks.teacher import (
     backend_for,
     stop_requests_on_signal,
     teacher_batch_task,
     teacher_rationales_task,
 )
-from tasks.teacher import release_backends as release_teacher_backends
 
 log = logging.getLogger("slim_core.storage")  # under slim_core: its lines reach Prefect
 # Every flow run leaves a manifest (its config, data fingerprint, seeds, versions, commit),
@@ -125,28 +123,26 @@ def _load(
 @one_run_per_folder
 def prepare_flow(config_path: str) -> DataStageResult:
     """Data stage only: raw files -> interactions, items, sequences."""
-    return run_prepare_data(_load(config_path, stages=("data",))).result()
+    return run_prepare_data(_load(config_path, stages=("data",)))
 
 
 def _recommenders(
-    config: SlimConfig, data: DataStageResult, rationales: tuple[RationaleVectors, ...] = ()
+    runtime: Runtime,
+    config: SlimConfig,
+    data: DataStageResult,
+    rationales: tuple[RationaleVectors, ...] = (),
 ) -> RecommenderResult:
     encoded = encode_items(config, data) if needs_item_text(config) else None
     rationales = _with_history_control(config, data, encoded, rationales)
-    specs = run_specs(config.recommender, list(user_sources(config, rationales)))
-    arguments = [(config, data, encoded, spec, rationales) for spec in specs]
+    runs = training_runs(runtime, config, data, encoded, rationales)
     rec = config.recommender
     # Worker processes here, unless Dask's workers are the processes; every run is submitted at
     # once and waits for a free worker.
     workers = 1 if config.run.task_runner == "dask" else rec.workers
-    with training_workers(workers, rec.threads):
-        runs = _each(
-            config,
-            [(training_task(*args), args) for args in arguments],
-            workers > 1,
-            StageProgress("recommenders", len(arguments), "training runs"),
-        )
-    rows = [row for run in runs for row in run]
+    with runtime.workers(workers, rec.threads):
+        progress = StageProgress("recommenders", len(runs), "training runs")
+        trained = _run_stages(config, runs, workers > 1, progress)
+    rows = [row for run in trained for row in run]
     return evaluate_recommenders_task(config, data, encoded, rows, rationales)
 
 
@@ -161,7 +157,7 @@ def _with_history_control(
     student = next((r for r in rationales if r.source == "student"), None)
     if "history" not in config.recommender.rationales or student is None or encoded is None:
         return rationales
-    return (*rationales, history_vectors_task(config, data, encoded, student))
+    return (*rationales, history_control(config, data, encoded, student))
 
 
 @flow(name="slim-train", flow_run_name=run_name("train", without_llm=True), **TRACED)
@@ -170,8 +166,9 @@ def _with_history_control(
 def train_flow(config_path: str) -> dict[str, object]:
     """Data, item encoding and every recommender run, evaluated under both protocols."""
     config = _load(config_path, stages=("data", "encode", "recommenders"), without_llm=True)
-    data = run_prepare_data(config).result()
-    return {"data": data, "recommenders": _recommenders(config, data)}
+    data = run_prepare_data(config)
+    with Runtime() as runtime:
+        return {"data": data, "recommenders": _recommenders(runtime, config, data)}
 
 
 @contextmanager
@@ -198,29 +195,34 @@ def slim_pipeline(
     override teacher.users, student.users and teacher.budget_usd for this run.
     """
     config = _load(config_path, teacher_users, student_users, budget_usd, stages=STAGES)
+    with Runtime() as runtime:
+        return _whole_pipeline(runtime, config)
+
+
+def _whole_pipeline(runtime: Runtime, config: SlimConfig) -> dict[str, object]:
     timings: dict[str, float] = {}
     with _timed(timings, "data"):
-        data = run_prepare_data(config).result()
+        data = run_prepare_data(config)
     wanted = set(config.recommender.rationales) if needs_user_text(config) else set()
-    encodings: list[tuple[Task, tuple]] = []
+    encodings: list[Stage] = []
     teacher = model = student = None
     if config.teacher is not None:
         with _timed(timings, "teacher"):
-            teacher = _teacher(config, data)
+            teacher = _teacher(runtime, config, data)
         if "teacher" in wanted:
-            encodings.append((encode_rationales_task, (config, "teacher", teacher.rationales)))
+            encodings.append(rationale_encoding(config, "teacher", teacher.rationales))
     if config.student is not None:
         if teacher is None:
             raise ConfigError("the student section needs a teacher section to learn from")
         with _timed(timings, "student fine-tuning"):
             model = finetune_student_task(config, data, str(teacher.rationales))
         with _timed(timings, "student inference"):
-            student = _student_inference(config, data, model)
+            student = _student_inference(runtime, config, data, model)
         if wanted & {"student", "history"}:  # the history control sits at the student's pairs
-            encodings.append((encode_rationales_task, (config, "student", student.rationales)))
-    vectors = _each(config, encodings)  # one encoding task per source
+            encodings.append(rationale_encoding(config, "student", student.rationales))
+    vectors = _run_stages(config, encodings)  # one encoding task per source
     with _timed(timings, "encoding and recommenders"):
-        recommenders = _recommenders(config, data, tuple(vectors))
+        recommenders = _recommenders(runtime, config, data, tuple(vectors))
     return {
         "data": data,
         "teacher": teacher,
@@ -230,6 +232,18 @@ def slim_pipeline(
         "recommenders": recommenders,
         "report": report_task(config, data, recommenders, teacher, model, student, timings),
     }
+
+
+def _run_stages(
+    config: SlimConfig,
+    stages: list[Stage],
+    together: bool = False,
+    progress: StageProgress | None = None,
+) -> list:
+    """Run content-keyed stages as tasks (see `_each`) and read their results."""
+    root = RunFolder(config.run.output_dir).root
+    _each(config, [(stage_call(s, root), (s, root)) for s in stages], together, progress)
+    return [stage_result(s, root) for s in stages]
 
 
 def _each(
@@ -256,24 +270,28 @@ def _each(
 
 
 def _ask_in_batches(
-    config: SlimConfig, prompts: list[Prompt], replay_failed: bool = False
+    runtime: Runtime, config: SlimConfig, prompts: list[Prompt], replay_failed: bool = False
 ) -> TeacherReport:
     cfg = teacher_config(config)
     with stop_requests_on_signal():  # a stop cancels HTTP waits at once, not after them
-        return _ask_batches(config, cfg, prompts, replay_failed)
+        return _ask_batches(runtime, config, cfg, prompts, replay_failed)
 
 
 def _ask_batches(
-    config: SlimConfig, cfg: TeacherConfig, prompts: list[Prompt], replay_failed: bool
+    runtime: Runtime,
+    config: SlimConfig,
+    cfg: TeacherConfig,
+    prompts: list[Prompt],
+    replay_failed: bool,
 ) -> TeacherReport:
     batches = [prompts[s : s + cfg.batch_size] for s in range(0, len(prompts), cfg.batch_size)]
     progress = StageProgress("teacher", len(batches), "batches")
     report = TeacherReport()
     if cfg.budget_usd is None and cfg.backend == "openai" and config.run.task_runner != "dask":
-        return _two_batches_at_a_time(config, batches, replay_failed, progress)
+        return _two_batches_at_a_time(runtime, config, batches, replay_failed, progress)
     if cfg.budget_usd is None:  # independent batches
         calls = [
-            (teacher_batch_task, (config, b, n, None, replay_failed))
+            (teacher_batch_task, (runtime, config, b, n, None, replay_failed))
             for n, b in enumerate(batches, 1)
         ]
         for part in _each(config, calls, progress=progress):
@@ -282,7 +300,7 @@ def _ask_batches(
     for number, batch in enumerate(batches, start=1):  # each batch needs what the last cost
         # the budget is checked against the cache's ledger: every run's spend, this one's too
         report = report.add(
-            teacher_batch_task(config, batch, number, cfg.budget_usd, replay_failed)
+            teacher_batch_task(runtime, config, batch, number, cfg.budget_usd, replay_failed)
         )
         progress.advance()
         if report.stopped_by_budget:
@@ -291,6 +309,7 @@ def _ask_batches(
 
 
 def _two_batches_at_a_time(
+    runtime: Runtime,
     config: SlimConfig,
     batches: list[list[Prompt]],
     replay_failed: bool,
@@ -306,7 +325,9 @@ def _two_batches_at_a_time(
     running: deque = deque()
     for number, batch in enumerate(batches, start=1):
         running.append(
-            teacher_batch_task.submit(config, batch, number, None, replay_failed, write_every)
+            teacher_batch_task.submit(
+                runtime, config, batch, number, None, replay_failed, write_every
+            )
         )
         if len(running) == 2:
             report = report.add(running.popleft().result())
@@ -326,10 +347,9 @@ def teacher_flow(
     config = _load(
         config_path, teacher_users=teacher_users, budget_usd=budget_usd, stages=("data", "teacher")
     )
-    data = run_prepare_data(config).result()
-    prompts = teacher_prompts(config, data)
-    report = _ask_in_batches(config, prompts)
-    return {"data": data, "teacher": teacher_rationales_task(config, prompts, report)}
+    data = run_prepare_data(config)
+    with Runtime() as runtime:
+        return {"data": data, "teacher": _teacher(runtime, config, data)}
 
 
 @flow(name="slim-teacher-retry-failed", flow_run_name=run_name("retry failed"), **TRACED)
@@ -337,21 +357,22 @@ def teacher_flow(
 def retry_failed_flow(config_path: str, budget_usd: float | None = None) -> dict[str, object]:
     """Replay exactly the prompts in the dead-letter table (failed, never answered)."""
     config = _load(config_path, budget_usd=budget_usd, stages=("data", "teacher"))
-    data = run_prepare_data(config).result()
+    data = run_prepare_data(config)
     prompts = teacher_prompts(config, data)
     dead = {row["key"] for row in answer_cache(config).dead_letters()}
-    keys = prompt_keys(prompts, backend_for(config).model_id, teacher_config(config))
-    failed = [prompt for prompt, key in zip(prompts, keys, strict=True) if key in dead]
-    report = _ask_in_batches(config, failed, replay_failed=True)
-    return {
-        "data": data,
-        "replayed": len(failed),
-        "teacher": teacher_rationales_task(config, prompts, report),
-    }
+    with Runtime() as runtime:
+        keys = prompt_keys(prompts, backend_for(runtime, config).model_id, teacher_config(config))
+        failed = [prompt for prompt, key in zip(prompts, keys, strict=True) if key in dead]
+        report = _ask_in_batches(runtime, config, failed, replay_failed=True)
+        return {
+            "data": data,
+            "replayed": len(failed),
+            "teacher": teacher_rationales_task(runtime, config, prompts, report),
+        }
 
 
 def _student_inference(
-    config: SlimConfig, data: DataStageResult, model: StudentModel
+    runtime: Runtime, config: SlimConfig, data: DataStageResult, model: StudentModel
 ) -> StudentInferenceResult:
     """One task per shard of `shard_users` users; each writes its answers when it finishes."""
     cfg = student_config(config)
@@ -361,25 +382,28 @@ def _student_inference(
         [prompt for _, prompt in split_prompts[start : start + per_shard]]
         for start in range(0, len(split_prompts), per_shard)
     ]
-    calls = [(student_shard_task, (config, model, shard, n)) for n, shard in enumerate(shards, 1)]
+    calls = [
+        (student_shard_task, (runtime, config, model, shard, n))
+        for n, shard in enumerate(shards, 1)
+    ]
     report = TeacherReport()
     try:
         progress = StageProgress("student", len(calls), "shards")
         for part in _each(config, calls, progress=progress):
             report = report.add(part)
-        return student_rationales_task(config, model, split_prompts, report)
+        return student_rationales_task(runtime, config, model, split_prompts, report)
     finally:
-        release_student_backends()  # the recommenders need the memory
+        runtime.release("student")  # the recommenders need the memory
 
 
-def _teacher(config: SlimConfig, data: DataStageResult):
+def _teacher(runtime: Runtime, config: SlimConfig, data: DataStageResult):
     prompts = teacher_prompts(config, data)
     try:
-        report = _ask_in_batches(config, prompts)
-        return teacher_rationales_task(config, prompts, report)
+        report = _ask_in_batches(runtime, config, prompts)
+        return teacher_rationales_task(runtime, config, prompts, report)
     finally:
         # A local teacher (2 GB for the demo's) was held through fine-tuning and inference.
-        release_teacher_backends()
+        runtime.release("teacher")
 
 
 @flow(name="slim-student", flow_run_name=run_name("student"), **TRACED)
@@ -387,15 +411,16 @@ def _teacher(config: SlimConfig, data: DataStageResult):
 def student_flow(config_path: str) -> dict[str, object]:
     """Teacher (answers come from its cache when already paid for), fine-tuning, inference."""
     config = _load(config_path, stages=("data", "teacher", "student"))
-    data = run_prepare_data(config).result()
-    teacher = _teacher(config, data)
-    model = finetune_student_task(config, data, str(teacher.rationales))
-    return {
-        "data": data,
-        "teacher": teacher,
-        "student_model": model,
-        "student": _student_inference(config, data, model),
-    }
+    data = run_prepare_data(config)
+    with Runtime() as runtime:
+        teacher = _teacher(runtime, config, data)
+        model = finetune_student_task(config, data, str(teacher.rationales))
+        return {
+            "data": data,
+            "teacher": teacher,
+            "student_model": model,
+            "student": _student_inference(runtime, config, data, model),
+        }
 
 
 @flow(name="slim-regenerate", flow_run_name=run_name("regenerate"), **TRACED)
@@ -409,6 +434,7 @@ def regenerate_flow(config_path: str, student_users: int | None = None) -> dict[
     `slim regenerate --config F --cron "0 3 * * *"`.
     """
     config = _load(config_path, student_users=student_users, stages=("data", "student"))
-    data = run_prepare_data(config).result()
+    data = run_prepare_data(config)
     model = current_student(config)
-    return {"data": data, "student": _student_inference(config, data, model)}
+    with Runtime() as runtime:
+        return {"data": data, "student": _student_inference(runtime, config, data, model)}

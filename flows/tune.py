@@ -24,7 +24,7 @@ def tune_flow(config_path: str, trials: int | None = None) -> TuneResult:
     """Search `tune.space` until the study has `trials` finished trials (default: tune.trials)."""
     config: SlimConfig = _load(config_path, stages=("data", "encode", "tune"))
     wanted = trials or config.tuning.trials
-    data = run_prepare_data(config).result()
+    data = run_prepare_data(config)
     encoded = encode_items(config, data) if config.tuning.variant == "item_text" else None
     where = tune_study(config, data.key, None if encoded is None else encoded.key)
     missing = max(0, wanted - finished_trials(open_study(where, config)))

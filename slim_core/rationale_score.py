@@ -13,6 +13,7 @@ text does not say. Nothing is encoded here: the pipeline's vectors are read as t
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,8 +25,9 @@ from slim_core.errors import DataError
 from slim_core.rationale_vectors import PARTS, RationaleVectors
 from slim_core.rec.data import SequenceData, load_sequence_data
 from slim_core.rec.metrics import full_ranks, metrics_from_ranks
+from slim_core.stages import Stage, StageHooks, run_stage
 from slim_core.vectors import UserVectors, read_item_vectors, read_user_vectors, write_vectors
-from storage import RunFolder, canonical_hash
+from storage import RunFolder, StageFolder, canonical_hash
 
 CONTROLS = ("history", "last_item")
 CHUNK = 1024  # rationales scored at once: 1,024 x 12k items of float32 is 50 MB
@@ -222,6 +224,57 @@ HISTORY_SOURCE = "history"
 HISTORY_VECTORS_VERSION = 1
 
 
+@dataclass(frozen=True)
+class HistoryControl(Stage[RationaleVectors]):
+    """The no-LLM control as a user-side source: at every (user, cutoff) where `pairs_of` (the
+    student's rationales) has one, the mean text vector of the `history_items` items before the
+    cutoff that its prompt showed. Read through the same fusion as the rationales, it tells
+    what a rationale adds over the history's own text (rows `+history`)."""
+
+    pairs_of: RationaleVectors
+    data_folder: Path
+    item_vectors: Path
+    item_vectors_key: str
+    history_items: int
+    name = f"rationale-vectors-{HISTORY_SOURCE}"
+    task_name = "history-vectors"
+    tag = "slim-encode"
+
+    @functools.cached_property
+    def key(self) -> str:
+        return canonical_hash(
+            {
+                "version": HISTORY_VECTORS_VERSION,
+                "pairs": self.pairs_of.key,
+                "items": self.item_vectors_key,
+                "history_items": self.history_items,
+            }
+        )
+
+    def run(self, folder: StageFolder, hooks: StageHooks) -> None:
+        data = load_sequence_data(self.data_folder)
+        matrix, _ = read_item_vectors(self.item_vectors, data.n_items, require_all=False)
+        row_of = {int(user): row for row, user in enumerate(data.user_idx.tolist())}
+        rationales = read_user_vectors(self.pairs_of.path("full"), matrix.shape[1])
+        pairs = sorted((u, c) for u, c in rationales.index if u in row_of and c > 0)
+        if not pairs:
+            raise DataError(
+                "no rationales to take (user, cutoff) pairs from", path=self.pairs_of.folder
+            )
+        keys = {
+            "user_idx": np.array([u for u, _ in pairs], dtype=np.int64),
+            "cutoff": np.array([c for _, c in pairs], dtype=np.int64),
+        }
+        means = history_means(data, pairs, matrix, self.history_items)
+        write_vectors(folder.file("full.parquet"), keys, means)
+        facts = {"rationales": len(pairs), "users": len({u for u, _ in pairs})}
+        folder.write_manifest({"full.parquet": {}}, facts=facts, pairs_from=self.pairs_of.source)
+
+    def load(self, folder: StageFolder) -> RationaleVectors:
+        facts = (folder.read_manifest() or {})["facts"]
+        return RationaleVectors(HISTORY_SOURCE, folder.path, folder.key, facts)
+
+
 def history_vectors(
     pairs_of: RationaleVectors,
     data_folder: Path,
@@ -230,35 +283,6 @@ def history_vectors(
     history_items: int,
     run: RunFolder,
 ) -> RationaleVectors:
-    """The no-LLM control as a user-side source: at every (user, cutoff) where `pairs_of` (the
-    student's rationales) has one, the mean text vector of the `history_items` items before the
-    cutoff that its prompt showed. Read through the same fusion as the rationales, it tells
-    what a rationale adds over the history's own text (rows `+history`)."""
-    data = load_sequence_data(data_folder)
-    matrix, _ = read_item_vectors(item_vectors, data.n_items, require_all=False)
-    key = canonical_hash(
-        {
-            "version": HISTORY_VECTORS_VERSION,
-            "pairs": pairs_of.key,
-            "items": item_vectors_key,
-            "history_items": history_items,
-        }
-    )
-    folder = run.stage(f"rationale-vectors-{HISTORY_SOURCE}", key)
-    if not folder.is_complete():
-        row_of = {int(user): row for row, user in enumerate(data.user_idx.tolist())}
-        rationales = read_user_vectors(pairs_of.path("full"), matrix.shape[1])
-        pairs = sorted((u, c) for u, c in rationales.index if u in row_of and c > 0)
-        if not pairs:
-            raise DataError("no rationales to take (user, cutoff) pairs from", path=pairs_of.folder)
-        keys = {
-            "user_idx": np.array([u for u, _ in pairs], dtype=np.int64),
-            "cutoff": np.array([c for _, c in pairs], dtype=np.int64),
-        }
-        means = history_means(data, pairs, matrix, history_items)
-        write_vectors(folder.file("full.parquet"), keys, means)
-        facts = {"rationales": len(pairs), "users": len({u for u, _ in pairs})}
-        folder.write_manifest({"full.parquet": {}}, facts=facts, pairs_from=pairs_of.source)
-    run.record_stage(folder)
-    facts = (folder.read_manifest() or {})["facts"]
-    return RationaleVectors(HISTORY_SOURCE, folder.path, key, facts)
+    """The `history` control's vectors (`HistoryControl`), reused while their inputs stay."""
+    stage = HistoryControl(pairs_of, data_folder, item_vectors, item_vectors_key, history_items)
+    return run_stage(stage, run)

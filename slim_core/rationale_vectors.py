@@ -8,6 +8,7 @@ a NULL vector reads as "no rationale" (the zero vector) downstream.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +19,9 @@ import pyarrow.parquet as pq
 
 from slim_core.encoding import TextEncoder
 from slim_core.errors import DataError
+from slim_core.stages import Stage, StageHooks, run_stage
 from slim_core.vectors import write_vectors
-from storage import RunFolder, canonical_hash
+from storage import RunFolder, StageFolder, canonical_hash
 
 PARTS = ("full", "step1", "step2", "step3")
 STAGE_VERSION = 1
@@ -66,15 +68,36 @@ def rationale_vectors_key(
     return canonical_hash({"version": STAGE_VERSION, "rows": content, "model": encoder.model_id})
 
 
-def encode_rationales(
-    source: str, rationales: Path, run_folder: RunFolder, encoder: TextEncoder
-) -> RationaleVectors:
-    """Encode every part once per (rationale text, encoder): a rerun reuses the folder."""
-    rows = read_rationales(rationales)
-    texts = [part_texts(r) for r in rows]
-    key = rationale_vectors_key(rows, texts, encoder)
-    folder = run_folder.stage(f"rationale-vectors-{source}", key)
-    if not folder.is_complete():
+@dataclass(frozen=True)
+class RationaleEncoding(Stage[RationaleVectors]):
+    """One source's rationales -> vectors, every part once per (rationale text, encoder).
+    Inputs: the rationale file's rows and the encoder."""
+
+    source: str
+    rationales: Path
+    encoder: TextEncoder
+    task_name = "encode-rationales"
+    tag = "slim-encode"
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return f"rationale-vectors-{self.source}"
+
+    @property
+    def run_name(self) -> str:
+        return f"encode {self.source} rationales"
+
+    @functools.cached_property
+    def _rows(self) -> tuple[list[dict[str, Any]], list[dict[str, str | None]]]:
+        rows = read_rationales(self.rationales)
+        return rows, [part_texts(r) for r in rows]
+
+    @functools.cached_property
+    def key(self) -> str:
+        return rationale_vectors_key(*self._rows, self.encoder)
+
+    def run(self, folder: StageFolder, hooks: StageHooks) -> None:
+        rows, texts = self._rows
         started = time.perf_counter()
         keys = {
             "user_idx": np.array([r["user_idx"] for r in rows], dtype=np.int64),
@@ -83,21 +106,30 @@ def encode_rationales(
         counts = {}
         for part in PARTS:
             present = [n for n, t in enumerate(texts) if t[part]]
-            encoded = encoder.encode(
-                [texts[n][part] for n in present], description=f"{source} rationales, {part}"
+            encoded = self.encoder.encode(
+                [texts[n][part] for n in present], description=f"{self.source} rationales, {part}"
             )
             vectors: list[np.ndarray | None] = [None] * len(rows)
             for row, n in enumerate(present):
                 vectors[n] = encoded[row]
-            write_vectors(folder.file(f"{part}.parquet"), keys, vectors, dim=encoder.dim)
+            write_vectors(folder.file(f"{part}.parquet"), keys, vectors, dim=self.encoder.dim)
             counts[part] = len(present)
         facts = {
             "rationales": len(rows),
             "users": len({r["user_idx"] for r in rows}),
             "encoded": counts,
             "seconds": round(time.perf_counter() - started, 3),
-            "source_file": str(rationales),
+            "source_file": str(self.rationales),
         }
         folder.write_manifest({f"{part}.parquet": {} for part in PARTS}, facts=facts)
-    run_folder.record_stage(folder)
-    return RationaleVectors(source, folder.path, key, (folder.read_manifest() or {})["facts"])
+
+    def load(self, folder: StageFolder) -> RationaleVectors:
+        facts = (folder.read_manifest() or {})["facts"]
+        return RationaleVectors(self.source, folder.path, folder.key, facts)
+
+
+def encode_rationales(
+    source: str, rationales: Path, run_folder: RunFolder, encoder: TextEncoder
+) -> RationaleVectors:
+    """Encode every part once per (rationale text, encoder): a rerun reuses the folder."""
+    return run_stage(RationaleEncoding(source, rationales, encoder), run_folder)

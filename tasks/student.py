@@ -1,13 +1,13 @@
 """The student stage as Prefect tasks: fine-tuning, then one inference task per shard of users.
 
-Fine-tuning is cached on disk by its own content key (teacher pairs, settings, base model
-hash): a rerun with nothing changed finds `quality.json` and returns at once. Inference shards
+Fine-tuning is a stage (content key: teacher pairs, settings, base model hash): a rerun with
+nothing changed finds `quality.json` and shows Cached. Inference shards
 write their answers as they finish, so a retried or rerun flow generates only what is missing.
 """
 
 from __future__ import annotations
 
-import gc
+from pathlib import Path
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
@@ -16,51 +16,40 @@ from slim_core.config import SlimConfig
 from slim_core.data import DataStageResult
 from slim_core.llm.base import LLMBackend
 from slim_core.prompts import Prompt
+from slim_core.runtime import Runtime
 from slim_core.student.inference import (
     StudentInferenceResult,
     generate_rationales,
     write_student_rationales,
 )
 from slim_core.student.stage import (
+    StudentFineTuning,
     StudentModel,
-    finetune_student,
     make_student_backend,
-    quality_markdown,
     student_config,
     student_folder,
 )
 from slim_core.teacher.run import TeacherReport
-
-_BACKENDS: dict[tuple[str, str], LLMBackend] = {}
-
-
-def student_backend(config: SlimConfig, model: StudentModel) -> LLMBackend:
-    """The student model loads once per process, not once per shard."""
-    key = (config.model_dump_json(), str(model.folder))
-    if key not in _BACKENDS:
-        _BACKENDS.clear()  # one student at a time in memory
-        _BACKENDS[key] = make_student_backend(student_config(config), model)
-    return _BACKENDS[key]
+from tasks.stage import run_stage_task
 
 
-def release_backends() -> None:
-    """Drop the student model once every shard is written: the recommenders need the memory."""
-    _BACKENDS.clear()
-    gc.collect()
+def student_backend(runtime: Runtime, config: SlimConfig, model: StudentModel) -> LLMBackend:
+    """The student model, loaded once per runtime (not once per shard); the flow releases it
+    when every shard is written: the recommenders need the memory."""
+    return runtime.hold(
+        "student",
+        f"{config.model_dump_json()} {model.folder}",
+        lambda: make_student_backend(student_config(config), model),
+    )
 
 
-@task(name="student-finetune", tags=["slim-student"])
 def finetune_student_task(
     config: SlimConfig, data: DataStageResult, teacher_rationales: str
 ) -> StudentModel:
-    """LoRA fine-tuning on the teacher's rationales; publishes the before/after quality table."""
-    model = finetune_student(config, data, teacher_rationales)
-    create_markdown_artifact(
-        key="student-quality",
-        markdown=f"# Student quality\n\n{quality_markdown(model.quality)}\n\nFolder: `{model.folder}`\n",
-        description="Three-step share, ROUGE-L and embedding cosine against the teacher",
-    )
-    return model
+    """LoRA fine-tuning on the teacher's rationales as a stage task (shown Cached on a rerun
+    with nothing changed); publishes the before/after quality table."""
+    stage = StudentFineTuning(config, data, Path(teacher_rationales))
+    return run_stage_task(stage, config.run.output_dir)
 
 
 @task(
@@ -71,22 +60,23 @@ def finetune_student_task(
     tags=["slim-student"],
 )
 def student_shard_task(
-    config: SlimConfig, model: StudentModel, prompts: list[Prompt], number: int
+    runtime: Runtime, config: SlimConfig, model: StudentModel, prompts: list[Prompt], number: int
 ) -> TeacherReport:
     """Generate one shard's missing rationales; they are on disk when this returns."""
-    backend = student_backend(config, model)
+    backend = student_backend(runtime, config, model)
     return generate_rationales(prompts, backend, student_folder(config), student_config(config))
 
 
 @task(name="student-rationales")
 def student_rationales_task(
+    runtime: Runtime,
     config: SlimConfig,
     model: StudentModel,
     split_prompts: list[tuple[str, Prompt]],
     report: TeacherReport,
 ) -> StudentInferenceResult:
     """student_rationales.parquet from the shards, and a summary artifact."""
-    backend = student_backend(config, model)
+    backend = student_backend(runtime, config, model)
     result = write_student_rationales(
         split_prompts, backend.model_id, student_folder(config), student_config(config), report
     )

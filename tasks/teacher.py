@@ -10,8 +10,6 @@ per prompt on disk, so a retried or replayed batch pays only for what is still u
 from __future__ import annotations
 
 import contextlib
-import functools
-import gc
 import os
 import signal
 import threading
@@ -26,6 +24,7 @@ from slim_core.config import SlimConfig, TeacherConfig
 from slim_core.errors import ConfigError, SlimError
 from slim_core.llm.base import LLMBackend
 from slim_core.prompts import Prompt
+from slim_core.runtime import Runtime
 from slim_core.teacher.run import TeacherReport, ask_teacher
 from slim_core.teacher.stage import (
     TeacherStageResult,
@@ -39,10 +38,8 @@ from slim_core.teacher.stage import (
 )
 
 
-@functools.lru_cache(maxsize=2)
-def _backend(cfg_json: str) -> LLMBackend:
-    # A local model loads once per process, not once per batch.
-    cfg = TeacherConfig.model_validate_json(cfg_json)
+def make_teacher_backend(cfg: TeacherConfig) -> LLMBackend:
+    """The configured backend, its API key read from a Prefect Secret block if one is named."""
     api_key = None
     if cfg.api_key_block:
         from prefect.blocks.system import Secret
@@ -55,9 +52,6 @@ def _backend(cfg_json: str) -> LLMBackend:
                 f"(create one: Secret(value=...).save({cfg.api_key_block!r}))"
             ) from error
     return make_backend(cfg, api_key=api_key)
-
-
-_BACKEND_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
@@ -109,18 +103,12 @@ def _worth_retrying(task: object, task_run: object, state: State) -> bool:
     return not isinstance(error, SlimError | RequestsStopped)
 
 
-def backend_for(config: SlimConfig) -> LLMBackend:
-    # Batch tasks in two threads (HTTP) must share one backend, so one concurrency bound.
-    with _BACKEND_LOCK:
-        return _backend(teacher_config(config).model_dump_json())
-
-
-def release_backends() -> None:
-    """Drop the teacher model this process holds once the stage is done: the stages after it
-    need the memory (the demo's teacher is 2 GB in float32, held through fine-tuning before)."""
-    with _BACKEND_LOCK:
-        _backend.cache_clear()
-    gc.collect()
+def backend_for(runtime: Runtime, config: SlimConfig) -> LLMBackend:
+    """The teacher's backend, made once per runtime (a local model loads once, not per batch;
+    HTTP batches in two threads share one backend, so one concurrency bound). The flow releases
+    it when the stage is done: the stages after it need the memory."""
+    cfg = teacher_config(config)
+    return runtime.hold("teacher", cfg.model_dump_json(), lambda: make_teacher_backend(cfg))
 
 
 @task(
@@ -132,6 +120,7 @@ def release_backends() -> None:
     tags=["slim-teacher"],
 )
 def teacher_batch_task(
+    runtime: Runtime,
     config: SlimConfig,
     prompts: list[Prompt],
     number: int,
@@ -148,7 +137,7 @@ def teacher_batch_task(
     cfg = teacher_config(config)
     return ask_teacher(
         prompts,
-        backend_for(config),
+        backend_for(runtime, config),
         answer_cache(config),
         decoding(cfg),
         batch_size=write_every or len(prompts) or 1,
@@ -162,10 +151,12 @@ def teacher_batch_task(
 
 @task(name="teacher-rationales")
 def teacher_rationales_task(
-    config: SlimConfig, prompts: list[Prompt], report: TeacherReport
+    runtime: Runtime, config: SlimConfig, prompts: list[Prompt], report: TeacherReport
 ) -> TeacherStageResult:
     """Write teacher_rationales.parquet and publish the cost and latency summary."""
-    result = write_teacher_rationales(config, prompts, backend_for(config).model_id, report)
+    result = write_teacher_rationales(
+        config, prompts, backend_for(runtime, config).model_id, report
+    )
     create_markdown_artifact(
         key="teacher-summary",
         markdown=f"# Teacher\n\n{summary_markdown(result.summary)}",

@@ -1,6 +1,7 @@
 """The whole pipeline on a real Prefect server: loopback teacher -> tiny student -> rationale
 vectors -> every recommender variant -> report; then a rerun that loads no LLM and calls no one."""
 
+import gc
 import json
 
 import pyarrow.parquet as pq
@@ -46,12 +47,13 @@ def test_whole_pipeline_then_cached_rerun(tmp_path, fake_openai, monkeypatch):
     fake_openai.reset({hopeless: ["bad_steps"] * 20})  # one prompt ends in the dead-letter table
     state = slim_pipeline(str(path), return_state=True)
     out = state.result()
-    # Teacher and student left the process's memory when their stage was done (a local teacher
-    # was held through fine-tuning and inference before: the demo's peak memory).
-    from tasks import student as student_tasks
-    from tasks import teacher as teacher_tasks
+    # Teacher and student left the process's memory with the flow's runtime (a local teacher was
+    # held through fine-tuning and inference before: the demo's peak memory).
+    from slim_core.llm.openai_http import OpenAICompatibleBackend
 
-    assert teacher_tasks._backend.cache_info().currsize == 0 and not student_tasks._BACKENDS
+    gc.collect()
+    alive = (OpenAICompatibleBackend, TransformersBackend)
+    assert not [o for o in gc.get_objects() if isinstance(o, alive)]
 
     # Every stage's artifact, with its schema.
     teacher = pq.read_table(out["teacher"].rationales)
@@ -160,6 +162,9 @@ def test_whole_pipeline_then_cached_rerun(tmp_path, fake_openai, monkeypatch):
     assert results == text.split("## Cost and latency")[0]
     states = named_states(again)
     assert states["prepare-data"] == {"Cached"} and states["train"] == {"Cached"}
+    # the student's fine-tuning and the rationale encodings are stages too: Cached, not re-run
+    assert states["student-finetune"] == {"Cached"}
+    assert states["encode student rationales"] == states["encode-items"] == {"Cached"}
 
     # A recommender setting changes: the recommenders train again, nothing before them does.
     changed = yaml.safe_load(path.read_text())

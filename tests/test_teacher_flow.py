@@ -112,7 +112,7 @@ def test_api_key_from_a_prefect_secret_block(tmp_path, fake, monkeypatch):
     from prefect.blocks.system import Secret
 
     from flows.pipeline import teacher_flow
-    from tasks.teacher import _backend
+    from tasks.teacher import make_teacher_backend
 
     block_secret = "sk-from-a-secret-block-42"
     Secret(value=block_secret).save("slim-test-teacher-key", overwrite=True)
@@ -121,29 +121,27 @@ def test_api_key_from_a_prefect_secret_block(tmp_path, fake, monkeypatch):
     config["teacher"] |= {"api_key_block": "slim-test-teacher-key", "users": 4}
     path.write_text(yaml.safe_dump(config))
     monkeypatch.delenv("SLIM_TEST_TEACHER_KEY", raising=False)  # the block alone must suffice
-    _backend.cache_clear()
     fake.reset()
 
     result = teacher_flow(str(path))["teacher"]
     assert result.summary["answered"] == 4
     assert fake.authorizations and set(fake.authorizations) == {f"Bearer {block_secret}"}
-    assert block_secret not in repr(_backend(teacher_config_json(path)))
+    assert block_secret not in repr(make_teacher_backend(resolved_teacher(path)))
     for file in Path(config["run"]["output_dir"]).rglob("*"):
         if file.is_file():
             assert block_secret.encode() not in file.read_bytes(), file
 
     config["teacher"]["api_key_block"] = "no-such-block"
     path.write_text(yaml.safe_dump(config))
-    _backend.cache_clear()
     with pytest.raises(Exception, match="no Prefect Secret block named 'no-such-block'"):
         teacher_flow(str(path))
 
 
-def teacher_config_json(path: Path) -> str:
+def resolved_teacher(path: Path):
     from slim_core.config import load_config
     from slim_core.teacher.stage import teacher_config as resolved
 
-    return resolved(load_config(path)).model_dump_json()
+    return resolved(load_config(path))
 
 
 def test_killed_teacher_flow_then_retry_failed_empties_the_dead_letters(

@@ -19,6 +19,7 @@ from slim_core.config import DataConfig, SlimConfig
 from slim_core.data.ingest import ingest, input_files
 from slim_core.data.sequences import build_sequences
 from slim_core.errors import DataError
+from slim_core.stages import Artifact, Stage, StageHooks, run_stage
 from storage import (
     RunFolder,
     StageFolder,
@@ -133,17 +134,39 @@ def run_data_stage(cfg: DataConfig, folder: StageFolder) -> dict[str, Any]:
     return stats
 
 
+@dataclass(frozen=True)
+class DataStage(Stage[DataStageResult]):
+    """Inputs: the data settings and the files they name."""
+
+    cfg: DataConfig
+    name = "data"
+    task_name = "prepare-data"
+    tag = "slim-data"
+
+    @functools.cached_property
+    def key(self) -> str:
+        return data_stage_key(self.cfg)
+
+    def run(self, folder: StageFolder, hooks: StageHooks) -> None:
+        run_data_stage(self.cfg, folder)
+
+    def load(self, folder: StageFolder) -> DataStageResult:
+        return DataStageResult(folder.path, folder.key, _read_json(folder.file("stats.json")))
+
+    def artifacts(self, result: DataStageResult) -> list[Artifact]:
+        rows = "\n".join(f"| {label} | {value} |" for label, value in summary_rows(result.stats))
+        return [
+            Artifact(
+                "data-summary",
+                "Users, items, interactions and sequence lengths after filtering",
+                markdown=f"# Data stage\n\nFolder: `{result.folder}`\n\n| | |\n|---|---|\n{rows}\n",
+            )
+        ]
+
+
 def prepare_data(config: SlimConfig) -> DataStageResult:
     """Run the data stage, or reuse its folder when inputs and settings are unchanged."""
-    run = RunFolder(config.run.output_dir)
-    folder = run.stage("data", data_stage_key(config.data))
-    if folder.is_complete():
-        log.info("data stage: inputs unchanged, reusing %s", folder.path)
-    else:
-        run_data_stage(config.data, folder)
-    run.record_stage(folder)
-    stats = _read_json(folder.file("stats.json"))
-    return DataStageResult(folder=folder.path, key=folder.key, stats=stats)
+    return run_stage(DataStage(config.data), RunFolder(config.run.output_dir))
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -189,4 +212,11 @@ def summary_rows(stats: dict[str, Any]) -> list[tuple[str, str]]:
     ]
 
 
-__all__ = ["DataStageResult", "prepare_data", "data_stage_key", "run_data_stage", "summary_rows"]
+__all__ = [
+    "DataStage",
+    "DataStageResult",
+    "prepare_data",
+    "data_stage_key",
+    "run_data_stage",
+    "summary_rows",
+]

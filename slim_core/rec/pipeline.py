@@ -7,14 +7,15 @@ recommenders: one run per (model, variant, seed) -> rows     (folder keyed by ev
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
-import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from slim_core.config import EvalConfig, RecommenderConfig, SlimConfig
+from slim_core.config import RecommenderConfig, SlimConfig
 from slim_core.data import DataStageResult
 from slim_core.encoding import TextEncoder, encode_items, item_text_key
 from slim_core.rationale_vectors import RationaleVectors
@@ -22,7 +23,6 @@ from slim_core.rec import report
 from slim_core.rec.stage import (
     FILE_SOURCE,
     RunSpec,
-    StageInputs,
     load_inputs,
     run_one,
     run_specs,
@@ -30,6 +30,8 @@ from slim_core.rec.stage import (
     uses_user_vectors,
     write_metrics,
 )
+from slim_core.runtime import Runtime
+from slim_core.stages import Stage, StageHooks, run_stage
 from storage import (
     RunFolder,
     StageFolder,
@@ -94,33 +96,41 @@ def _encoder(config: SlimConfig) -> TextEncoder:
     return TextEncoder.from_config(config.encoder)
 
 
-def encode_stage_key(config: SlimConfig, data: DataStageResult) -> str:
-    text_key = item_text_key(data.path("items"))
-    return canonical_hash(
-        {"version": ENCODE_STAGE_VERSION, "text": text_key, "model": _encoder(config).model_id}
-    )
+@dataclass(frozen=True)
+class ItemEncoding(Stage[EncodeResult]):
+    """Item text -> vectors. Inputs: the items' text and the encoder; reused while both stay."""
 
+    config: SlimConfig
+    data: DataStageResult
+    name = "encode"
+    task_name = "encode-items"
+    tag = "slim-encode"
+    progress_unit = "item texts"
 
-def encode_stage(
-    config: SlimConfig,
-    data: DataStageResult,
-    on_progress: Callable[[int, int], None] | None = None,
-) -> EncodeResult:
-    """Item text vectors, reused while item text and encoder are unchanged."""
-    folder = RunFolder(config.run.output_dir).stage("encode", encode_stage_key(config, data))
-    if not folder.is_complete():
-        facts = encode_items(
-            data.path("items"), folder.file("item_vectors.parquet"), _encoder(config), on_progress
-        )
+    @functools.cached_property
+    def key(self) -> str:
+        text_key = item_text_key(self.data.path("items"))
+        model = _encoder(self.config).model_id
+        return canonical_hash({"version": ENCODE_STAGE_VERSION, "text": text_key, "model": model})
+
+    def run(self, folder: StageFolder, hooks: StageHooks) -> None:
+        vectors = folder.file("item_vectors.parquet")
+        encoder = _encoder(self.config)
+        facts = encode_items(self.data.path("items"), vectors, encoder, hooks.on_progress)
         folder.write_manifest(
             {"item_vectors.parquet": {"rows": facts["rows"]}},
             facts=facts,
-            encoder=config.encoder.model_dump(mode="json"),
-            data_key=data.key,
+            encoder=self.config.encoder.model_dump(mode="json"),
+            data_key=self.data.key,
         )
-    RunFolder(config.run.output_dir).record_stage(folder)
-    manifest = folder.read_manifest() or {}
-    return EncodeResult(folder.path, folder.key, manifest.get("facts", {}))
+
+    def load(self, folder: StageFolder) -> EncodeResult:
+        return EncodeResult(folder.path, folder.key, (folder.read_manifest() or {})["facts"])
+
+
+def encode_stage(config: SlimConfig, data: DataStageResult) -> EncodeResult:
+    """Item text vectors, reused while item text and encoder are unchanged."""
+    return run_stage(ItemEncoding(config, data), RunFolder(config.run.output_dir))
 
 
 def recommender_stage_folder(
@@ -148,64 +158,98 @@ def recommender_stage_folder(
     return RunFolder(config.run.output_dir).stage("recommenders", key)
 
 
-_inputs_lock = threading.Lock()
-_inputs: dict[str, StageInputs] = {}
-
-
-def shared_inputs(
-    rec: RecommenderConfig,
-    ev: EvalConfig,
+def train_run(
+    runtime: Runtime,
+    config: SlimConfig,
     data_folder: Path,
-    out_folder: Path,
+    folder: Path,
     item_vectors: Path | None,
     sources: dict[str, Path],
-) -> StageInputs:
-    """`load_inputs`, read once per process for consecutive runs of the same stage folder.
-
-    Every run of a stage reads the same sequences, negatives and vectors; reading them again
-    cost ~2 s a run (five rationale sources on the demo). Runs only read the inputs.
-    """
-    key = canonical_hash(
-        [
-            rec.model_dump(mode="json"),
-            ev.model_dump(mode="json"),
-            str(data_folder),
-            str(out_folder),
-            str(item_vectors),
-            sorted((name, str(path)) for name, path in sources.items()),
-        ]
-    )
-    with _inputs_lock:
-        if key not in _inputs:
-            _inputs.clear()  # one stage's inputs at a time: they can be large
-            _inputs[key] = load_inputs(rec, ev, data_folder, out_folder, item_vectors, sources)
-        return _inputs[key]
-
-
-def train_run(
-    config: SlimConfig,
-    data: DataStageResult,
-    encoded: EncodeResult | None,
     spec: RunSpec,
-    rationales: Sequence[RationaleVectors] = (),
 ) -> list[dict[str, Any]]:
-    """Train one model run and evaluate it on valid and test, both protocols."""
+    """Train one model run into the stage `folder` and evaluate it on valid and test.
+
+    Every run of a stage reads the same sequences, negatives and vectors: `runtime` keeps them
+    for the next run (reading them again cost ~2 s a run, five rationale sources on the demo).
+    """
     rec, ev = config.recommender, config.evaluation
     if rec.threads:
         import torch
 
         torch.set_num_threads(rec.threads)
-    folder = recommender_stage_folder(config, data, encoded, rationales)
-    folder.path.mkdir(parents=True, exist_ok=True)
-    inputs = shared_inputs(
-        rec,
-        ev,
-        data.folder,
-        folder.path,
-        None if encoded is None else encoded.item_vectors,
-        user_sources(config, rationales),
+    folder.mkdir(parents=True, exist_ok=True)
+    key = canonical_hash(
+        [
+            rec.model_dump(mode="json"),
+            ev.model_dump(mode="json"),
+            *map(str, (data_folder, folder, item_vectors)),
+            sorted((name, str(path)) for name, path in sources.items()),
+        ]
     )
-    return run_one(spec, rec, ev, inputs, folder.file("checkpoints"))
+    inputs = runtime.hold(
+        "recommender inputs",
+        key,
+        lambda: load_inputs(rec, ev, data_folder, folder, item_vectors, sources),
+    )
+    return run_one(spec, rec, ev, inputs, folder / "checkpoints")
+
+
+@dataclass(frozen=True)
+class TrainingRun(Stage[list[dict[str, Any]]]):
+    """One run of the recommender stage: (model, variant, seed) trained, evaluated, its rows
+    kept in `rows/<run>.json` of the stage folder that every run of the plan shares. Inputs:
+    the stage's (`stage_key`, from `recommender_stage_folder`) and the run's spec."""
+
+    runtime: Runtime
+    config: SlimConfig
+    data: DataStageResult
+    encoded: EncodeResult | None
+    rationales: tuple[RationaleVectors, ...]
+    spec: RunSpec
+    stage_key: str
+    name = "recommenders"
+    task_name = "train-recommender"
+    tag = "slim-train"
+
+    @property
+    def key(self) -> str:
+        return self.stage_key
+
+    @property
+    def part(self) -> str:
+        return self.spec.name
+
+    @property
+    def run_name(self) -> str:
+        return f"train {self.spec.name}"
+
+    def _rows(self, folder: StageFolder) -> Path:
+        return folder.file(f"rows/{self.spec.name}.json")
+
+    def is_done(self, folder: StageFolder) -> bool:
+        # Backbones leave a checkpoint; popularity and text matching only need the negatives.
+        trained = self.spec.model in ("popularity", "text_matching")
+        needed = "negatives.parquet" if trained else f"checkpoints/{self.spec.name}.pt"
+        return self._rows(folder).is_file() and folder.file(needed).is_file()
+
+    def run(self, folder: StageFolder, hooks: StageHooks) -> None:
+        item_vectors = None if self.encoded is None else self.encoded.item_vectors
+        rows = self.runtime.call(
+            train_run,
+            self.config,
+            self.data.folder,
+            folder.path,
+            item_vectors,
+            user_sources(self.config, self.rationales),
+            self.spec,
+            log_extra=hooks.log_extra,
+        )
+        # Rows keep their column order (metrics.parquet's); NumPy scalars become numbers.
+        text = json.dumps(rows, default=lambda value: value.item())
+        write_text_atomic(self._rows(folder), text)
+
+    def load(self, folder: StageFolder) -> list[dict[str, Any]]:
+        return json.loads(self._rows(folder).read_text(encoding="utf-8"))
 
 
 def protocol_note(config: SlimConfig) -> str:
@@ -294,9 +338,11 @@ __all__ = [
     "EncodeResult",
     "RunSpec",
     "RecommenderResult",
+    "ItemEncoding",
     "encode_stage",
     "run_specs",
     "train_run",
+    "TrainingRun",
     "finish_recommender_stage",
     "load_recommender_result",
     "needs_item_text",

@@ -6,7 +6,7 @@ threads (docs/benchmarks.md, "Recommender runs in worker processes"). ml-100k's 
 (long histories) keep both threads busy, and gain nothing. Processes, not threads: every run
 seeds torch's global random generator (dropout, sampled negatives), which threads would share,
 and the results would depend on timing. Each worker reads a stage's inputs once and keeps them
-for its next runs.
+for its next runs (in its own `Runtime`). The flow opens the pool through `Runtime.workers`.
 """
 
 from __future__ import annotations
@@ -21,8 +21,6 @@ from contextlib import contextmanager
 from typing import TypeVar
 
 T = TypeVar("T")
-
-_pool: ProcessPoolExecutor | None = None  # read by the flow's task threads; set here only
 
 
 def threads_per_worker(workers: int, threads: int | None) -> int:
@@ -52,11 +50,10 @@ class _Relay(logging.Handler):
 
 
 @contextmanager
-def training_workers(workers: int, threads: int | None = None) -> Iterator[None]:
-    """While open, `call` runs its function in one of `workers` processes (none if 1)."""
-    global _pool
+def worker_pool(workers: int, threads: int | None = None) -> Iterator[ProcessPoolExecutor | None]:
+    """`workers` processes whose log records reach this process's loggers (none if 1)."""
     if workers <= 1:
-        yield
+        yield None
         return
     context = multiprocessing.get_context("spawn")  # fork would copy a threaded parent
     logs = context.Queue()
@@ -68,26 +65,23 @@ def training_workers(workers: int, threads: int | None = None) -> Iterator[None]
         initargs=(threads_per_worker(workers, threads), logs),
     )
     listener.start()
-    _pool = pool
     try:
-        yield
+        yield pool
     finally:
-        _pool = None
         pool.shutdown(wait=True, cancel_futures=True)
         listener.stop()
         logs.close()
 
 
-def call(function: Callable[..., T], *args: object, log_extra: dict | None = None) -> T:
-    """`function(*args)` in a worker while `training_workers` is open, else here.
+def submit(
+    pool: ProcessPoolExecutor, function: Callable[..., T], args: tuple, log_extra: dict
+) -> T:
+    """`function(*args)` in one of the pool's workers, waited for.
 
     `log_extra` is set on each record the worker logs meanwhile (the orchestrator's run ids):
     the parent relays worker records from a thread of its own, outside any run's context, so
     without them a run log (the Prefect UI) would never see a worker's epochs."""
-    pool = _pool
-    if pool is None:
-        return function(*args)
-    return pool.submit(_tagged, function, log_extra or {}, *args).result()
+    return pool.submit(_tagged, function, log_extra, *args).result()
 
 
 class _Tag(logging.Filter):

@@ -9,6 +9,7 @@ Folders: `<output_dir>/student/sft/<key>/` (adapter, merged model, loss curve, q
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from slim_core.encoding import TextEncoder
 from slim_core.errors import ConfigError, DataError
 from slim_core.llm.base import LLMBackend
 from slim_core.llm.transformers_local import TransformersBackend, resolve_dtype
+from slim_core.stages import Artifact, Stage, StageHooks, run_stage
 from slim_core.student.inference import (
     StudentInferenceResult,
     decoding,
@@ -32,7 +34,7 @@ from slim_core.student.pairs import distillation_pairs
 from slim_core.student.quality import QUALITY_METRICS_VERSION, student_quality
 from slim_core.student.sft import finetune
 from slim_core.tracking import tracking_environment
-from storage import canonical_hash, file_fingerprint, write_json_atomic
+from storage import RunFolder, StageFolder, canonical_hash, file_fingerprint, write_json_atomic
 
 log = logging.getLogger("slim_core.student")
 
@@ -135,83 +137,144 @@ class StudentModel:
     quality: dict[str, Any]
 
 
-def finetune_student(
-    config: SlimConfig, data: DataStageResult, teacher_rationales: Path
-) -> StudentModel:
-    """LoRA fine-tuning plus before/after quality on the held-out pairs (cached on disk)."""
-    cfg = student_config(config)
-    pairs = distillation_pairs(cfg, data, teacher_rationales, config.data.domain)
-    if cfg.select != "none":
-        pairs = _selected(config, data, pairs)
-    base, gguf_file = base_model(cfg)
-    key = canonical_hash(
-        {
-            "pairs": [(p.user_idx, p.cutoff, p.prompt, p.completion) for p in pairs],
-            "settings": finetune_settings(cfg),
-            "base": base_model_hash(cfg, base, gguf_file),
-            "seed": config.run.seed,
-        },
-        16,
-    )
-    folder = student_folder(config) / "sft" / key
-    quality_file = folder / "quality.json"
-    params = decoding(cfg)
-    # Scoring settings are not part of the key: changing them rescores, it does not retrain.
-    scoring = {
-        "dtype": resolve_dtype(cfg.dtype),
-        **params.as_dict(),
-        "metrics": QUALITY_METRICS_VERSION,
-    }
-    quality = json.loads(quality_file.read_text(encoding="utf-8")) if quality_file.is_file() else {}
-    if quality.get("scored_with") != scoring:
-        if not (folder / "training.json").is_file():  # written last by a finished fine-tuning
+@dataclass(frozen=True)
+class StudentFineTuning(Stage[StudentModel]):
+    """LoRA fine-tuning plus before/after quality on the held-out pairs. Inputs: the teacher's
+    distillation pairs (selected, if asked), the fine-tuning settings, the base model and the
+    seed; the scoring settings are not in the key (changing them rescores, it does not retrain).
+    """
+
+    config: SlimConfig
+    data: DataStageResult
+    teacher_rationales: Path
+    name = "student/sft"
+    task_name = "student-finetune"
+    tag = "slim-student"
+
+    @functools.cached_property
+    def _plan(self) -> tuple[list, Path, str | None]:
+        cfg = student_config(self.config)
+        pairs = distillation_pairs(cfg, self.data, self.teacher_rationales, self.config.data.domain)
+        if cfg.select != "none":
+            pairs = _selected(self.config, self.data, pairs)
+        return pairs, *base_model(cfg)
+
+    @functools.cached_property
+    def key(self) -> str:
+        cfg = student_config(self.config)
+        pairs, base, gguf_file = self._plan
+        return canonical_hash(
+            {
+                "pairs": [(p.user_idx, p.cutoff, p.prompt, p.completion) for p in pairs],
+                "settings": finetune_settings(cfg),
+                "base": base_model_hash(cfg, base, gguf_file),
+                "seed": self.config.run.seed,
+            },
+            16,
+        )
+
+    @property
+    def scoring(self) -> dict[str, Any]:
+        cfg = student_config(self.config)
+        metrics = QUALITY_METRICS_VERSION
+        return {"dtype": resolve_dtype(cfg.dtype), **decoding(cfg).as_dict(), "metrics": metrics}
+
+    def is_done(self, folder: StageFolder) -> bool:
+        return _read_quality(folder.path).get("scored_with") == self.scoring
+
+    def run(self, folder: StageFolder, hooks: StageHooks) -> None:
+        config, cfg = self.config, student_config(self.config)
+        pairs, base, gguf_file = self._plan
+        if not folder.file("training.json").is_file():  # written last by a finished fine-tuning
             with tracking_environment(config):  # TRL reports to the run's MLflow store
                 finetune(
                     pairs,
                     cfg,
                     base,
-                    folder,
+                    folder.path,
                     gguf_file=gguf_file,
                     seed=config.run.seed,
                     report_to="mlflow" if config.tracking.mlflow else "none",
                 )
-        heldout = [p for p in pairs if p.heldout]
-        encoder = TextEncoder.from_config(config.encoder)
-        before, base_answers = student_quality(
-            TransformersBackend(
-                str(base), gguf_file, batch_size=cfg.inference_batch_size, dtype=cfg.dtype
-            ),
-            heldout,
-            params,
-            encoder,
+        quality = _score(config, self.data, pairs, base, gguf_file, folder.path)
+        write_json_atomic(folder.file("quality.json"), quality | {"scored_with": self.scoring})
+
+    def load(self, folder: StageFolder) -> StudentModel:
+        base = self._plan[1]
+        quality = _read_quality(folder.path)
+        model = StudentModel(
+            folder.path, folder.file("merged"), folder.file("adapter"), base, quality
         )
-        after, answers = student_quality(
-            TransformersBackend(
-                str(folder / "merged"), batch_size=cfg.inference_batch_size, dtype=cfg.dtype
-            ),
-            heldout,
-            params,
-            encoder,
-        )
-        log.info(
-            "student quality on %d held-out pairs: before %s, after %s", len(heldout), before, after
-        )
-        quality = {
-            "before": before,
-            "after": after,
-            "zero_shot": _heldout_zero_shot(config, data, heldout, base_answers, answers, encoder),
-            "scored_with": scoring,
-            "examples": [
-                {"prompt": p.prompt, "teacher": p.completion, "student": a}
-                for p, a in list(zip(heldout, answers, strict=True))[:5]
-            ],
-        }
-        write_json_atomic(quality_file, quality)
-    model = StudentModel(folder, folder / "merged", folder / "adapter", base, quality)
-    write_json_atomic(
-        student_folder(config) / "current.json", {"folder": str(folder), "base": str(base)}
+        # the student that regeneration reuses
+        pointer = student_folder(self.config) / "current.json"
+        write_json_atomic(pointer, {"folder": str(folder.path), "base": str(base)})
+        return model
+
+    def artifacts(self, result: StudentModel) -> list[Artifact]:
+        quality = quality_markdown(result.quality)
+        return [
+            Artifact(
+                "student-quality",
+                "Three-step share, ROUGE-L and embedding cosine against the teacher",
+                markdown=f"# Student quality\n\n{quality}\n\nFolder: `{result.folder}`\n",
+            )
+        ]
+
+
+def _read_quality(folder: Path) -> dict[str, Any]:
+    file = folder / "quality.json"
+    return json.loads(file.read_text(encoding="utf-8")) if file.is_file() else {}
+
+
+def finetune_student(
+    config: SlimConfig, data: DataStageResult, teacher_rationales: Path
+) -> StudentModel:
+    """LoRA fine-tuning plus before/after quality on the held-out pairs (cached on disk)."""
+    stage = StudentFineTuning(config, data, Path(teacher_rationales))
+    return run_stage(stage, RunFolder(config.run.output_dir))
+
+
+def _score(
+    config: SlimConfig,
+    data: DataStageResult,
+    pairs: list,
+    base: Path,
+    gguf_file: str | None,
+    folder: Path,
+) -> dict[str, Any]:
+    """Quality of the base and the fine-tuned model on the held-out pairs."""
+    cfg, params = student_config(config), decoding(student_config(config))
+    heldout = [p for p in pairs if p.heldout]
+    encoder = TextEncoder.from_config(config.encoder)
+    before, base_answers = student_quality(
+        TransformersBackend(
+            str(base), gguf_file, batch_size=cfg.inference_batch_size, dtype=cfg.dtype
+        ),
+        heldout,
+        params,
+        encoder,
     )
-    return model
+    after, answers = student_quality(
+        TransformersBackend(
+            str(folder / "merged"), batch_size=cfg.inference_batch_size, dtype=cfg.dtype
+        ),
+        heldout,
+        params,
+        encoder,
+    )
+    log.info(
+        "student quality on %d held-out pairs: before %s, after %s", len(heldout), before, after
+    )
+    quality = {
+        "before": before,
+        "after": after,
+        "zero_shot": _heldout_zero_shot(config, data, heldout, base_answers, answers, encoder),
+        "examples": [
+            {"prompt": p.prompt, "teacher": p.completion, "student": a}
+            for p, a in list(zip(heldout, answers, strict=True))[:5]
+        ],
+    }
+    return quality
 
 
 def _sequences_and_item_vectors(config: SlimConfig, data: DataStageResult):

@@ -1,0 +1,70 @@
+"""One Prefect task runs any content-keyed stage (`slim_core.stages.Stage`).
+
+Its cache key is the stage's own key, and its cached result is nothing but the stage folder's
+path: the folder stays the single source of truth. A folder that is missing or incomplete makes
+the task refresh its cache instead of trusting it, so a deleted folder is computed again. The
+stage's artifacts are published by the run that computed it, once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.context import TaskRunContext
+
+from slim_core.stages import Stage, StageHooks, run_stage
+from storage import RunFolder, canonical_hash
+from tasks.progress import CountProgress
+
+R = TypeVar("R")
+
+
+def _stage_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+    stage: Stage = parameters["stage"]
+    run = canonical_hash(str(parameters["run_root"]), 8)
+    return "-".join(filter(None, ("slim", stage.name, run, stage.key, stage.part)))
+
+
+@task(cache_key_fn=_stage_cache_key, persist_result=True)
+def stage_task(stage: Stage, run_root: Path) -> str:
+    """Compute (or reuse) the stage's folder and publish what it shows; returns the folder."""
+    context = TaskRunContext.get()
+    ids = {}
+    if context is not None:  # for the records a worker process logs meanwhile
+        ids = {"flow_run_id": context.task_run.flow_run_id, "task_run_id": context.task_run.id}
+    progress = CountProgress(stage.name, stage.progress_unit) if stage.progress_unit else None
+    result = run_stage(stage, RunFolder(run_root), StageHooks(progress, ids))
+    for artifact in stage.artifacts(result):
+        if artifact.table is not None:
+            create_table_artifact(artifact.table, artifact.key, artifact.description)
+        else:
+            create_markdown_artifact(artifact.markdown, artifact.key, artifact.description)
+    return str(stage.folder(RunFolder(run_root)).path)
+
+
+def stage_call(stage: Stage[R], output_dir: Path):
+    """The stage's task, named for it, told to refresh when its folder is not done; call it
+    with `(stage, run_root)`, or `.submit` it."""
+    done = stage.is_done(stage.folder(RunFolder(output_dir)))
+    # Prefect names the run `<task>-<random words>` unless the stage names it
+    named = {"task_run_name": stage.run_name} if stage.run_name != stage.task_name else {}
+    return stage_task.with_options(
+        name=stage.task_name, tags=[stage.tag], refresh_cache=not done, **named
+    )
+
+
+def stage_result(stage: Stage[R], output_dir: Path) -> R:
+    """After its task: the stage's result, read from its folder, which the run now points at
+    (a cached task did not run to say so)."""
+    run = RunFolder(output_dir)
+    run.record_stage(stage.folder(run))
+    return stage.load(stage.folder(run))
+
+
+def run_stage_task(stage: Stage[R], output_dir: Path) -> R:
+    """Run the stage as its task and return its result."""
+    stage_call(stage, output_dir)(stage, RunFolder(output_dir).root)
+    return stage_result(stage, output_dir)
