@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from prefect import Task, flow
 from prefect.futures import as_completed
 from prefect.runtime import flow_run
+from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.utilities.callables import get_call_parameters
 
 from flows.identity import (
     flows_version,
@@ -286,55 +287,54 @@ def _ask_batches(
 ) -> TeacherReport:
     batches = [prompts[s : s + cfg.batch_size] for s in range(0, len(prompts), cfg.batch_size)]
     progress = StageProgress("teacher", len(batches), "batches")
-    report = TeacherReport()
-    if cfg.budget_usd is None and cfg.backend == "openai" and config.run.task_runner != "dask":
-        return _two_batches_at_a_time(runtime, config, batches, replay_failed, progress)
-    if cfg.budget_usd is None:  # independent batches
-        calls = [
-            (teacher_batch_task, (runtime, config, b, n, None, replay_failed))
-            for n, b in enumerate(batches, 1)
-        ]
+    if cfg.budget_usd is not None:
+        return _within_budget(runtime, config, cfg.budget_usd, batches, replay_failed, progress)
+    http = cfg.backend == "openai" and config.run.task_runner != "dask"
+    # HTTP batches write their answers in halves (below): a kill loses at most half of each.
+    write_every = max(1, -(-cfg.batch_size // 2)) if http else None
+    calls = [
+        (teacher_batch_task, (runtime, config, batch, number, None, replay_failed, write_every))
+        for number, batch in enumerate(batches, start=1)
+    ]
+    if not http:
+        report = TeacherReport()
         for part in _each(config, calls, progress=progress):
             report = report.add(part)
         return report
-    for number, batch in enumerate(batches, start=1):  # each batch needs what the last cost
-        # the budget is checked against the cache's ledger: every run's spend, this one's too
-        report = report.add(
-            teacher_batch_task(runtime, config, batch, number, cfg.budget_usd, replay_failed)
-        )
-        progress.advance()
-        if report.stopped_by_budget:
-            break
-    return report
+    # HTTP batches two at a time, in order: one batch alone ends waiting for its slowest
+    # requests while the other connections idle; with the next batch running, its requests
+    # take those connections (both share the backend's concurrency bound). Each batch starts
+    # once the one two before it is done, so a kill leaves the batches before it answered.
+    with ThreadPoolTaskRunner(max_workers=2) as runner:
+        futures: list = []
+        for task, args in calls:
+            parameters = get_call_parameters(task.fn, args, {})
+            futures.append(runner.submit(task, parameters, wait_for=futures[-2:-1]))
+        report = TeacherReport()
+        for future in futures:
+            report = report.add(future.result())
+            progress.advance()
+        return report
 
 
-def _two_batches_at_a_time(
+def _within_budget(
     runtime: Runtime,
     config: SlimConfig,
+    budget_usd: float,
     batches: list[list[Prompt]],
     replay_failed: bool,
     progress: StageProgress,
 ) -> TeacherReport:
-    """HTTP teacher batches two at a time. One batch alone ends waiting for its slowest
-    requests while the other connections idle; with the next batch already running, its
-    requests take those connections (both share the backend's connections and concurrency
-    bound). Each writes its answers in halves, so a kill still loses at most one batch of
-    answers, plus the requests in flight."""
-    write_every = max(1, -(-teacher_config(config).batch_size // 2))
+    """One batch after the other: each needs what the last cost. The budget is checked against
+    the cache's ledger (every run's spend, this one's too)."""
     report = TeacherReport()
-    running: deque = deque()
     for number, batch in enumerate(batches, start=1):
-        running.append(
-            teacher_batch_task.submit(
-                runtime, config, batch, number, None, replay_failed, write_every
-            )
+        report = report.add(
+            teacher_batch_task(runtime, config, batch, number, budget_usd, replay_failed)
         )
-        if len(running) == 2:
-            report = report.add(running.popleft().result())
-            progress.advance()
-    while running:
-        report = report.add(running.popleft().result())
         progress.advance()
+        if report.stopped_by_budget:
+            break
     return report
 
 

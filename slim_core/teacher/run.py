@@ -160,39 +160,23 @@ def ask_teacher(
         total=len(todo), desc=progress, unit="prompt", disable=True if progress is None else None
     )
     stream = getattr(backend, "generate_each", None)
-    if stream is not None and budget_usd is None:
-        _ask_streaming(
-            todo, stream, backend.model_id, cache, decoding, batch_size,
-            malformed_retries, charges, require_steps, bar, progress,
-        )  # fmt: skip
-        bar.close()
-        _warn_estimates(report, prices)
-        return report
-    for start in range(0, len(todo), batch_size):
-        batch = todo[start : start + batch_size]
-        if budget_usd is not None and _past_budget(batch, cache, prices, decoding, budget_usd):
+    asking = _Asking(backend, decoding, malformed_retries, charges, require_steps)
+    # A streaming backend gets every prompt at once (its own bound keeps the requests in flight)
+    # and answers are written `batch_size` at a time; otherwise, or under a budget (each batch
+    # is checked against what was spent), one batch at a time.
+    at_once = stream is not None and budget_usd is None
+    chunks = (
+        [todo] if at_once else [todo[s : s + batch_size] for s in range(0, len(todo), batch_size)]
+    )
+    writer = _Writer(cache, report, bar, progress or "teacher", batch_size)
+    for chunk in chunks:
+        if budget_usd is not None and _past_budget(chunk, cache, prices, decoding, budget_usd):
             report.stopped_by_budget = True
             break
-        answers: list[dict] = []
-        failures: list[dict] = []
         try:
-            _ask_batch(
-                batch, backend, decoding, malformed_retries, charges, require_steps,
-                answers, failures,
-            )  # fmt: skip
+            asking.rounds(chunk, writer.keep)
         finally:  # on a stop or a refused key too: what was paid for stays, and is counted
-            cache.write_answers(answers)
-            cache.write_failures(failures)
-            report.answered += len(answers)
-            report.failed += len(failures)
-        bar.update(len(batch))
-        log.info(
-            "%s batch %d: %d answered, %d failed",
-            progress or "teacher",
-            start // batch_size + 1,
-            len(answers),
-            len(failures),
-        )
+            writer.flush()
     bar.close()
     _warn_estimates(report, prices)
     return report
@@ -231,71 +215,80 @@ def _warn_estimates(report: TeacherReport, prices: Prices) -> None:
         )
 
 
-def _ask_streaming(
-    todo: list[tuple[str, Prompt]],
-    stream: Callable[[list[str], Decoding], Iterator[tuple[int, Generation | GenerationFailure]]],
-    model_id: str,
-    cache: AnswerCache,
-    decoding: Decoding,
-    batch_size: int,
-    malformed_retries: int,
-    charges: _Charges,
-    require_steps: bool,
-    bar: tqdm,
-    progress: str | None,
-) -> None:
-    """Every prompt to a streaming backend at once; results written `batch_size` at a time."""
-    answers: list[dict] = []
-    failures: list[dict] = []
-    attempts = {key: 0 for key, _ in todo}
-    written = 0
-    report = charges.report
+@dataclass
+class _Writer:
+    """Answer and failure rows kept until `every` of them (or the end) are written to the cache."""
 
-    def write() -> None:
-        nonlocal written
-        if not answers and not failures:
+    cache: AnswerCache
+    report: TeacherReport
+    bar: tqdm
+    label: str
+    every: int
+    answers: list[dict] = field(default_factory=list)
+    failures: list[dict] = field(default_factory=list)
+    parts: int = 0
+
+    def keep(self, outcome: dict) -> None:
+        (self.answers if "answer" in outcome else self.failures).append(outcome)
+        if len(self.answers) + len(self.failures) >= self.every:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.answers and not self.failures:
             return
-        cache.write_answers(answers)
-        cache.write_failures(failures)
-        report.answered += len(answers)
-        report.failed += len(failures)
-        bar.update(len(answers) + len(failures))
-        written += 1
+        self.cache.write_answers(self.answers)
+        self.cache.write_failures(self.failures)
+        self.report.answered += len(self.answers)
+        self.report.failed += len(self.failures)
+        self.bar.update(len(self.answers) + len(self.failures))
+        self.parts += 1
         log.info(
             "%s, written part %d: %d answered, %d failed",
-            progress or "teacher",
-            written,
-            len(answers),
-            len(failures),
+            self.label,
+            self.parts,
+            len(self.answers),
+            len(self.failures),
         )
-        answers.clear()
-        failures.clear()
+        self.answers.clear()
+        self.failures.clear()
 
-    pending = todo
-    try:
-        for round_ in range(malformed_retries + 1):
+
+@dataclass
+class _Asking:
+    """Prompts to a backend, a malformed answer asked again up to `malformed_retries` times."""
+
+    backend: LLMBackend
+    decoding: Decoding
+    malformed_retries: int
+    charges: _Charges
+    require_steps: bool
+
+    def rounds(self, todo: list[tuple[str, Prompt]], keep: Callable[[dict], None]) -> None:
+        """Settle every prompt into an answer or a failure row, handed to `keep` as results
+        arrive: when a stop or a refused key ends the asking early, what was already paid for
+        has been kept."""
+        pending = list(todo)
+        attempts = {key: 0 for key, _ in todo}
+        for round_ in range(self.malformed_retries + 1):
             again = []
+            asked = _results(self.backend, [p.text for _, p in pending], self.decoding)
             # closing: an error or interrupt here must cancel the requests in flight at once,
             # not when the traceback that holds the iterator is gone
-            with contextlib.closing(stream([p.text for _, p in pending], decoding)) as results:
+            with contextlib.closing(asked) as results:
                 for index, result in results:
                     key, prompt = pending[index]
                     attempts[key] += result.attempts
                     outcome = _settle(
-                        key, prompt, result, model_id, attempts[key], charges, require_steps,
-                        last_round=round_ == malformed_retries,
+                        key, prompt, result, self.backend.model_id, attempts[key], self.charges,
+                        self.require_steps, last_round=round_ == self.malformed_retries,
                     )  # fmt: skip
                     if outcome is None:
                         again.append((key, prompt))
                     else:
-                        (answers if "answer" in outcome else failures).append(outcome)
-                    if len(answers) + len(failures) >= batch_size:
-                        write()
+                        keep(outcome)
             pending = again
             if not pending:
                 break
-    finally:
-        write()  # on an error or an interrupt too: what was paid for stays
 
 
 def _settle(
@@ -352,38 +345,6 @@ def _settle(
         "failed_at": _now(),
         **charges.settle(key),
     }
-
-
-def _ask_batch(
-    batch,
-    backend: LLMBackend,
-    decoding: Decoding,
-    malformed_retries: int,
-    charges: _Charges,
-    require_steps: bool,
-    answers: list[dict],
-    failures: list[dict],
-) -> None:
-    """Settle one batch into `answers` and `failures` as results arrive: when a stop or a
-    refused key ends the batch early, what was already paid for is in the lists to write."""
-    pending = list(batch)
-    attempts: dict[str, int] = {key: 0 for key, _ in batch}
-    for round_ in range(malformed_retries + 1):
-        again = []
-        for index, result in _results(backend, [p.text for _, p in pending], decoding):
-            key, prompt = pending[index]
-            attempts[key] += result.attempts
-            outcome = _settle(
-                key, prompt, result, backend.model_id, attempts[key], charges,
-                require_steps, last_round=round_ == malformed_retries,
-            )  # fmt: skip
-            if outcome is None:
-                again.append((key, prompt))
-            else:
-                (answers if "answer" in outcome else failures).append(outcome)
-        pending = again
-        if not pending:
-            break
 
 
 def _results(
