@@ -328,7 +328,7 @@ def main() -> None:
                 f"(best epoch {run['best_epoch']} of {run['epochs']}, {run['wall_seconds']:.0f} s)",
                 flush=True,
             )
-    from machine import write_results  # benchmarks/machine.py
+    from harness import write_results  # benchmarks/harness.py
 
     by = ("dataset", "model", "ablation") if args.ablation else ("dataset", "model", "variant")
     rows = summarise(runs, by)

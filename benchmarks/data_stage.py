@@ -23,16 +23,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from machine import machine_info  # benchmarks/machine.py
+from harness import (
+    machine_info,
+    markdown_table,
+    peak_rss_mb,
+    report_to_parent,
+    run_child,
+)  # benchmarks/harness.py
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "data_stage.json"
@@ -231,21 +235,6 @@ def run_pandas(input_path: Path, out: Path) -> Path:
     return out
 
 
-def peak_rss_mb() -> float:
-    """This process's peak RSS in MB (2^20 bytes).
-
-    Linux's VmHWM, not `ru_maxrss`: a child's `ru_maxrss` starts from the parent's peak at
-    fork/exec, so it would report the parent's memory (the generated log) as the child's.
-    """
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
 def child_main(args: argparse.Namespace) -> None:
     """Run one implementation; print one JSON line (stage time, peak RSS)."""
     sys.path.insert(0, str(ROOT))  # `slim_core` and `storage` without an installed package
@@ -264,14 +253,14 @@ def child_main(args: argparse.Namespace) -> None:
     seconds = time.perf_counter() - start
     peak = peak_rss_mb()
     report = {"seconds": seconds, "peak_rss_mb": peak, "rss_at_start_mb": rss_before}
-    print(json.dumps({**report, "folder": str(folder)}))
+    report_to_parent({**report, "folder": str(folder)})
 
 
 # ---------------------------------------------------------------------------------------------
 # Parent: run, compare, report
 
 
-def run_child(impl: str, args: argparse.Namespace, input_path: Path, out: Path) -> dict:
+def measure(impl: str, args: argparse.Namespace, input_path: Path, out: Path) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     cmd = [sys.executable, str(Path(__file__).resolve())]
     cmd += ["--run", "duckdb" if impl == ONE_THREAD else impl]
@@ -281,13 +270,7 @@ def run_child(impl: str, args: argparse.Namespace, input_path: Path, out: Path) 
         cmd += ["--duckdb-threads", str(threads)]
     if args.duckdb_memory_limit:
         cmd += ["--duckdb-memory-limit", args.duckdb_memory_limit]
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-    process_seconds = time.perf_counter() - start
-    if proc.returncode != 0:
-        sys.exit(f"{impl} run failed:\n{proc.stderr}")
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    return {"implementation": impl, "process_seconds": process_seconds, **result}
+    return {"implementation": impl, **run_child(cmd, capture=True)}
 
 
 def compare_outputs(duck: Path, pand: Path) -> dict:
@@ -350,14 +333,13 @@ def summarise(runs: list[dict], implementations: tuple[str, ...]) -> dict:
 
 def print_report(summary: dict, check: dict, settings: dict) -> list[str]:
     counts = check["counts"]
-    print("\n| implementation | median wall s | peak RSS MB | pandas / this |")
-    print("|---|---:|---:|---:|")
-    for impl in (*IMPLEMENTATIONS, ONE_THREAD):
-        if impl in summary:
-            s = summary[impl]
-            print(
-                f"| {impl} | {s['median_seconds']:.2f} | {s['peak_rss_mb']:.0f} | {s['speedup']:.2f}x |"
-            )
+    table = [
+        [impl, f"{s['median_seconds']:.2f}", f"{s['peak_rss_mb']:.0f}", f"{s['speedup']:.2f}x"]
+        for impl in (*IMPLEMENTATIONS, ONE_THREAD)
+        if (s := summary.get(impl))
+    ]
+    header = ["implementation", "median wall s", "peak RSS MB", "pandas / this"]
+    print("\n" + markdown_table(header, table))
     if ONE_THREAD in summary:
         print(
             f"DuckDB on all cores is {summary['duckdb_thread_scaling']:.2f}x DuckDB on one thread"
@@ -400,7 +382,7 @@ def parent_main(args: argparse.Namespace) -> None:
         # Alternate which goes first, so neither always gets the cooler cache.
         order = implementations if repeat % 2 == 0 else implementations[::-1]
         for impl in order:
-            run = run_child(impl, args, input_path, workdir / "out" / impl)
+            run = measure(impl, args, input_path, workdir / "out" / impl)
             runs.append({"repeat": repeat, **run})
             print(
                 f"repeat {repeat + 1} {impl:7s} {run['seconds']:6.2f}s  {run['peak_rss_mb']:6.0f} MB"

@@ -1,13 +1,79 @@
-"""What a benchmark ran on, saved with its results: these machines differ (cores, SIMD width)."""
+"""What every benchmark shares: a measured child process, its peak memory, the machine it ran
+on (these machines differ in cores and SIMD width), and the JSON and table it leaves.
+
+A child reports with `report_to_parent(result)`; the parent gets it from `run_child(command)`,
+with the child's logs streamed to the terminal (or captured) and a clear exit on failure.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULT_FILE = "SLIM_BENCH_RESULT"  # where a child writes its result (set by `run_child`)
+
+
+def peak_rss_mb() -> float:
+    """This process's peak RSS in MB (2^20 bytes).
+
+    Linux's VmHWM, not `ru_maxrss`: a child's `ru_maxrss` starts from the parent's peak at
+    fork/exec, so it would report the parent's memory (a generated log) as the child's.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def report_to_parent(result: dict) -> None:
+    """In a child started by `run_child`: hand `result` (JSON-able) to the parent."""
+    Path(os.environ[RESULT_FILE]).write_text(json.dumps(result, default=str), encoding="utf-8")
+
+
+def run_child(
+    command: list[str], env: dict[str, str] | None = None, capture: bool = False, **run: object
+) -> dict:
+    """Run `command` (a child that calls `report_to_parent`) from the repository root; its
+    result, with `process_seconds` (start-up included). Its output streams to ours unless
+    `capture`; on failure, exit with its last output."""
+    with tempfile.TemporaryDirectory() as folder:
+        result_file = Path(folder) / "result.json"
+        child_env = {**(os.environ if env is None else env), RESULT_FILE: str(result_file)}
+        started = time.perf_counter()
+        done = subprocess.run(
+            command, cwd=ROOT, env=child_env, capture_output=capture, text=True, **run
+        )
+        seconds = time.perf_counter() - started
+        if done.returncode != 0 or not result_file.is_file():
+            output = (done.stdout or "")[-3000:] + (done.stderr or "")[-3000:]
+            sys.exit(f"{' '.join(command[:4])} ... failed (exit {done.returncode})\n{output}")
+        return {**json.loads(result_file.read_text(encoding="utf-8")), "process_seconds": seconds}
+
+
+def slim(*args: str) -> None:
+    """The `slim` command beside this interpreter, as a user runs it (exits on failure)."""
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    subprocess.run([str(Path(sys.executable).parent / "slim"), *args], env=env, check=True)
+
+
+def markdown_table(header: list[str], rows: list[list[object]], numeric_from: int = 1) -> str:
+    """A markdown table; columns from `numeric_from` on are right-aligned."""
+    align = ["---" if n < numeric_from else "---:" for n in range(len(header))]
+    lines = [header, align, *[[str(cell) for cell in row] for row in rows]]
+    return "\n".join("| " + " | ".join(line) + " |" for line in lines)
 
 
 def cpu_model() -> str:

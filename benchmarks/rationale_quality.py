@@ -23,7 +23,7 @@ import argparse
 from pathlib import Path
 
 import pyarrow.parquet as pq
-from machine import merge_rows  # benchmarks/machine.py
+from harness import merge_rows  # benchmarks/harness.py
 
 from slim_core.config import load_config
 from slim_core.llm.transformers_local import resolve_dtype

@@ -22,8 +22,8 @@ seeds), a per-run timing table, the RecBole per-epoch comparison and PASS/FAIL l
     with RecBole's GRU4Rec, 0.0481.
 (b) Scientific: the item_text variant beats id (mean test full-ranking NDCG@10) per backbone.
 
-A child run (`--child DATASET`) is an internal mode: it runs one data set and writes its raw
-result JSON to `--child-out`.
+A child run (`--child DATASET`) is an internal mode: it runs one data set and hands its raw
+result to the parent (benchmarks/harness.py).
 """
 
 from __future__ import annotations
@@ -33,14 +33,12 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from data_stage import peak_rss_mb  # this script's folder is on sys.path
-from machine import machine_info  # benchmarks/machine.py
+from harness import machine_info, peak_rss_mb, report_to_parent, run_child  # benchmarks/harness.py
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -188,30 +186,21 @@ def child_main(args: argparse.Namespace) -> None:
         "fits": fits,
         "rows": rows,
     }
-    args.child_out.write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
+    report_to_parent(result)
 
 
 # ---------------------------------------------------------------------------------------------
 # Parent: run, report, check
 
 
-def run_child(dataset: str, args: argparse.Namespace) -> dict:
-    out = args.workdir / f"{dataset}.child.json"
-    out.unlink(missing_ok=True)
+def measure(dataset: str, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", dataset]
-    cmd += ["--child-out", str(out), "--workdir", str(args.workdir)]
+    cmd += ["--workdir", str(args.workdir)]
     cmd += ["--seeds", *map(str, args.seeds), "--models", *args.models]
     cmd += ["--variants", *args.variants, "--threads", str(args.threads)]
     cmd += ["--patience", str(args.patience), "--max-epochs", str(args.max_epochs)]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, env=env)  # child logs stream to our stdout/stderr
-    process_seconds = time.perf_counter() - start
-    if proc.returncode != 0:
-        sys.exit(f"{dataset}: child run failed (exit {proc.returncode})")
-    result = json.loads(out.read_text(encoding="utf-8"))
-    result["process_seconds"] = process_seconds
-    return result
+    # the child's logs stream to our stdout/stderr
+    return run_child(cmd, env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
 
 def test_full(rows: list[dict], model: str, variant: str) -> list[dict]:
@@ -468,7 +457,7 @@ def parent_main(args: argparse.Namespace) -> None:
     verdicts = []
     for dataset in args.datasets:
         print(f"\n=== {dataset}: running (logs follow) ===", flush=True)
-        result = run_child(dataset, args)
+        result = measure(dataset, args)
         verdicts += report(dataset, result, machine, args)
         sys.stdout.flush()
     print("\nSummary:\n" + "\n".join(verdicts))
@@ -493,7 +482,6 @@ def parse_args() -> argparse.Namespace:
         "--tag", help="write recommenders_<dataset>_<tag>.json/.png (keeps the default results)"
     )
     parser.add_argument("--child", choices=list(CONFIGS), help=argparse.SUPPRESS)
-    parser.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
     return parser.parse_args()
 
 

@@ -20,13 +20,11 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import yaml
-from machine import merge_rows  # benchmarks/machine.py
+from harness import markdown_table, merge_rows, slim  # benchmarks/harness.py
 from rationale_quality import RESULTS as QUALITY
 from rationale_quality import _key, encode_run, three_step_share
 
@@ -37,7 +35,6 @@ from storage import RunFolder
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "selection.json"
-SLIM = str(Path(sys.executable).parent / "slim")
 # Content-keyed stage folders an arm can reuse from the configuration's run: the data, the item
 # vectors, the teacher's answers and (for the arm that selects nothing) the fine-tuned student.
 REUSED = ("data", "encode", "teacher", "student/sft")
@@ -97,7 +94,6 @@ def main() -> None:
     )
     parser.add_argument("--runs", type=Path, default=ROOT / "runs", help="where run folders go")
     args = parser.parse_args()
-    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     answers = teacher_answers(args.config)
     excluded = set(answers)
     rows, quality_rows = [], []
@@ -105,7 +101,7 @@ def main() -> None:
         folder = args.runs / f"{args.dataset}-select-{selection}"
         config = arm_config(args.config, selection, args.users, folder)
         print(f"== student.select {selection}: {config}", flush=True)
-        subprocess.run([SLIM, "student", "run", "-c", str(config)], env=env, check=True)
+        slim("student", "run", "-c", str(config))
         encode_run(config)
         arm = load_config(config)
         scores = score(arm, excluded)
@@ -153,16 +149,14 @@ def main() -> None:
     )
     merge_rows(QUALITY, quality_rows, _key)
     merged = merge_rows(RESULTS, rows, lambda r: (r["dataset"], r["filter"], r["users"]))
-    print(
-        "| dataset | filter | train pairs | users | zero-shot NDCG@10 | step 3 | history | last item |"
-    )
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
-    for r in merged:
-        print(
-            f"| {r['dataset']} | {r['filter']} | {r['train_pairs']} | {r['users']} | "
-            f"{r['ndcg10_zero_shot']:.2f} | {r['ndcg10_step3']} | {r['ndcg10_history']:.2f} | "
-            f"{r['ndcg10_last_item']:.2f} |"
-        )
+    header = ["dataset", "filter", "train pairs", "users", "zero-shot NDCG@10", "step 3"]
+    header += ["history", "last item"]
+    table = [
+        [r["dataset"], r["filter"], r["train_pairs"], r["users"], f"{r['ndcg10_zero_shot']:.2f}"]
+        + [r["ndcg10_step3"], f"{r['ndcg10_history']:.2f}", f"{r['ndcg10_last_item']:.2f}"]
+        for r in merged
+    ]
+    print(markdown_table(header, table, numeric_from=2))
 
 
 if __name__ == "__main__":

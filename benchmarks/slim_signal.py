@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from machine import merge_rows  # benchmarks/machine.py
+from harness import merge_rows  # benchmarks/harness.py
 
 from slim_core.config import load_config
 from slim_core.rec.pipeline import load_recommender_result

@@ -20,12 +20,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from machine import write_results  # benchmarks/machine.py
+from harness import report_to_parent, run_child, write_results  # benchmarks/harness.py
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -135,7 +134,7 @@ def main() -> None:
     if args.child:
         prompts = json.loads(sys.stdin.read())
         row = run_backend(args.child, args.child_folder, prompts, args.max_tokens, args.batch[0])
-        print("RESULT " + json.dumps(row), flush=True)
+        report_to_parent(row)
         return
 
     import torch
@@ -158,14 +157,8 @@ def main() -> None:
         print("vLLM (child process) ...", flush=True)
         command = [args.vllm_python, __file__, "--child", "vllm", "--child-folder", folder]
         command += ["--max-tokens", str(args.max_tokens)]
-        done = subprocess.run(
-            command, input=json.dumps(prompts), capture_output=True, text=True, cwd=ROOT
-        )
-        line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
-        if line is None:
-            print(done.stdout[-3000:], done.stderr[-3000:])
-            sys.exit("vLLM child failed")
-        rows.append(json.loads(line[len("RESULT ") :]))
+        row = run_child(command, capture=True, input=json.dumps(prompts))
+        rows.append({k: v for k, v in row.items() if k != "process_seconds"})
 
     # Speed-ups against one by one with the same weights (the batching target) and against the
     # first row (one by one in the first dtype listed).

@@ -25,9 +25,9 @@ import sys
 from pathlib import Path
 
 import yaml
+from harness import slim  # benchmarks/harness.py
 
 ROOT = Path(__file__).resolve().parent.parent
-SLIM = str(Path(sys.executable).parent / "slim")
 
 
 def teacher_config(
@@ -80,7 +80,7 @@ def main() -> None:
         folder = args.runs / f"{args.dataset}-teacher-{model}{suffix}"
         config = teacher_config(args.config, model, folder, args.dtype, args.prompt_version)
         print(f"== {model}: {config}", flush=True)
-        subprocess.run([SLIM, "teacher", "run", "-c", str(config)], env=env, check=True)
+        slim("teacher", "run", "-c", str(config))
         quality = ROOT / "benchmarks" / "rationale_quality.py"
         command = [sys.executable, str(quality), "--config", str(config)]
         subprocess.run([*command, "--dataset", args.dataset, "--encode"], env=env, check=True)
