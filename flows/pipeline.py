@@ -274,7 +274,7 @@ def _ask_in_batches(
     runtime: Runtime, config: SlimConfig, prompts: list[Prompt], replay_failed: bool = False
 ) -> TeacherReport:
     cfg = teacher_config(config)
-    with stop_requests_on_signal():  # a stop cancels HTTP waits at once, not after them
+    with stop_requests_on_signal(runtime):  # a stop cancels HTTP waits at once, not after them
         return _ask_batches(runtime, config, cfg, prompts, replay_failed)
 
 

@@ -65,6 +65,14 @@ class Runtime:
         del dropped
         gc.collect()
 
+    def stop_requests(self) -> None:
+        """A stop signal: each held resource that can (an HTTP backend) cancels what it has in
+        flight and sends nothing more. Takes no lock, so a signal handler may call it."""
+        for _, resource in list(self._held.values()):
+            stop = getattr(resource, "stop_requests", None)
+            if callable(stop):
+                stop()
+
     @contextmanager
     def workers(self, count: int, threads: int | None = None) -> Iterator[None]:
         """While open, `call` runs its function in one of `count` worker processes (none if 1)."""

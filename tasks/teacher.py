@@ -55,9 +55,9 @@ def make_teacher_backend(cfg: TeacherConfig) -> LLMBackend:
 
 
 @contextlib.contextmanager
-def stop_requests_on_signal() -> Iterator[None]:
+def stop_requests_on_signal(runtime: Runtime) -> Iterator[None]:
     """While teacher batches run, SIGTERM and SIGINT first cancel every HTTP request and backoff
-    wait, then do what they did before.
+    wait of the runtime's backends, then do what they did before.
 
     Why: the batches run in worker threads, and a stopped flow joins them before it exits.
     Prefect turns SIGTERM into an exception in the main thread only, so a batch waiting out a
@@ -66,8 +66,6 @@ def stop_requests_on_signal() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    from slim_core.llm.openai_http import stop_all_requests
-
     # An ignored signal stays ignored (`nohup`), and one set outside Python (None) is left alone.
     previous = {
         number: handler
@@ -76,7 +74,7 @@ def stop_requests_on_signal() -> Iterator[None]:
     }
 
     def stop(number: int, frame: object) -> None:
-        stop_all_requests()
+        runtime.stop_requests()
         handler = previous[number]
         if callable(handler):
             handler(number, frame)

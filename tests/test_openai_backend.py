@@ -357,13 +357,13 @@ def test_a_refused_key_stops_the_batch_at_the_first_refusal(server, status):
     assert server.settled_calls() <= 6  # the first few, not all 40
 
 
-def test_stop_all_requests_cancels_backoff_waits_and_sends_nothing_after(server):
+def test_stop_requests_cancels_backoff_waits_and_sends_nothing_after(server):
     """What a stop signal does (the CLI calls it on SIGTERM / SIGINT): a caller blocked while
     its requests back off is released at once, and no request leaves after the stop."""
     import threading
     import time
 
-    from slim_core.llm.openai_http import RequestsStopped, stop_all_requests
+    from slim_core.llm.openai_http import RequestsStopped
 
     server.reset({f"p{n}": ["429:30"] for n in range(4)})
     client = backend(server, max_backoff_s=60.0)
@@ -379,7 +379,7 @@ def test_stop_all_requests_cancels_backoff_waits_and_sends_nothing_after(server)
     thread.start()
     calls = server.settled_calls()  # 6 first requests; 4 of them now wait 30 s to retry
     assert calls == 6
-    stop_all_requests()
+    client.stop_requests()  # what the flow's runtime does on SIGTERM / SIGINT
     thread.join(timeout=5)
     assert not thread.is_alive()
     assert isinstance(outcome[0], RequestsStopped)

@@ -244,11 +244,12 @@ def test_the_stop_handler_leaves_an_ignored_signal_ignored():
     """Under `nohup` (SIGINT ignored) a Ctrl-C must not stop the requests of a running stage."""
     import signal
 
+    from slim_core.runtime import Runtime
     from tasks.teacher import stop_requests_on_signal
 
     before = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        with stop_requests_on_signal():
+        with stop_requests_on_signal(Runtime()):
             assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
             assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_IGN, signal.SIG_DFL)
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN

@@ -6,9 +6,9 @@ connections are retried with exponential backoff and jitter, honouring `Retry-Af
 retried (they will not get better); 401 and 403 stop the whole batch with `AuthenticationError`,
 since every other prompt would be refused too. The API key is read from the environment at call
 time (or handed over by the caller, e.g. from a Prefect Secret block) and never logged, stored
-or put in an error message, even when an endpoint echoes it in a reply. `stop_all_requests()`
-(the CLI calls it on SIGTERM and SIGINT) cancels every request and backoff wait in the process
-at once, so nothing is sent, and billed, after a stop. HTTP(S)_PROXY / NO_PROXY from the
+or put in an error message, even when an endpoint echoes it in a reply. `stop_requests()` (the
+flow's runtime calls it on SIGTERM and SIGINT) cancels every request and backoff wait at once,
+so nothing is sent, and billed, after a stop. HTTP(S)_PROXY / NO_PROXY from the
 environment are honoured.
 
 The requests go through `max_concurrency` `httpx.AsyncClient`s of one kept-alive connection
@@ -56,15 +56,7 @@ class AuthenticationError(ConfigError):
 
 
 class RequestsStopped(RuntimeError):
-    """`stop_all_requests()` was called (a stop signal): no request is sent any more."""
-
-
-def stop_all_requests() -> None:
-    """Cancel every request in flight and every backoff wait of every backend in this process,
-    and refuse new ones. Answers already handed to a caller are its to write (the teacher
-    writes them on the way out). Safe to call from a signal handler."""
-    for runner in list(_RUNNERS):
-        runner.stop()
+    """`stop_requests()` was called (a stop signal): no request is sent any more."""
 
 
 @dataclass
@@ -189,6 +181,14 @@ class OpenAICompatibleBackend:
         finally:
             future.cancel()  # no-op when done; otherwise the requests in flight stop
             runner.futures.discard(future)
+
+    def stop_requests(self) -> None:
+        """Cancel every request in flight and every backoff wait, and refuse new ones. Answers
+        already handed to a caller are its to write (the teacher writes them on the way out).
+        Safe to call from a signal handler (it takes no lock)."""
+        runner = self._runner
+        if runner is not None:
+            runner.stop()
 
     def close(self) -> None:
         """Close the connections and stop the loop thread (a later `generate` starts anew)."""
@@ -315,7 +315,6 @@ class _LoopRunner:
             target=self.loop.run_forever, name="slim-openai-http", daemon=True
         )
         self.thread.start()
-        _RUNNERS.add(self)
 
     def stop(self) -> None:
         """Refuse new calls and cancel the running ones (thread-safe: `Future.cancel` hands the
@@ -342,9 +341,6 @@ class _LoopRunner:
         clients, self.clients, self.idle = self.clients, [], None
         for client in clients:
             await client.aclose()
-
-
-_RUNNERS: weakref.WeakSet[_LoopRunner] = weakref.WeakSet()
 
 
 @functools.cache

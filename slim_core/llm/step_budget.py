@@ -34,19 +34,11 @@ class _Row:
     done: bool = False  # step 3 is over: only the end may follow
 
 
-_BLANK_TOKENS: dict[tuple[str, int], list[int]] = {}
-
-
-def _blank_tokens(tokenizer: Any) -> list[int]:
-    """Ids of the tokens that write only white space (line breaks, spaces); once per tokenizer."""
-    key = (str(getattr(tokenizer, "name_or_path", id(tokenizer))), len(tokenizer))
-    if key not in _BLANK_TOKENS:
-        texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
-        special = set(tokenizer.all_special_ids)
-        _BLANK_TOKENS[key] = [
-            i for i, t in enumerate(texts) if t and not t.strip() and i not in special
-        ]
-    return _BLANK_TOKENS[key]
+def blank_tokens(tokenizer: Any) -> list[int]:
+    """Ids of the tokens that write only white space (line breaks, spaces)."""
+    texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+    special = set(tokenizer.all_special_ids)
+    return [i for i, t in enumerate(texts) if t and not t.strip() and i not in special]
 
 
 class StepBudget:
@@ -61,6 +53,7 @@ class StepBudget:
         step_tokens: int,
         prompt_width: int,
         eos_ids: int | list[int] | None = None,
+        blank: list[int] | None = None,
     ) -> None:
         self.tokenizer = tokenizer
         self.step_tokens = step_tokens
@@ -70,7 +63,8 @@ class StepBudget:
         ids = [eos_ids] if isinstance(eos_ids, int) else list(eos_ids or [])
         first = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
         self.eos = list(dict.fromkeys(first + ids))
-        self.blank = _blank_tokens(tokenizer)
+        # `blank_tokens(tokenizer)`, passed in by a caller that keeps it (it decodes every token)
+        self.blank = blank_tokens(tokenizer) if blank is None else blank
         self.headers = {n: self._header(n) for n in range(1, STEPS + 1)}
         self.rows: list[_Row] = []
 

@@ -83,6 +83,7 @@ class TransformersBackend:
     prefill: str = "auto"
     _model: Any = field(default=None, init=False, repr=False)
     _tokenizer: Any = field(default=None, init=False, repr=False)
+    _blank: list[int] | None = field(default=None, init=False, repr=False)  # for step budgets
 
     def __post_init__(self) -> None:
         self.dtype = resolve_dtype(self.dtype, self.device)
@@ -239,11 +240,15 @@ class TransformersBackend:
             if decoding.step_tokens is not None:
                 from transformers import LogitsProcessorList
 
-                from slim_core.llm.step_budget import StepBudget
+                from slim_core.llm.step_budget import StepBudget, blank_tokens
 
                 width = inputs["input_ids"].shape[1]
                 eos_ids = self._model.generation_config.eos_token_id
-                budget = StepBudget(self._tokenizer, decoding.step_tokens, width, eos_ids)
+                if self._blank is None:  # decoding the whole vocabulary once per model
+                    self._blank = blank_tokens(self._tokenizer)
+                budget = StepBudget(
+                    self._tokenizer, decoding.step_tokens, width, eos_ids, blank=self._blank
+                )
                 processors = LogitsProcessorList([budget])
             with torch.no_grad():
                 cache = (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -22,8 +23,6 @@ from storage import atomic_path
 log = logging.getLogger("slim_core.rec")
 
 Batch = tuple[torch.Tensor, ...]
-
-PROGRESS_BARS = True  # worker processes turn them off (slim_core.rec.workers)
 
 
 def set_seed(seed: int) -> None:
@@ -80,7 +79,8 @@ def fit(
         range(1, cfg.max_epochs + 1),
         desc=description,
         leave=False,
-        disable=None if PROGRESS_BARS else True,
+        # none in a worker process: bars of several processes on one terminal line are noise
+        disable=None if multiprocessing.parent_process() is None else True,
     )
     for epoch in bar:
         epoch_started = time.perf_counter()

@@ -31,10 +31,7 @@ def threads_per_worker(workers: int, threads: int | None) -> int:
 def _start_worker(threads: int, logs: multiprocessing.Queue) -> None:
     import torch
 
-    from slim_core.rec import train
-
     torch.set_num_threads(threads)
-    train.PROGRESS_BARS = False  # bars of several processes on one terminal line are noise
     # Records go to the parent, which logs them as its own (console and Prefect's run log).
     root = logging.getLogger("slim_core")
     root.handlers[:] = [logging.handlers.QueueHandler(logs)]
