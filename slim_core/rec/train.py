@@ -79,8 +79,7 @@ def fit(
         range(1, cfg.max_epochs + 1),
         desc=description,
         leave=False,
-        # none in a worker process: bars of several processes on one terminal line are noise
-        disable=None if multiprocessing.parent_process() is None else True,
+        disable=None if multiprocessing.parent_process() is None else True,  # none in workers
     )
     for epoch in bar:
         epoch_started = time.perf_counter()
