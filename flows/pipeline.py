@@ -38,6 +38,7 @@ from slim_core.rec.pipeline import (
     RecommenderResult,
     needs_item_text,
     needs_user_text,
+    training_plan,
 )
 from slim_core.runtime import Runtime
 from slim_core.stages import Stage
@@ -55,7 +56,6 @@ from tasks.recommend import (
     evaluate_recommenders_task,
     history_control,
     rationale_encoding,
-    training_runs,
 )
 from tasks.report import report_task
 from tasks.stage import stage_call, stage_result
@@ -135,7 +135,7 @@ def _recommenders(
 ) -> RecommenderResult:
     encoded = encode_items(config, data) if needs_item_text(config) else None
     rationales = _with_history_control(config, data, encoded, rationales)
-    runs = training_runs(runtime, config, data, encoded, rationales)
+    runs = training_plan(runtime, config, data, encoded, rationales)
     rec = config.recommender
     # Worker processes here, unless Dask's workers are the processes; every run is submitted at
     # once and waits for a free worker.

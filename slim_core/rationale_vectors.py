@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,11 +72,12 @@ def rationale_vectors_key(
 @dataclass(frozen=True)
 class RationaleEncoding(Stage[RationaleVectors]):
     """One source's rationales -> vectors, every part once per (rationale text, encoder).
-    Inputs: the rationale file's rows and the encoder."""
+    Inputs: the rationale file's rows and the encoder, made by `encoder` when needed (the
+    stage object outlives its run: it must not hold the loaded model, nor the texts)."""
 
     source: str
     rationales: Path
-    encoder: TextEncoder
+    encoder: Callable[[], TextEncoder]
     task_name = "encode-rationales"
     tag = "slim-encode"
 
@@ -87,17 +89,17 @@ class RationaleEncoding(Stage[RationaleVectors]):
     def run_name(self) -> str:
         return f"encode {self.source} rationales"
 
-    @functools.cached_property
     def _rows(self) -> tuple[list[dict[str, Any]], list[dict[str, str | None]]]:
         rows = read_rationales(self.rationales)
         return rows, [part_texts(r) for r in rows]
 
     @functools.cached_property
     def key(self) -> str:
-        return rationale_vectors_key(*self._rows, self.encoder)
+        return rationale_vectors_key(*self._rows(), self.encoder())  # model_id loads nothing
 
     def run(self, folder: StageFolder, hooks: StageHooks) -> None:
-        rows, texts = self._rows
+        rows, texts = self._rows()
+        encoder = self.encoder()
         started = time.perf_counter()
         keys = {
             "user_idx": np.array([r["user_idx"] for r in rows], dtype=np.int64),
@@ -106,13 +108,13 @@ class RationaleEncoding(Stage[RationaleVectors]):
         counts = {}
         for part in PARTS:
             present = [n for n, t in enumerate(texts) if t[part]]
-            encoded = self.encoder.encode(
+            encoded = encoder.encode(
                 [texts[n][part] for n in present], description=f"{self.source} rationales, {part}"
             )
             vectors: list[np.ndarray | None] = [None] * len(rows)
             for row, n in enumerate(present):
                 vectors[n] = encoded[row]
-            write_vectors(folder.file(f"{part}.parquet"), keys, vectors, dim=self.encoder.dim)
+            write_vectors(folder.file(f"{part}.parquet"), keys, vectors, dim=encoder.dim)
             counts[part] = len(present)
         facts = {
             "rationales": len(rows),
@@ -132,4 +134,4 @@ def encode_rationales(
     source: str, rationales: Path, run_folder: RunFolder, encoder: TextEncoder
 ) -> RationaleVectors:
     """Encode every part once per (rationale text, encoder): a rerun reuses the folder."""
-    return run_stage(RationaleEncoding(source, rationales, encoder), run_folder)
+    return run_stage(RationaleEncoding(source, rationales, lambda: encoder), run_folder)

@@ -11,15 +11,17 @@ releases every one of them.
         ...
         runtime.release("teacher")   # the next stage needs the memory
 
-A copy sent to another process (a recommender worker, a Dask worker) arrives as that process's
-own runtime: made there on first use, kept on the process's worker object for its next tasks and
-gone with it.
+A copy sent to another process (a recommender worker, a Dask worker) carries no resource: it
+holds them in that process's own runtime, made on first use and kept on the worker's object
+(Dask's `Worker`, or the worker process) for its next tasks, and gone with it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import multiprocessing
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -99,9 +101,17 @@ class Runtime:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def __reduce__(self) -> tuple[Callable[[], Runtime], tuple]:
+    def __reduce__(self) -> tuple[type, tuple]:
         # Resources never travel between processes: the receiver uses its own runtime.
-        return _runtime_of_this_process, ()
+        return _WorkersRuntime, ()
+
+
+class _WorkersRuntime(Runtime):
+    """A runtime that arrived from another process: what it holds is held by the runtime of
+    the worker it runs in, looked up when used (inside the task, where Dask knows its worker)."""
+
+    def hold(self, role: str, key: str, load: Callable[[], T]) -> T:
+        return _runtime_of_this_worker().hold(role, key, load)
 
 
 def _close(resource: object) -> None:
@@ -110,20 +120,17 @@ def _close(resource: object) -> None:
         close()
 
 
-def _runtime_of_this_process() -> Runtime:
-    """The runtime of the worker process (or Dask worker) that a copy arrived in.
-
-    It lives on the worker's own object (Dask's `Worker`, or the process object of a recommender
-    worker) so that the worker's next tasks reuse what the first one loaded. Anywhere else, for
-    instance when Prefect pickles task parameters to hash them, a fresh empty runtime."""
+def _runtime_of_this_worker() -> Runtime:
+    """The runtime of the Dask worker or worker process running the caller, kept on its object
+    so that its next tasks reuse what this one loads; a fresh one anywhere else."""
     holder: object | None = None
-    try:
+    if "distributed" in sys.modules:  # imported where Dask runs; never imported for this
         from distributed import get_worker
 
-        holder = get_worker()
-    except (ImportError, ValueError):  # not inside a Dask worker
-        if multiprocessing.parent_process() is not None:
-            holder = multiprocessing.current_process()
+        with contextlib.suppress(ValueError):  # ValueError: not inside a Dask task
+            holder = get_worker()
+    if holder is None and multiprocessing.parent_process() is not None:
+        holder = multiprocessing.current_process()
     if holder is None:
         return Runtime()
     runtime = getattr(holder, "slim_runtime", None)

@@ -2,9 +2,10 @@
 
 A stage declares its inputs (the fields of its object), its key (a content hash of those
 inputs, its settings and its code version) and how to compute its folder and read its result
-back. The folder, sealed by its manifest, is the single source of truth: a complete folder is
-reused and never recomputed, and the orchestrator's cache (Prefect's, in `tasks/stage.py`) is
-keyed by the same key and holds nothing but the folder's path.
+back. The folder is the single source of truth: a finished one (sealed by its manifest, or by
+the file a stage writes last) is reused and never recomputed, and the orchestrator's cache
+(Prefect's, in `tasks/stage.py`) is keyed by the same key and holds nothing but the folder's
+path.
 
     result = run_stage(DataStage(config.data), RunFolder(config.run.output_dir))
 """
@@ -25,12 +26,11 @@ R = TypeVar("R")
 
 @dataclass(frozen=True)
 class Artifact:
-    """What a stage shows about its result: markdown, or a table (a list of records)."""
+    """What a stage shows about its result, as markdown."""
 
     key: str
     description: str
-    markdown: str | None = None
-    table: list[dict[str, Any]] | None = None
+    markdown: str
 
 
 @dataclass
@@ -49,6 +49,9 @@ class Stage(Generic[R]):
     task_name: str  # what the orchestrator calls it ("prepare-data", ...)
     tag: str  # the orchestrator's tag for a concurrency limit ("slim-data", ...)
     progress_unit: str | None = None  # what `on_progress` counts, if the stage reports it
+    # Whether the run folder's manifest points at this folder as the stage's current output
+    # once it is done; not for a part of a shared folder, nor a folder with a pointer of its own.
+    recorded: bool = True
 
     @property
     def key(self) -> str:
@@ -84,11 +87,18 @@ class Stage(Generic[R]):
 
 def run_stage(stage: Stage[R], run: RunFolder, hooks: StageHooks | None = None) -> R:
     """The stage's result: its folder reused when done, else computed; the run then points at
-    it as the stage's current output."""
+    it as the stage's current output (`recorded`)."""
     folder = stage.folder(run)
     if stage.is_done(folder):
         log.info("%s: inputs unchanged, reusing %s", stage.run_name, folder.path)
     else:
         stage.run(folder, hooks or StageHooks())
-    run.record_stage(folder)
+    return finished(stage, run)
+
+
+def finished(stage: Stage[R], run: RunFolder) -> R:
+    """The done stage's result, read from its folder, which the run now points at."""
+    folder = stage.folder(run)
+    if stage.recorded:
+        run.record_stage(folder)
     return stage.load(folder)

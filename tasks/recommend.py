@@ -9,6 +9,7 @@ results table, chart and artifacts.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +25,10 @@ from slim_core.rec.pipeline import (
     EncodeResult,
     ItemEncoding,
     RecommenderResult,
-    TrainingRun,
     finish_recommender_stage,
     protocol_note,
-    recommender_stage_folder,
-    run_specs,
-    user_sources,
 )
 from slim_core.rec.report import summary_records
-from slim_core.runtime import Runtime
 from slim_core.student.stage import student_config
 from tasks.report import embed_images
 from tasks.stage import run_stage_task
@@ -45,7 +41,7 @@ def encode_items(config: SlimConfig, data: DataStageResult) -> EncodeResult:
 
 def rationale_encoding(config: SlimConfig, source: str, rationales: Path) -> RationaleEncoding:
     """Rationale text -> vectors per (user, cutoff), full and per step (reused while unchanged)."""
-    return RationaleEncoding(source, rationales, TextEncoder.from_config(config.encoder))
+    return RationaleEncoding(source, rationales, partial(TextEncoder.from_config, config.encoder))
 
 
 def history_control(
@@ -60,20 +56,6 @@ def history_control(
         student_config(config).max_history_items,
     )
     return run_stage_task(stage, config.run.output_dir)
-
-
-def training_runs(
-    runtime: Runtime,
-    config: SlimConfig,
-    data: DataStageResult,
-    encoded: EncodeResult | None,
-    rationales: tuple[RationaleVectors, ...],
-) -> list[TrainingRun]:
-    """One stage per planned run, all in the recommender stage's folder (its key hashed once);
-    each trains in a worker process while the runtime holds `recommender.workers` of them."""
-    key = recommender_stage_folder(config, data, encoded, rationales).key
-    specs = run_specs(config.recommender, list(user_sources(config, rationales)))
-    return [TrainingRun(runtime, config, data, encoded, rationales, spec, key) for spec in specs]
 
 
 @task(name="evaluate-recommenders", tags=["slim-evaluate"])

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from prefect import task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_markdown_artifact
 from prefect.context import TaskRunContext
 
-from slim_core.stages import Stage, StageHooks, run_stage
+from slim_core.stages import Stage, StageHooks, finished, run_stage
 from storage import RunFolder, canonical_hash
 from tasks.progress import CountProgress
 
@@ -25,7 +25,8 @@ R = TypeVar("R")
 def _stage_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
     stage: Stage = parameters["stage"]
     run = canonical_hash(str(parameters["run_root"]), 8)
-    return "-".join(filter(None, ("slim", stage.name, run, stage.key, stage.part)))
+    name = stage.name.replace("/", "-")  # the key names a file in Prefect's result storage
+    return "-".join(filter(None, ("slim", name, run, stage.key, stage.part)))
 
 
 @task(cache_key_fn=_stage_cache_key, persist_result=True)
@@ -38,10 +39,7 @@ def stage_task(stage: Stage, run_root: Path) -> str:
     progress = CountProgress(stage.name, stage.progress_unit) if stage.progress_unit else None
     result = run_stage(stage, RunFolder(run_root), StageHooks(progress, ids))
     for artifact in stage.artifacts(result):
-        if artifact.table is not None:
-            create_table_artifact(artifact.table, artifact.key, artifact.description)
-        else:
-            create_markdown_artifact(artifact.markdown, artifact.key, artifact.description)
+        create_markdown_artifact(artifact.markdown, artifact.key, artifact.description)
     return str(stage.folder(RunFolder(run_root)).path)
 
 
@@ -59,9 +57,7 @@ def stage_call(stage: Stage[R], output_dir: Path):
 def stage_result(stage: Stage[R], output_dir: Path) -> R:
     """After its task: the stage's result, read from its folder, which the run now points at
     (a cached task did not run to say so)."""
-    run = RunFolder(output_dir)
-    run.record_stage(stage.folder(run))
-    return stage.load(stage.folder(run))
+    return finished(stage, RunFolder(output_dir))
 
 
 def run_stage_task(stage: Stage[R], output_dir: Path) -> R:

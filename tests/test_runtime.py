@@ -75,3 +75,19 @@ def test_workers_keep_their_own_resources_between_calls_and_stop_with_the_contex
         by_worker.setdefault(pid, set()).add(stamp)
     assert os.getpid() not in by_worker
     assert all(len(stamps) == 1 for stamps in by_worker.values())  # loaded once per worker
+
+
+def test_a_dask_worker_keeps_what_its_tasks_load():
+    """A runtime sent to a Dask worker holds its resources in that worker's runtime, so the
+    worker's next task reuses them (a local model loads once per worker, not per batch)."""
+    from distributed import Client, LocalCluster
+
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=1, processes=True) as cluster,
+        Client(cluster) as client,
+        Runtime() as runtime,
+    ):
+        first, second = client.gather(
+            [client.submit(stamp_of_this_worker, runtime, pure=False) for _ in range(2)]
+        )
+    assert first[0] != os.getpid() and first == second

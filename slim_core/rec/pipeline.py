@@ -210,6 +210,7 @@ class TrainingRun(Stage[list[dict[str, Any]]]):
     name = "recommenders"
     task_name = "train-recommender"
     tag = "slim-train"
+    recorded = False  # the evaluation points the run at the folder, once every run is in it
 
     @property
     def key(self) -> str:
@@ -228,8 +229,8 @@ class TrainingRun(Stage[list[dict[str, Any]]]):
 
     def is_done(self, folder: StageFolder) -> bool:
         # Backbones leave a checkpoint; popularity and text matching only need the negatives.
-        trained = self.spec.model in ("popularity", "text_matching")
-        needed = "negatives.parquet" if trained else f"checkpoints/{self.spec.name}.pt"
+        untrained = self.spec.model in ("popularity", "text_matching")
+        needed = "negatives.parquet" if untrained else f"checkpoints/{self.spec.name}.pt"
         return self._rows(folder).is_file() and folder.file(needed).is_file()
 
     def run(self, folder: StageFolder, hooks: StageHooks) -> None:
@@ -250,6 +251,20 @@ class TrainingRun(Stage[list[dict[str, Any]]]):
 
     def load(self, folder: StageFolder) -> list[dict[str, Any]]:
         return json.loads(self._rows(folder).read_text(encoding="utf-8"))
+
+
+def training_plan(
+    runtime: Runtime,
+    config: SlimConfig,
+    data: DataStageResult,
+    encoded: EncodeResult | None,
+    rationales: tuple[RationaleVectors, ...],
+) -> list[TrainingRun]:
+    """One stage per planned run, all in the recommender stage's folder (its key hashed once);
+    each trains in a worker process while the runtime holds `recommender.workers` of them."""
+    key = recommender_stage_folder(config, data, encoded, rationales).key
+    specs = run_specs(config.recommender, list(user_sources(config, rationales)))
+    return [TrainingRun(runtime, config, data, encoded, rationales, spec, key) for spec in specs]
 
 
 def protocol_note(config: SlimConfig) -> str:
@@ -343,6 +358,7 @@ __all__ = [
     "run_specs",
     "train_run",
     "TrainingRun",
+    "training_plan",
     "finish_recommender_stage",
     "load_recommender_result",
     "needs_item_text",

@@ -150,6 +150,7 @@ class StudentFineTuning(Stage[StudentModel]):
     name = "student/sft"
     task_name = "student-finetune"
     tag = "slim-student"
+    recorded = False  # its pointer is student/current.json (what regeneration reuses)
 
     @functools.cached_property
     def _plan(self) -> tuple[list, Path, str | None]:
