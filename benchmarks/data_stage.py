@@ -110,7 +110,13 @@ def generate_log(path: Path, n: int, seed: int) -> dict:
 # The two implementations (each runs in a child process)
 
 
-def run_duckdb(input_path: Path, out: Path, threads: int | None, memory_limit: str | None) -> Path:
+def run_duckdb(
+    input_path: Path,
+    out: Path,
+    threads: int | None,
+    memory_limit: str | None,
+    temp_directory: Path | None = None,
+) -> Path:
     """The project's data stage, called the way the pipeline calls it."""
     from slim_core.config import config_from_dict
     from slim_core.data.stage import run_data_stage
@@ -128,6 +134,7 @@ def run_duckdb(input_path: Path, out: Path, threads: int | None, memory_limit: s
         "dedup": "first",
         "duckdb_threads": threads,
         "duckdb_memory_limit": memory_limit,
+        "duckdb_temp_directory": None if temp_directory is None else str(temp_directory),
     }
     config = config_from_dict({"run": {"output_dir": str(out)}, "data": data})
     folder = RunFolder(out).stage("data", "bench")

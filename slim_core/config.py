@@ -216,6 +216,12 @@ class DataConfig(_Strict):
         pattern=r"(?i)^\s*\d+(\.\d+)?\s*(%|b|bytes|[kmgt]i?b?)\s*$",
         description="DuckDB memory limit, e.g. '1GB', '512MiB', '8G' or '80%'.",
     )
+    duckdb_temp_directory: Path | None = Field(
+        None,
+        description="Where DuckDB spills what does not fit in duckdb_memory_limit (default: "
+        "DuckDB's own, a .tmp folder in the working directory). A large log on a small machine "
+        "needs room here: a disk with free space of about the log's size a few times over.",
+    )
 
 
 class EncoderConfig(_Strict):

@@ -36,7 +36,7 @@ DATA_STAGE_VERSION = 1
 ARTIFACTS = ("interactions", "items", "sequences")
 # Settings that change speed, not output: left out of the cache key.
 # Settings that do not change the stage's output (domain: only the prompts read it).
-NON_OUTPUT_SETTINGS = {"duckdb_threads", "duckdb_memory_limit", "domain"}
+NON_OUTPUT_SETTINGS = {"duckdb_threads", "duckdb_memory_limit", "duckdb_temp_directory", "domain"}
 
 
 @dataclass(frozen=True)
@@ -90,6 +90,8 @@ def _connect(cfg: DataConfig) -> duckdb.DuckDBPyConnection:
         con.execute("SET threads = ?", [int(cfg.duckdb_threads)])
     if cfg.duckdb_memory_limit:
         con.execute("SET memory_limit = ?", [cfg.duckdb_memory_limit])
+    if cfg.duckdb_temp_directory:
+        con.execute("SET temp_directory = ?", [str(cfg.duckdb_temp_directory)])
     return con
 
 
