@@ -23,8 +23,9 @@ import os
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
+
+from harness import write_results  # benchmarks/harness.py
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -92,20 +93,17 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     name = Path(args.config).stem
     result = RESULTS / ("distillation.json" if name == "demo" else f"distillation_{name}.json")
-    result.write_text(
-        json.dumps(
-            {
-                "created": datetime.now(UTC).isoformat(timespec="seconds"),
-                "settings": vars(args),
-                "seconds": round(seconds, 1),
-                "teacher": {k: teacher[k] for k in ("prompts", "answered", "model")},
-                "training": {k: v for k, v in training.items() if k != "losses"},
-                "quality": quality,
-                "improves_all": verdict,
-                "kept_at_maximum": held,
-            },
-            indent=2,
-        )
+    write_results(
+        result,
+        {
+            "settings": vars(args),
+            "seconds": round(seconds, 1),
+            "teacher": {k: teacher[k] for k in ("prompts", "answered", "model")},
+            "training": {k: v for k, v in training.items() if k != "losses"},
+            "quality": quality,
+            "improves_all": verdict,
+            "kept_at_maximum": held,
+        },
     )
 
 

@@ -17,11 +17,11 @@ Writes `benchmarks/results/prefect_overhead.json`.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
-from datetime import UTC, datetime
 from pathlib import Path
+
+from harness import write_results  # benchmarks/harness.py
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -68,21 +68,17 @@ def main() -> None:
     print(f"| demo: start-up + {args.demo_tasks} tasks | {demo_overhead:.1f} s |")
     print(f"| share of a {args.demo_seconds:.0f} s demo run | {100 * share:.2f}% |")
     print(("PASS" if share < 0.05 else "FAIL") + ": Prefect overhead under 5% of a demo run")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "prefect_overhead.json").write_text(
-        json.dumps(
-            {
-                "created": datetime.now(UTC).isoformat(timespec="seconds"),
-                "settings": vars(args),
-                "startup_s": startup,
-                "flow_s": with_prefect,
-                "plain_s": plain,
-                "per_task_s": per_task,
-                "demo_overhead_s": demo_overhead,
-                "share": share,
-            },
-            indent=2,
-        )
+    write_results(
+        RESULTS / "prefect_overhead.json",
+        {
+            "settings": vars(args),
+            "startup_s": startup,
+            "flow_s": with_prefect,
+            "plain_s": plain,
+            "per_task_s": per_task,
+            "demo_overhead_s": demo_overhead,
+            "share": share,
+        },
     )
 
 

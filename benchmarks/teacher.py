@@ -29,15 +29,14 @@ Writes `benchmarks/results/teacher.json` and prints the tables.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
+
+from harness import write_results  # benchmarks/harness.py
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -248,12 +247,6 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / ("teacher.json" if not args.skip_local else "teacher_http.json")
     payload = {
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {
-            "nproc": len(os.sched_getaffinity(0)),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
         "latencies_s": args.latency,
         "rounds": args.rounds,
         "server": args.server,
@@ -261,8 +254,7 @@ def main() -> None:
         "local": local,
         "verdicts": verdicts,
     }
-    out.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-    print(f"\nwrote {out.relative_to(ROOT)}")
+    write_results(out, payload)
 
 
 if __name__ == "__main__":
