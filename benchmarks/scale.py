@@ -225,22 +225,12 @@ def child_negatives(args: argparse.Namespace) -> dict:
 
 
 def _sasrec(n_items: int, cfg):
-    """An untrained SASRec as `slim_core.rec.stage.build_model` makes it (id variant)."""
-    from slim_core.rec.models import SASRec
+    """An untrained SASRec as the recommender stage builds it (the id variant reads no inputs)."""
+    from slim_core.rec.stage import build_model
     from slim_core.rec.train import set_seed
 
     set_seed(0)
-    return SASRec(
-        n_items,
-        cfg.dim,
-        max_len=cfg.max_len,
-        layers=cfg.layers,
-        heads=cfg.heads,
-        inner_dim=cfg.inner_dim,
-        dropout=cfg.dropout,
-        loss=cfg.loss,
-        bce_negatives=cfg.bce_negatives,
-    )
+    return build_model("sasrec", "id", n_items, cfg, inputs=None)
 
 
 def child_evaluation(args: argparse.Namespace) -> dict:
