@@ -49,9 +49,6 @@ class Stage(Generic[R]):
     task_name: str  # what the orchestrator calls it ("prepare-data", ...)
     tag: str  # the orchestrator's tag for a concurrency limit ("slim-data", ...)
     progress_unit: str | None = None  # what `on_progress` counts, if the stage reports it
-    # Whether the run folder's manifest points at this folder as the stage's current output
-    # once it is done; not for a part of a shared folder, nor a folder with a pointer of its own.
-    recorded: bool = True
 
     @property
     def key(self) -> str:
@@ -81,24 +78,33 @@ class Stage(Generic[R]):
         """The result, read from the finished folder."""
         raise NotImplementedError
 
-    def artifacts(self, result: R) -> list[Artifact]:
+    def record(self, run: RunFolder, folder: StageFolder) -> None:
+        """Point the run at the done folder as the stage's current output."""
+        run.record_stage(folder)
+
+    def artifacts(self, folder: StageFolder) -> list[Artifact]:
+        """What the orchestrator shows about the folder the stage just computed."""
         return []
 
 
-def run_stage(stage: Stage[R], run: RunFolder, hooks: StageHooks | None = None) -> R:
-    """The stage's result: its folder reused when done, else computed; the run then points at
-    it as the stage's current output (`recorded`)."""
+def compute(stage: Stage, run: RunFolder, hooks: StageHooks | None = None) -> StageFolder:
+    """The stage's folder: reused when done, else computed."""
     folder = stage.folder(run)
     if stage.is_done(folder):
         log.info("%s: inputs unchanged, reusing %s", stage.run_name, folder.path)
     else:
         stage.run(folder, hooks or StageHooks())
+    return folder
+
+
+def run_stage(stage: Stage[R], run: RunFolder, hooks: StageHooks | None = None) -> R:
+    """The stage's result, its folder reused or computed; the run then points at it."""
+    compute(stage, run, hooks)
     return finished(stage, run)
 
 
 def finished(stage: Stage[R], run: RunFolder) -> R:
     """The done stage's result, read from its folder, which the run now points at."""
     folder = stage.folder(run)
-    if stage.recorded:
-        run.record_stage(folder)
+    stage.record(run, folder)
     return stage.load(folder)

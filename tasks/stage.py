@@ -15,7 +15,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.context import TaskRunContext
 
-from slim_core.stages import Stage, StageHooks, finished, run_stage
+from slim_core.stages import Stage, StageHooks, compute, finished
 from storage import RunFolder, canonical_hash
 from tasks.progress import CountProgress
 
@@ -37,10 +37,10 @@ def stage_task(stage: Stage, run_root: Path) -> str:
     if context is not None:  # for the records a worker process logs meanwhile
         ids = {"flow_run_id": context.task_run.flow_run_id, "task_run_id": context.task_run.id}
     progress = CountProgress(stage.name, stage.progress_unit) if stage.progress_unit else None
-    result = run_stage(stage, RunFolder(run_root), StageHooks(progress, ids))
-    for artifact in stage.artifacts(result):
+    folder = compute(stage, RunFolder(run_root), StageHooks(progress, ids))
+    for artifact in stage.artifacts(folder):
         create_markdown_artifact(artifact.markdown, artifact.key, artifact.description)
-    return str(stage.folder(RunFolder(run_root)).path)
+    return str(folder.path)
 
 
 def stage_call(stage: Stage[R], output_dir: Path):

@@ -155,13 +155,14 @@ class DataStage(Stage[DataStageResult]):
     def load(self, folder: StageFolder) -> DataStageResult:
         return DataStageResult(folder.path, folder.key, _read_json(folder.file("stats.json")))
 
-    def artifacts(self, result: DataStageResult) -> list[Artifact]:
-        rows = "\n".join(f"| {label} | {value} |" for label, value in summary_rows(result.stats))
+    def artifacts(self, folder: StageFolder) -> list[Artifact]:
+        stats = _read_json(folder.file("stats.json"))
+        rows = "\n".join(f"| {label} | {value} |" for label, value in summary_rows(stats))
         return [
             Artifact(
                 "data-summary",
                 "Users, items, interactions and sequence lengths after filtering",
-                markdown=f"# Data stage\n\nFolder: `{result.folder}`\n\n| | |\n|---|---|\n{rows}\n",
+                markdown=f"# Data stage\n\nFolder: `{folder.path}`\n\n| | |\n|---|---|\n{rows}\n",
             )
         ]
 

@@ -210,7 +210,6 @@ class TrainingRun(Stage[list[dict[str, Any]]]):
     name = "recommenders"
     task_name = "train-recommender"
     tag = "slim-train"
-    recorded = False  # the evaluation points the run at the folder, once every run is in it
 
     @property
     def key(self) -> str:
@@ -251,6 +250,9 @@ class TrainingRun(Stage[list[dict[str, Any]]]):
 
     def load(self, folder: StageFolder) -> list[dict[str, Any]]:
         return json.loads(self._rows(folder).read_text(encoding="utf-8"))
+
+    def record(self, run: RunFolder, folder: StageFolder) -> None:
+        pass  # the evaluation points the run at the folder, once every run is in it
 
 
 def training_plan(

@@ -150,7 +150,6 @@ class StudentFineTuning(Stage[StudentModel]):
     name = "student/sft"
     task_name = "student-finetune"
     tag = "slim-student"
-    recorded = False  # its pointer is student/current.json (what regeneration reuses)
 
     @functools.cached_property
     def _plan(self) -> tuple[list, Path, str | None]:
@@ -201,23 +200,22 @@ class StudentFineTuning(Stage[StudentModel]):
         write_json_atomic(folder.file("quality.json"), quality | {"scored_with": self.scoring})
 
     def load(self, folder: StageFolder) -> StudentModel:
-        base = self._plan[1]
         quality = _read_quality(folder.path)
-        model = StudentModel(
-            folder.path, folder.file("merged"), folder.file("adapter"), base, quality
-        )
-        # the student that regeneration reuses
-        pointer = student_folder(self.config) / "current.json"
-        write_json_atomic(pointer, {"folder": str(folder.path), "base": str(base)})
-        return model
+        merged, adapter = folder.file("merged"), folder.file("adapter")
+        return StudentModel(folder.path, merged, adapter, self._plan[1], quality)
 
-    def artifacts(self, result: StudentModel) -> list[Artifact]:
-        quality = quality_markdown(result.quality)
+    def record(self, run: RunFolder, folder: StageFolder) -> None:
+        # its pointer of its own: student/current.json, the student that regeneration reuses
+        pointer = student_folder(self.config) / "current.json"
+        write_json_atomic(pointer, {"folder": str(folder.path), "base": str(self._plan[1])})
+
+    def artifacts(self, folder: StageFolder) -> list[Artifact]:
+        quality = quality_markdown(_read_quality(folder.path))
         return [
             Artifact(
                 "student-quality",
                 "Three-step share, ROUGE-L and embedding cosine against the teacher",
-                markdown=f"# Student quality\n\n{quality}\n\nFolder: `{result.folder}`\n",
+                markdown=f"# Student quality\n\n{quality}\n\nFolder: `{folder.path}`\n",
             )
         ]
 
