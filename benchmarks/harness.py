@@ -23,19 +23,27 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULT_FILE = "SLIM_BENCH_RESULT"  # where a child writes its result (set by `run_child`)
 
 
+def memory_mb(pid: int | str = "self") -> tuple[float, float]:
+    """(VmRSS, VmHWM) of a process in MB (2^20 bytes), from /proc; zeros once it is gone."""
+    values = {"VmRSS:": 0.0, "VmHWM:": 0.0}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            name, *rest = line.split()
+            if name in values:
+                values[name] = int(rest[0]) / 1024
+    except (OSError, IndexError, ValueError):
+        pass
+    return values["VmRSS:"], values["VmHWM:"]
+
+
 def peak_rss_mb() -> float:
     """This process's peak RSS in MB (2^20 bytes).
 
     Linux's VmHWM, not `ru_maxrss`: a child's `ru_maxrss` starts from the parent's peak at
     fork/exec, so it would report the parent's memory (a generated log) as the child's.
     """
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    peak = memory_mb()[1]
+    return peak or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def report_to_parent(result: dict) -> None:

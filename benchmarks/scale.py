@@ -53,7 +53,14 @@ import time
 from itertools import islice
 from pathlib import Path
 
-from harness import machine_info, markdown_table, merge_rows, peak_rss_mb, report_to_parent
+from harness import (
+    machine_info,
+    markdown_table,
+    memory_mb,
+    merge_rows,
+    peak_rss_mb,
+    report_to_parent,
+)
 from harness import run_child as harness_run_child
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -354,19 +361,6 @@ def _children_of_this_process() -> list[int]:
     return pids
 
 
-def _memory_mb(pid: int) -> tuple[float, float]:
-    """(VmRSS, VmHWM) of a process in MB; zeros once it is gone."""
-    values = {"VmRSS:": 0.0, "VmHWM:": 0.0}
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            name, *rest = line.split()
-            if name in values:
-                values[name] = int(rest[0]) / 1024
-    except (OSError, IndexError, ValueError):
-        pass
-    return values["VmRSS:"], values["VmHWM:"]
-
-
 class MemoryCap(threading.Thread):
     """Kills a child of this process whose RSS passes `cap_mb`; that child ran out of memory.
 
@@ -382,7 +376,7 @@ class MemoryCap(threading.Thread):
     def run(self) -> None:
         while not self.done.wait(0.2):
             for pid in _children_of_this_process():
-                rss, high = _memory_mb(pid)
+                rss, high = memory_mb(pid)
                 self.peak_mb = max(self.peak_mb, high)
                 if rss > self.cap_mb:
                     self.killed = True
