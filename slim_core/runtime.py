@@ -39,7 +39,8 @@ class Runtime:
 
     def __init__(self) -> None:
         self._held: dict[str, tuple[str, Any]] = {}
-        self._lock = threading.Lock()  # teacher batches in two threads share one backend
+        # teacher batches in two threads share one backend; `hold` calls `release` under it
+        self._lock = threading.RLock()
         self._pool: ProcessPoolExecutor | None = None
 
     def hold(self, role: str, key: str, load: Callable[[], T]) -> T:
@@ -49,11 +50,8 @@ class Runtime:
             held = self._held.get(role)
             if held is not None and held[0] == key:
                 return held[1]
-            if held is not None:
-                del self._held[role]
-                _close(held[1])
-                del held
-                gc.collect()
+            del held  # nothing here may keep the old resource alive while the new one loads
+            self.release(role)
             resource = load()
             self._held[role] = (key, resource)
             return resource
