@@ -45,7 +45,7 @@ from slim_core.stages import Stage
 from slim_core.student.inference import StudentInferenceResult, student_prompts
 from slim_core.student.sft import check_trainer_settings
 from slim_core.student.stage import StudentModel, current_student, student_config
-from slim_core.teacher.run import TeacherReport
+from slim_core.teacher.run import Batch, TeacherReport
 from slim_core.teacher.stage import answer_cache, prompt_keys, teacher_config, teacher_prompts
 from storage import RunFolder, code_version, remove_stale_temp_files
 from tasks.data import run_prepare_data
@@ -59,11 +59,17 @@ from tasks.recommend import (
 )
 from tasks.report import report_task
 from tasks.stage import stage_call, stage_result
-from tasks.student import finetune_student_task, student_rationales_task, student_shard_task
+from tasks.student import (
+    finetune_student_task,
+    student_rationales_task,
+    student_shard_call,
+    student_shards,
+)
 from tasks.teacher import (
     backend_for,
     stop_requests_on_signal,
-    teacher_batch_task,
+    teacher_batch_call,
+    teacher_batches,
     teacher_rationales_task,
 )
 
@@ -285,7 +291,7 @@ def _ask_batches(
     prompts: list[Prompt],
     replay_failed: bool,
 ) -> TeacherReport:
-    batches = [prompts[s : s + cfg.batch_size] for s in range(0, len(prompts), cfg.batch_size)]
+    batches = teacher_batches(runtime, config, prompts, replay_failed)
     progress = StageProgress("teacher", len(batches), "batches")
     if cfg.budget_usd is not None:
         return _within_budget(runtime, config, cfg.budget_usd, batches, replay_failed, progress)
@@ -293,14 +299,14 @@ def _ask_batches(
     # HTTP batches write their answers in halves (below): a kill loses at most half of each.
     write_every = max(1, -(-cfg.batch_size // 2)) if http else None
     calls = [
-        (teacher_batch_task, (runtime, config, batch, number, None, replay_failed, write_every))
+        (
+            teacher_batch_call(config, batch),
+            (runtime, config, batch.prompts, number, None, replay_failed, write_every),
+        )
         for number, batch in enumerate(batches, start=1)
     ]
     if not http:
-        report = TeacherReport()
-        for part in _each(config, calls, progress=progress):
-            report = report.add(part)
-        return report
+        return _reports(batches, _each(config, calls, progress=progress))
     # HTTP batches two at a time, in order: one batch alone ends waiting for its slowest
     # requests while the other connections idle; with the next batch running, its requests
     # take those connections (both share the backend's concurrency bound). Each batch starts
@@ -310,18 +316,27 @@ def _ask_batches(
         for task, args in calls:
             parameters = get_call_parameters(task.fn, args, {})
             futures.append(runner.submit(task, parameters, wait_for=futures[-2:-1]))
-        report = TeacherReport()
+        parts = []
         for future in futures:
-            report = report.add(future.result())
+            parts.append(future.result())
             progress.advance()
-        return report
+        return _reports(batches, parts)
+
+
+def _reports(batches: list[Batch], parts: list[TeacherReport]) -> TeacherReport:
+    """The run's report: a done batch counts as cached (its task may have returned the report
+    of the run that paid for it)."""
+    report = TeacherReport()
+    for batch, part in zip(batches, parts, strict=True):
+        report = report.add(batch.cached_report() if batch.done else part)
+    return report
 
 
 def _within_budget(
     runtime: Runtime,
     config: SlimConfig,
     budget_usd: float,
-    batches: list[list[Prompt]],
+    batches: list[Batch],
     replay_failed: bool,
     progress: StageProgress,
 ) -> TeacherReport:
@@ -329,9 +344,9 @@ def _within_budget(
     the cache's ledger (every run's spend, this one's too)."""
     report = TeacherReport()
     for number, batch in enumerate(batches, start=1):
-        report = report.add(
-            teacher_batch_task(runtime, config, batch, number, budget_usd, replay_failed)
-        )
+        args = (runtime, config, batch.prompts, number, budget_usd, replay_failed)
+        part = teacher_batch_call(config, batch)(*args)
+        report = report.add(_reports([batch], [part]))
         progress.advance()
         if report.stopped_by_budget:
             break
@@ -375,22 +390,15 @@ def _student_inference(
     runtime: Runtime, config: SlimConfig, data: DataStageResult, model: StudentModel
 ) -> StudentInferenceResult:
     """One task per shard of `shard_users` users; each writes its answers when it finishes."""
-    cfg = student_config(config)
-    split_prompts = student_prompts(cfg, data, config.data.domain)
-    per_shard = cfg.shard_users * len(cfg.cutoffs)
-    shards = [
-        [prompt for _, prompt in split_prompts[start : start + per_shard]]
-        for start in range(0, len(split_prompts), per_shard)
-    ]
+    split_prompts = student_prompts(student_config(config), data, config.data.domain)
+    shards = student_shards(runtime, config, model, [prompt for _, prompt in split_prompts])
     calls = [
-        (student_shard_task, (runtime, config, model, shard, n))
+        (student_shard_call(config, shard), (runtime, config, model, shard.prompts, n))
         for n, shard in enumerate(shards, 1)
     ]
-    report = TeacherReport()
     try:
         progress = StageProgress("student", len(calls), "shards")
-        for part in _each(config, calls, progress=progress):
-            report = report.add(part)
+        report = _reports(shards, _each(config, calls, progress=progress))
         return student_rationales_task(runtime, config, model, split_prompts, report)
     finally:
         runtime.release("student")  # the recommenders need the memory

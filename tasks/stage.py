@@ -1,6 +1,7 @@
 """One Prefect task runs any content-keyed stage (`slim_core.stages.Stage`).
 
-Its cache key is the stage's own key, and its cached result is nothing but the stage folder's
+Its cache key is the stage's own key (`cached_call`, which keys the teacher's batches and
+the student's shards too), and its cached result is nothing but the stage folder's
 path: the folder stays the single source of truth. A folder that is missing or incomplete makes
 the task refresh its cache instead of trusting it, so a deleted folder is computed again. The
 stage's artifacts are published by the run that computed it, once.
@@ -9,9 +10,9 @@ stage's artifacts are published by the run that computed it, once.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
-from prefect import task
+from prefect import Task, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.context import TaskRunContext
 
@@ -22,14 +23,17 @@ from tasks.progress import CountProgress
 R = TypeVar("R")
 
 
-def _stage_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
-    stage: Stage = parameters["stage"]
-    run = canonical_hash(str(parameters["run_root"]), 8)
-    name = stage.name.replace("/", "-")  # the key names a file in Prefect's result storage
-    return "-".join(filter(None, ("slim", name, run, stage.key, stage.part)))
+def cached_call(task: Task, run_root: Path, name: str, key: str, done: bool) -> Task:
+    """`task` cached under its content `key` within one run folder: its result persisted, a
+    rerun shown Cached; recomputed (cache refreshed) when its work is not `done` on disk."""
+    run = canonical_hash(str(run_root), 8)
+    cache_key = "-".join(("slim", name.replace("/", "-"), run, key))  # names a results file
+    return task.with_options(
+        cache_key_fn=lambda *_: cache_key, persist_result=True, refresh_cache=not done
+    )
 
 
-@task(cache_key_fn=_stage_cache_key, persist_result=True)
+@task
 def stage_task(stage: Stage, run_root: Path) -> str:
     """Compute (or reuse) the stage's folder and publish what it shows; returns the folder."""
     context = TaskRunContext.get()
@@ -43,15 +47,16 @@ def stage_task(stage: Stage, run_root: Path) -> str:
     return str(folder.path)
 
 
-def stage_call(stage: Stage[R], output_dir: Path):
-    """The stage's task, named for it, told to refresh when its folder is not done; call it
-    with `(stage, run_root)`, or `.submit` it."""
+def stage_call(stage: Stage[R], output_dir: Path) -> Task:
+    """The stage's task, named for it, cached under the stage's key and told to refresh when
+    its folder is not done; call it with `(stage, run_root)`, or `.submit` it."""
+    run_root = RunFolder(output_dir).root
     done = stage.is_done(stage.folder(RunFolder(output_dir)))
     # Prefect names the run `<task>-<random words>` unless the stage names it
     named = {"task_run_name": stage.run_name} if stage.run_name != stage.task_name else {}
-    return stage_task.with_options(
-        name=stage.task_name, tags=[stage.tag], refresh_cache=not done, **named
-    )
+    key = "-".join(filter(None, (stage.key, stage.part)))
+    named_task = stage_task.with_options(name=stage.task_name, tags=[stage.tag], **named)
+    return cached_call(named_task, run_root, stage.name, key, done)
 
 
 def stage_result(stage: Stage[R], output_dir: Path) -> R:

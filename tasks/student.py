@@ -2,14 +2,15 @@
 
 Fine-tuning is a stage (content key: teacher pairs, settings, base model hash): a rerun with
 nothing changed finds `quality.json` and shows Cached. Inference shards
-write their answers as they finish, so a retried or rerun flow generates only what is missing.
+write their answers as they finish, so a retried or rerun flow generates only what is missing,
+and a shard with nothing missing shows Cached.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import task
+from prefect import Task, task
 from prefect.artifacts import create_markdown_artifact
 
 from slim_core.config import SlimConfig
@@ -19,6 +20,7 @@ from slim_core.prompts import Prompt
 from slim_core.runtime import Runtime
 from slim_core.student.inference import (
     StudentInferenceResult,
+    decoding,
     generate_rationales,
     write_student_rationales,
 )
@@ -29,8 +31,10 @@ from slim_core.student.stage import (
     student_config,
     student_folder,
 )
-from slim_core.teacher.run import TeacherReport
-from tasks.stage import run_stage_task
+from slim_core.teacher.cache import AnswerCache
+from slim_core.teacher.run import Batch, TeacherReport, batches
+from storage import RunFolder
+from tasks.stage import cached_call, run_stage_task
 
 
 def student_backend(runtime: Runtime, config: SlimConfig, model: StudentModel) -> LLMBackend:
@@ -50,6 +54,24 @@ def finetune_student_task(
     with nothing changed); publishes the before/after quality table."""
     stage = StudentFineTuning(config, data, Path(teacher_rationales))
     return run_stage_task(stage, config.run.output_dir)
+
+
+def student_shards(
+    runtime: Runtime, config: SlimConfig, model: StudentModel, prompts: list[Prompt]
+) -> list[Batch]:
+    """The prompts in shards of `shard_users` users, each done when every prompt has an answer
+    (or a failure) on disk."""
+    cfg = student_config(config)
+    model_id = student_backend(runtime, config, model).model_id  # no load for the id
+    cache = AnswerCache(student_folder(config) / "generations")
+    size = cfg.shard_users * len(cfg.cutoffs)
+    return batches(prompts, size, model_id, cache, decoding(cfg), skip_failed=True)
+
+
+def student_shard_call(config: SlimConfig, shard: Batch) -> Task:
+    """The shard's task, shown Cached when every prompt in it is done on disk."""
+    root = RunFolder(config.run.output_dir).root
+    return cached_call(student_shard_task, root, "student-shard", shard.key, shard.done)
 
 
 @task(

@@ -2,9 +2,10 @@
 
 Batch tasks retry with exponential backoff (a whole batch failing means the endpoint is down;
 single-call faults are already retried inside the backend), but never for a configuration
-error (a missing or refused API key) or a stop signal, which a retry cannot mend; they carry the `slim-teacher` tag, so
-`prefect concurrency-limit create slim-teacher 4` caps how many run at once. Answers are cached
-per prompt on disk, so a retried or replayed batch pays only for what is still unanswered.
+error (a missing or refused API key) or a stop signal, which a retry cannot mend; they carry
+the `slim-teacher` tag, so `prefect concurrency-limit create slim-teacher 4` caps how many run
+at once. Answers are cached per prompt on disk, so a retried or replayed batch pays only for
+what is still unanswered, and a batch whose every prompt is done shows Cached.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import signal
 import threading
 from collections.abc import Iterator
 
-from prefect import task
+from prefect import Task, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.states import State
 from prefect.tasks import exponential_backoff
@@ -25,7 +26,7 @@ from slim_core.errors import ConfigError, SlimError
 from slim_core.llm.base import LLMBackend
 from slim_core.prompts import Prompt
 from slim_core.runtime import Runtime
-from slim_core.teacher.run import TeacherReport, ask_teacher
+from slim_core.teacher.run import Batch, TeacherReport, ask_teacher, batches
 from slim_core.teacher.stage import (
     TeacherStageResult,
     answer_cache,
@@ -36,6 +37,8 @@ from slim_core.teacher.stage import (
     teacher_config,
     write_teacher_rationales,
 )
+from storage import RunFolder
+from tasks.stage import cached_call
 
 
 def make_teacher_backend(cfg: TeacherConfig) -> LLMBackend:
@@ -107,6 +110,23 @@ def backend_for(runtime: Runtime, config: SlimConfig) -> LLMBackend:
     it when the stage is done: the stages after it need the memory."""
     cfg = teacher_config(config)
     return runtime.hold("teacher", cfg.model_dump_json(), lambda: make_teacher_backend(cfg))
+
+
+def teacher_batches(
+    runtime: Runtime, config: SlimConfig, prompts: list[Prompt], replay_failed: bool
+) -> list[Batch]:
+    """The prompts in batches of teacher.batch_size, each keyed by its prompts' answer keys and
+    done when each is answered (or, unless replaying, failed for good)."""
+    cfg = teacher_config(config)
+    model_id = backend_for(runtime, config).model_id  # a local model's id needs no load
+    cache = answer_cache(config)
+    return batches(prompts, cfg.batch_size, model_id, cache, decoding(cfg), not replay_failed)
+
+
+def teacher_batch_call(config: SlimConfig, batch: Batch) -> Task:
+    """The batch's task, shown Cached when every prompt in it is done on disk."""
+    root = RunFolder(config.run.output_dir).root
+    return cached_call(teacher_batch_task, root, "teacher-batch", batch.key, batch.done)
 
 
 @task(

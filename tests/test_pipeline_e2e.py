@@ -186,6 +186,10 @@ def test_whole_pipeline_then_cached_rerun(tmp_path, fake_openai, monkeypatch):
     assert states["prepare-data"] == {"Cached"} and states["train"] == {"Cached"}
     # the student's fine-tuning and the rationale encodings are stages too: Cached, not re-run
     assert states["student-finetune"] == {"Cached"}
+    # and so are the LLM's batches: every prompt in them is answered (or failed) on disk
+    for kind in ("teacher batch", "student shard"):
+        batches = [state for name, state in states.items() if name.startswith(kind)]
+        assert batches and set().union(*batches) == {"Cached"}, kind
     assert states["encode student rationales"] == states["encode-items"] == {"Cached"}
 
     # A recommender setting changes: the recommenders train again, nothing before them does.

@@ -142,6 +142,11 @@ class AnswerCache:
         """Keys with at least one recorded failure (answered later or not)."""
         return self._keys(self.failures)
 
+    def done_keys(self, failed_too: bool) -> set[str]:
+        """Keys a run need not ask: the answered ones, and with `failed_too` the failed ones
+        (a normal run leaves dead letters to `retry-failed`)."""
+        return self.answered_keys() | (self.failed_keys() if failed_too else set())
+
     def read_answers(self) -> list[dict[str, Any]]:
         """One row per key (the first answer written wins)."""
         return self._read(self.answers, "created_at")

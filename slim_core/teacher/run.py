@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from slim_core.llm.base import Decoding, Generation, GenerationFailure, LLMBackend
 from slim_core.prompts import Prompt, parse_rationale
 from slim_core.teacher.cache import AnswerCache, prompt_key
+from storage import canonical_hash
 
 log = logging.getLogger("slim_core.teacher")
 
@@ -81,6 +82,39 @@ class TeacherReport:
             f"p{q}": ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
             for q in (50, 90, 99)
         }
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Prompts asked in one task: their content key (a hash of their answer keys) and whether
+    every one is already done on disk, which makes the task a cache hit."""
+
+    prompts: list[Prompt]
+    key: str
+    done: bool
+
+    def cached_report(self) -> TeacherReport:
+        """What asking a done batch again reports: every prompt cached, nothing paid."""
+        return TeacherReport(requested=len(self.prompts), cached=len(self.prompts))
+
+
+def batches(
+    prompts: Sequence[Prompt],
+    size: int,
+    model_id: str,
+    cache: AnswerCache,
+    decoding: Decoding,
+    skip_failed: bool,
+) -> list[Batch]:
+    """`prompts` in batches of `size`, each keyed and checked against one read of the cache."""
+    done = cache.done_keys(failed_too=skip_failed)
+    params = decoding.as_dict()
+    result = []
+    for start in range(0, len(prompts), size):
+        part = list(prompts[start : start + size])
+        keys = [prompt_key(model_id, prompt, params) for prompt in part]
+        result.append(Batch(part, canonical_hash(keys, 16), all(k in done for k in keys)))
+    return result
 
 
 def estimated_tokens(text: str) -> int:
@@ -145,9 +179,7 @@ def ask_teacher(
     """
     report = TeacherReport(requested=len(prompts))
     charges = _Charges(report, prices, decoding.max_tokens)
-    done = cache.answered_keys()
-    if skip_failed:
-        done |= cache.failed_keys()
+    done = cache.done_keys(failed_too=skip_failed)
     todo = []
     params = decoding.as_dict()
     for prompt in prompts:
