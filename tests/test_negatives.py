@@ -27,6 +27,32 @@ def test_negatives_are_free_distinct_items():
         assert not set(row.tolist()) & set(items)
 
 
+def test_many_users_across_blocks_draw_uniform_free_items(monkeypatch):
+    """Users drawn a block at a time, vectorised: still free, distinct and uniform."""
+    import slim_core.rec.negatives as negatives_module
+
+    monkeypatch.setattr(negatives_module, "BLOCK_USERS", 64)  # several blocks, a ragged last
+    rng = np.random.default_rng(0)
+    n_items, n = 400, 20
+    sequences = [
+        rng.choice(np.arange(1, n_items + 1), rng.integers(3, 60), replace=False)
+        for _ in range(1000)
+    ]
+    sequences[5] = np.arange(1, n_items - 30)  # 31 free items < 4n: drawn from the explicit list
+    drawn = sample_negatives(sequences, n_items, n=n, seed=1)
+    for items, row in zip(sequences, drawn, strict=True):
+        assert len(np.unique(row)) == n and not np.isin(row, items).any()
+        assert row.min() >= 1 and row.max() <= n_items
+    # uniform: item i is expected sum(n / free_u) times over the users u who never touched it
+    touched = np.zeros((len(sequences), n_items + 1), dtype=bool)
+    for row, items in enumerate(sequences):
+        touched[row, items] = True
+    share = n / (n_items - touched[:, 1:].sum(1))
+    expected = (~touched[:, 1:] * share[:, None]).sum(0)
+    counts = np.bincount(drawn.ravel(), minlength=n_items + 1)[1:]
+    assert np.abs(counts - expected).max() < 5 * np.sqrt(expected.max())
+
+
 def test_exact_fit_takes_every_free_item():
     # 10 items, user touched 1..6: exactly the 4 free items 7..10 remain
     row = sample_negatives([[1, 2, 3, 4, 5, 6]], 10, n=4, seed=0)[0]

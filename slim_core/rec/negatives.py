@@ -27,19 +27,71 @@ SCHEMA = pa.schema(
 )
 
 
-def _sample_row(rng: np.random.Generator, seen: np.ndarray, n_items: int, n: int) -> np.ndarray:
-    """`n` distinct items from 1..n_items not in `seen` (sorted, unique, no 0), in random order."""
-    free = n_items - len(seen)
-    if free < 4 * n:  # few free items: draw from the explicit list
-        return rng.choice(np.setdiff1d(np.arange(1, n_items + 1), seen), n, replace=False)
-    picked = np.empty(0, dtype=np.int64)
-    while len(picked) < n:  # rejection sampling in blocks; accepts > 3/4 of draws here
-        draw = rng.integers(1, n_items + 1, size=2 * (n - len(picked)))
-        draw = draw[~np.isin(draw, seen)]
-        picked = np.concatenate([picked, draw])
-        _, first = np.unique(picked, return_index=True)  # drop repeats, keep draw order
-        picked = picked[np.sort(first)]
-    return picked[:n]
+BLOCK_USERS = 16_384  # users drawn together: ~100 MB of candidates at n = 100
+
+
+def _explicit_row(rng: np.random.Generator, seen: np.ndarray, n_items: int, n: int) -> np.ndarray:
+    """`n` distinct items of 1..n_items not in `seen`, from the explicit list of free items."""
+    return rng.choice(np.setdiff1d(np.arange(1, n_items + 1), seen), n, replace=False)
+
+
+def _sample_block(
+    rng: np.random.Generator, rows: Sequence[Sequence[int]], n_items: int, n: int, first: int
+) -> np.ndarray:
+    """Negatives [len(rows), n] for one block of users, drawn for all of them at once.
+
+    Candidates are drawn uniformly, 1.5n per row a round; those the user touched or already drew
+    are rejected with one sorted search of (row, item) keys; each row keeps its first n fresh
+    ones in draw order. Why not a loop per user: 3M users took minutes in Python
+    (benchmarks/scale.py). A row with fewer than 4n free items would need many rounds: it draws
+    from its explicit list of free items instead.
+    """
+    lengths = np.fromiter((len(items) for items in rows), dtype=np.int64, count=len(rows))
+    flat = np.concatenate([np.asarray(items, dtype=np.int64) for items in rows] or [np.empty(0)])
+    flat = flat.astype(np.int64, copy=False)
+    owner = np.repeat(np.arange(len(rows)), lengths)
+    bad = (flat < 0) | (flat > n_items)
+    if bad.any():
+        raise ValueError(f"user row {first + owner[bad][0]}: item ids must be within 0..{n_items}")
+    stride = n_items + 1
+    seen = _sorted_unique(owner[flat != 0] * stride + flat[flat != 0])
+    free = n_items - np.bincount(seen // stride, minlength=len(rows))
+    if (free < n).any():
+        row = int(np.flatnonzero(free < n)[0])
+        raise ValueError(
+            f"user row {first + row}: only {free[row]} of {n_items} items untouched, {n} "
+            "negatives needed; lower evaluation.sampled_negatives for a catalogue this small"
+        )
+    out = np.zeros((len(rows), n), dtype=np.int32)
+    count = np.zeros(len(rows), dtype=np.int64)
+    for row in np.flatnonzero(free < 4 * n):
+        out[row] = _explicit_row(rng, seen[seen // stride == row] % stride, n_items, n)
+        count[row] = n
+    width = n + n // 2  # most rows finish in one round: few touched items, few repeats
+    while (pending := np.flatnonzero(count < n)).size:
+        draw = rng.integers(1, n_items + 1, size=(len(pending), width))
+        keys = (pending[:, None] * stride + draw).ravel()
+        fresh = np.flatnonzero(~_contains(seen, keys))
+        _, first_seen = np.unique(keys[fresh], return_index=True)  # a repeat counts once
+        fresh = np.sort(fresh[first_seen])  # back in draw order, row by row
+        at = pending[fresh // width]
+        rank = np.arange(len(fresh)) - np.searchsorted(at, at)  # position within its row
+        take = count[at] + rank < n
+        out[at[take], (count[at] + rank)[take]] = draw.ravel()[fresh[take]]
+        np.add.at(count, at[take], 1)
+        seen = np.sort(np.concatenate([seen, keys[fresh[take]]]))  # new keys: none seen before
+    return out
+
+
+def _sorted_unique(keys: np.ndarray) -> np.ndarray:
+    """np.unique by sorting: numpy 2's hashing `unique` took 4x longer on these int64 keys."""
+    keys = np.sort(keys)
+    return keys[np.r_[True, keys[1:] != keys[:-1]]] if len(keys) else keys
+
+
+def _contains(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    at = np.minimum(np.searchsorted(sorted_keys, keys), max(len(sorted_keys) - 1, 0))
+    return sorted_keys[at] == keys if len(sorted_keys) else np.zeros(len(keys), dtype=bool)
 
 
 def sample_negatives(
@@ -52,18 +104,9 @@ def sample_negatives(
     """
     rng = np.random.default_rng(seed)
     out = np.empty((len(sequences), n), dtype=np.int32)
-    for row, items in enumerate(sequences):
-        seen = np.unique(np.asarray(items, dtype=np.int64))
-        if len(seen) and (seen[0] < 0 or seen[-1] > n_items):
-            raise ValueError(f"user row {row}: item ids must be within 0..{n_items}")
-        seen = seen[seen != 0]
-        free = n_items - len(seen)
-        if free < n:
-            raise ValueError(
-                f"user row {row}: only {free} of {n_items} items untouched, {n} negatives needed;"
-                " lower evaluation.sampled_negatives for a catalogue this small"
-            )
-        out[row] = _sample_row(rng, seen, n_items, n)
+    for start in range(0, len(sequences), BLOCK_USERS):
+        rows = sequences[start : start + BLOCK_USERS]
+        out[start : start + len(rows)] = _sample_block(rng, rows, n_items, n, start)
     return out
 
 
