@@ -242,7 +242,7 @@ def _sasrec(n_items: int, cfg):
 
 def child_evaluation(args: argparse.Namespace) -> dict:
     """Full ranking of the test targets on the first `--eval-users` users, scaled to all."""
-    from slim_core.config import RecommenderConfig
+    from slim_core.config import EvalConfig, RecommenderConfig
     from slim_core.rec.data import EvalInputs, eval_inputs, load_sequence_data
     from slim_core.rec.stage import _sequential_scorer
     from slim_core.rec.train import rank_targets
@@ -261,7 +261,10 @@ def child_evaluation(args: argparse.Namespace) -> dict:
         inputs.full_histories[:users],
     )
     ready = time.perf_counter()
-    rank_targets(_sequential_scorer(model, part, None), part, exclude_history=True)
+    batch = EvalConfig().users_per_batch(data.n_items)  # the default score_memory_mb
+    rank_targets(
+        _sequential_scorer(model, part, None), part, exclude_history=True, batch_size=batch
+    )
     measured = time.perf_counter() - ready
     return {
         "seconds": measured * data.n_users / users,

@@ -372,6 +372,21 @@ class EvalConfig(_Strict):
         True, description="Full ranking: drop the user's earlier items from the candidates."
     )
     negative_seed: int = Field(2024, description="Seed of the saved negative samples.")
+    score_memory_mb: int = Field(
+        512,
+        ge=1,
+        description="Memory for one batch of full-ranking scores: users are scored this many "
+        "MB at a time (8 bytes per user and item: 67 users at 1M items), never all at once. "
+        "Changes no metric.",
+    )
+
+    def result_settings(self) -> dict[str, Any]:
+        """The settings that change results (stage keys hash these): not the memory bound."""
+        return self.model_dump(mode="json", exclude={"score_memory_mb"})
+
+    def users_per_batch(self, n_items: int) -> int:
+        """Users scored at once under `score_memory_mb` (scores, candidate mask, comparison)."""
+        return max(1, self.score_memory_mb * 2**20 // (8 * (n_items + 1)))
 
 
 def uses_item_vectors(cfg: RecommenderConfig) -> bool:

@@ -15,7 +15,7 @@ from slim_core.rec.data import (
 )
 from slim_core.rec.report import markdown_table, ndcg_bar_chart
 from slim_core.rec.stage import load_inputs, load_negatives, run_recommenders
-from slim_core.rec.train import window_batches
+from slim_core.rec.train import rank_targets, window_batches
 from slim_core.vectors import write_vectors
 from tests.helpers import csv, run_stage
 
@@ -273,6 +273,32 @@ def test_negatives_are_drawn_once_and_reused(cyclic_data, tmp_path):
         assert not set(first["test"][row]) & set(seq.tolist())
     with pytest.raises(DataError, match="negatives"):
         load_negatives(data, EvalConfig(sampled_negatives=20), path)
+
+
+def test_ranks_do_not_depend_on_how_many_users_are_scored_at_once(cyclic_data):
+    """Full ranking is scored a batch of users at a time, the batch sized by
+    evaluation.score_memory_mb: every batching gives the same ranks, under both protocols."""
+    data = load_sequence_data(cyclic_data.folder)
+    test = eval_inputs(data, "test", max_len=4)
+    scores = torch.randn(data.n_users, data.n_items + 1, generator=torch.Generator().manual_seed(0))
+    negatives = load_negatives(data, EvalConfig(sampled_negatives=5), cyclic_data.folder / "n.pq")
+
+    def ranks(batch: int) -> dict[str, torch.Tensor]:
+        return rank_targets(
+            lambda part: scores[part],
+            test,
+            exclude_history=True,
+            negatives=negatives["test"],
+            batch_size=batch,
+        )
+
+    whole = ranks(data.n_users)
+    for batch in (1, 7):
+        assert all(torch.equal(whole[protocol], ranks(batch)[protocol]) for protocol in whole)
+    assert EvalConfig().users_per_batch(1_000_000) == 67  # 512 MiB at 8 bytes a score
+    assert EvalConfig(score_memory_mb=1).users_per_batch(10**7) == 1
+    # a memory bound changes no result: it is not part of any stage key
+    assert EvalConfig(score_memory_mb=64).result_settings() == EvalConfig().result_settings()
 
 
 def test_empty_and_unknown_inputs(tmp_path):

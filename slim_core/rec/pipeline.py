@@ -152,7 +152,7 @@ def recommender_stage_folder(
             "recommender": config.recommender.model_dump(
                 mode="json", exclude={"user_vectors", "threads", "workers", "device"}
             ),
-            "evaluation": config.evaluation.model_dump(mode="json"),
+            "evaluation": config.evaluation.result_settings(),
         }
     )
     return RunFolder(config.run.output_dir).stage("recommenders", key)
@@ -315,7 +315,7 @@ def finish_recommender_stage(
         folder.file("settings.json"),
         {
             "recommender": config.recommender.model_dump(mode="json"),
-            "evaluation": config.evaluation.model_dump(mode="json"),
+            "evaluation": config.evaluation.result_settings(),
         },
     )
     folder.write_manifest(

@@ -81,7 +81,7 @@ class StageInputs:
 def load_negatives(data: SequenceData, cfg: EvalConfig, path: Path) -> dict[str, np.ndarray]:
     """The sampled protocol's negatives: drawn once (fixed seed) and saved, then always reused."""
     if not path.exists():
-        drawn = {
+        stored = {
             split: (
                 data.user_idx,
                 sample_negatives(
@@ -90,8 +90,9 @@ def load_negatives(data: SequenceData, cfg: EvalConfig, path: Path) -> dict[str,
             )
             for n, split in enumerate(SPLITS)
         }
-        write_negatives(path, drawn)
-    stored = read_negatives(path)
+        write_negatives(path, stored)  # kept, not read back: a copy of 1.2 GB at 3M users
+    else:
+        stored = read_negatives(path)
     out = {}
     for split in SPLITS:
         users, negatives = stored[split]
@@ -317,9 +318,19 @@ def _evaluate_splits(
             getattr(inputs, split),
             exclude_history=ev.exclude_history,
             negatives=inputs.negatives[split],
+            batch_size=ev.users_per_batch(inputs.data.n_items),
         )
         for split in SPLITS
     }
+
+
+def _validation_ndcg(score, inputs: StageInputs, ev: EvalConfig) -> float:
+    """Full-ranking NDCG@10 on the validation split (early stopping, tuning)."""
+    batch = ev.users_per_batch(inputs.data.n_items)
+    ranks = evaluate(
+        score, inputs.valid, ks=[10], exclude_history=ev.exclude_history, batch_size=batch
+    )
+    return ranks["full"]["ndcg@10"]
 
 
 def train_sequential(
@@ -369,9 +380,7 @@ def fit_sequential(
 
     def validate() -> float:
         scorer = _sequential_scorer(model, inputs.valid, users)
-        return evaluate(scorer, inputs.valid, ks=[10], exclude_history=ev.exclude_history)["full"][
-            "ndcg@10"
-        ]
+        return _validation_ndcg(scorer, inputs, ev)
 
     result = fit(
         model,
@@ -432,9 +441,7 @@ def train_text_matching(
 
     def validate() -> float:
         scorer = _matching_scorer(model, inputs.valid, users)
-        return evaluate(scorer, inputs.valid, ks=[10], exclude_history=ev.exclude_history)["full"][
-            "ndcg@10"
-        ]
+        return _validation_ndcg(scorer, inputs, ev)
 
     result = fit(model, batches, validate, cfg, seed, description=f"text_matching/{source}/{seed}")
     scores = _evaluate_splits(

@@ -75,7 +75,7 @@ def tune_study(config: SlimConfig, data_key: str, item_vectors_key: str | None) 
             "data": data_key,
             "item_vectors": item_vectors_key if tune.variant == "item_text" else None,
             "recommender": fixed,
-            "evaluation": config.evaluation.model_dump(mode="json"),
+            "evaluation": config.evaluation.result_settings(),
             "tune": tune.model_dump(mode="json", exclude={"trials"}),
         }
     )
