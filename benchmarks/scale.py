@@ -289,9 +289,9 @@ def child_epoch(args: argparse.Namespace) -> dict:
     cfg = RecommenderConfig(device="cpu")
     started = time.perf_counter()
     data = load_sequence_data(args.data)
-    windows = training_windows(data, cfg.max_len)  # every window in memory, as fit_sequential
+    windows = training_windows(data, cfg.max_len)  # gathered a batch at a time, as in training
     model = _sasrec(data.n_items, cfg)
-    batches = window_batches(windows.inputs, windows.targets, cfg.batch_size)
+    batches = window_batches(windows, cfg.batch_size)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     ready = time.perf_counter()
     rng = np.random.default_rng(0)

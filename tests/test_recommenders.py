@@ -8,6 +8,7 @@ from pydantic import ValidationError
 from slim_core.config import EvalConfig, RecommenderConfig
 from slim_core.errors import DataError
 from slim_core.rec.data import (
+    SequenceData,
     eval_inputs,
     load_sequence_data,
     training_prefixes,
@@ -407,16 +408,21 @@ def test_gru4rec_keeps_full_windows_so_no_score_depends_on_the_batch(cyclic_data
         alone = score(slice(1, 2))
     assert torch.allclose(together[1:2, 1:], alone[:, 1:], atol=1e-6)
     windows = training_windows(data, max_len=10)
-    batches = window_batches(windows.inputs, windows.targets, 4, cut_padding=False)
+    batches = window_batches(windows, 4, cut_padding=False)
     assert all(seq.shape[1] == 10 for seq, _ in batches(np.random.default_rng(0)))
 
 
 def test_trimmed_batches_keep_every_item_and_target():
     from slim_core.rec.train import trimmed_start
 
-    inputs = np.array([[0, 0, 0, 1, 2], [0, 0, 3, 4, 5], [0, 0, 0, 0, 6]])
-    targets = np.array([[0, 0, 0, 2, 7], [0, 0, 4, 5, 8], [0, 0, 0, 0, 9]])
-    ((seq, tgt),) = list(window_batches(inputs, targets, 8)(np.random.default_rng(0)))
+    # train parts [1, 2, 7], [3, 4, 5, 8], [6, 9] (then a valid and a test item each): rows
+    # [0, 0, 0, 1, 2] -> [0, 0, 0, 2, 7], [0, 0, 3, 4, 5] -> [0, 0, 4, 5, 8], [0, 0, 0, 0, 6] -> 9
+    sequences = [np.array(s + [10, 11]) for s in ([1, 2, 7], [3, 4, 5, 8], [6, 9])]
+    data = SequenceData(n_items=11, user_idx=np.arange(3), sequences=sequences)
+    windows = training_windows(data, max_len=5)
+    assert windows.inputs.tolist() == [[0, 0, 0, 1, 2], [0, 0, 3, 4, 5], [0, 0, 0, 0, 6]]
+    assert windows.targets.tolist() == [[0, 0, 0, 2, 7], [0, 0, 4, 5, 8], [0, 0, 0, 0, 9]]
+    ((seq, tgt),) = list(window_batches(windows, 8)(np.random.default_rng(0)))
     assert seq.shape == (3, 3) and int((seq > 0).sum()) == 6 and int((tgt > 0).sum()) == 6
     assert trimmed_start(torch.zeros(2, 4, dtype=torch.long)) == 3  # all padding: keep a column
 

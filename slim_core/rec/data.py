@@ -13,6 +13,7 @@ number of interactions before it: the key of the user-side text vector used to p
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import duckdb
@@ -28,10 +29,24 @@ class SequenceData:
     n_items: int
     user_idx: np.ndarray  # [U] int64
     sequences: list[np.ndarray]  # full chronological sequence per user (train + valid + test)
+    flat_items: np.ndarray | None = None  # the sequences end to end, when they are views of it
 
     @property
     def n_users(self) -> int:
         return len(self.sequences)
+
+    @cached_property
+    def lengths(self) -> np.ndarray:
+        return np.fromiter(map(len, self.sequences), dtype=np.int64, count=self.n_users)
+
+    @cached_property
+    def layout(self) -> tuple[np.ndarray, np.ndarray]:
+        """(items, offsets): every sequence end to end, user u's at offsets[u]:offsets[u + 1]
+        (`flat_items` where the loader kept them so, else a copy)."""
+        offsets = np.r_[0, np.cumsum(self.lengths)]
+        if self.flat_items is not None:
+            return self.flat_items, offsets
+        return np.concatenate([np.asarray(s, dtype=np.int64) for s in self.sequences]), offsets
 
     def train_part(self, u: int) -> np.ndarray:
         return self.sequences[u][:-2]
@@ -88,78 +103,90 @@ def load_sequence_data(data_folder: Path) -> SequenceData:
         n_items=n_items,
         user_idx=users[starts],
         sequences=np.split(flat, starts[1:]),  # views of one array
+        flat_items=flat,
     )
 
 
 @dataclass(frozen=True)
 class TrainingWindows:
-    """Left-padded windows: inputs[w, j] predicts targets[w, j] (0 = no target there)."""
+    """Training rows, each held as (user, end) and gathered a batch at a time by `rows`.
 
+    Row r reads the `max_len` positions before `ends[r]` of its user's sequence, left-padded:
+    inputs[j] predicts targets[j], the item after it (0 = no target there); with `last_only`
+    only the last column has a target (one row per prefix). Why not every row as padded arrays:
+    three int64 [W, max_len] arrays cost 1.2 KB a row, 4.8 GB at 50M interactions
+    (benchmarks/scale.py); this costs 16 bytes a row beside the sequences' own 8 an item.
+    """
+
+    items: np.ndarray  # every sequence end to end (SequenceData.layout)
+    offsets: np.ndarray  # [U + 1]: user u's items are items[offsets[u]:offsets[u + 1]]
     users: np.ndarray  # [W] row index into SequenceData (0..U-1)
-    inputs: np.ndarray  # [W, L]
-    targets: np.ndarray  # [W, L]
-    cutoffs: np.ndarray  # [W, L] cutoff of each target (-1 where no target)
+    ends: np.ndarray  # [W] position of the row's last target in its user's sequence
+    max_len: int
+    last_only: bool = False
 
     def __len__(self) -> int:
         return len(self.users)
 
+    def rows(self, pick: np.ndarray | slice) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(inputs, targets, cutoffs) [len(pick), max_len] of the picked rows; a cutoff is the
+        target's position in its user's sequence (-1 where no target)."""
+        ends = self.ends[pick][:, None]
+        positions = ends - self.max_len + np.arange(self.max_len)  # of each column's input
+        filled = positions >= 0
+        at = self.offsets[self.users[pick]][:, None] + np.maximum(positions, 0)
+        inputs = np.where(filled, self.items[at], 0)
+        has_target = filled & (positions == ends - 1) if self.last_only else filled
+        targets = np.where(has_target, self.items[at + has_target], 0)
+        return inputs, targets, np.where(has_target, positions + 1, -1)
+
+    # Every row at once: for small data and tests; training gathers batches with `rows`.
+    @property
+    def inputs(self) -> np.ndarray:
+        return self.rows(slice(None))[0]
+
+    @property
+    def targets(self) -> np.ndarray:
+        return self.rows(slice(None))[1]
+
+    @property
+    def cutoffs(self) -> np.ndarray:
+        return self.rows(slice(None))[2]
+
+
+def _rows_per_user(data: SequenceData, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(user of each row, its rank within the user's rows) for `counts[u]` rows per user."""
+    users = np.repeat(np.arange(data.n_users), counts)
+    first = np.repeat(np.cumsum(counts) - counts, counts)
+    return users, np.arange(len(users)) - first
+
+
+def _no_pairs() -> DataError:
+    return DataError(
+        "no training pairs: every user has a single training item; use more interactions "
+        "per user (data.k_core_users)"
+    )
+
 
 def training_windows(data: SequenceData, max_len: int) -> TrainingWindows:
-    """Windows of at most `max_len` (input, next item) pairs over each user's training part."""
-    users, inputs, targets, cutoffs = [], [], [], []
-    for u in range(data.n_users):
-        train = data.train_part(u)
-        # Pair j: input train[j] -> target train[j + 1], whose cutoff is j + 1.
-        for end in range(len(train) - 1, 0, -max_len):
-            start = max(0, end - max_len)
-            x, y = train[start:end], train[start + 1 : end + 1]
-            pad = max_len - len(x)
-            users.append(u)
-            inputs.append(np.pad(x, (pad, 0)))
-            targets.append(np.pad(y, (pad, 0)))
-            cutoffs.append(np.pad(np.arange(start + 1, end + 1), (pad, 0), constant_values=-1))
-    if not users:
-        raise DataError(
-            "no training pairs: every user has a single training item; use more interactions "
-            "per user (data.k_core_users)"
-        )
-    return TrainingWindows(
-        users=np.asarray(users, dtype=np.int64),
-        inputs=np.stack(inputs),
-        targets=np.stack(targets),
-        cutoffs=np.stack(cutoffs),
-    )
+    """Windows of at most `max_len` (input, next item) pairs over each user's training part,
+    cut from its newest end: (input train[j] -> target train[j + 1], cutoff j + 1)."""
+    pairs = np.maximum(data.lengths - 3, 0)  # the train part is all but the last two items
+    users, rank = _rows_per_user(data, -(-pairs // max_len))
+    if not len(users):
+        raise _no_pairs()
+    ends = pairs[users] - max_len * rank  # the newest window first, as SASRec's original
+    return TrainingWindows(*data.layout, users, ends, max_len)
 
 
 def training_prefixes(data: SequenceData, max_len: int) -> TrainingWindows:
     """Every prefix of each user's training part as its own row: its newest `max_len` items,
     left-padded, with the next item as the only target (in the last column). For models with
     one state per history (SRGNN); RecBole trains every sequential model this way."""
-    users, inputs, cutoffs = [], [], []
-    for u in range(data.n_users):
-        train = data.train_part(u)
-        if len(train) < 2:
-            continue
-        padded = np.concatenate([np.zeros(max_len, dtype=np.int64), train])
-        # Row j - 1 holds the max_len items before train[j], for j = 1 .. len(train) - 1.
-        windows = np.lib.stride_tricks.sliding_window_view(padded, max_len)[1 : len(train)]
-        users.append(np.full(len(windows), u, dtype=np.int64))
-        inputs.append(windows)
-        cutoffs.append(np.arange(1, len(train), dtype=np.int64))
-    if not users:
-        raise DataError(
-            "no training pairs: every user has a single training item; use more interactions "
-            "per user (data.k_core_users)"
-        )
-    inputs_all, cutoffs_all = np.concatenate(inputs), np.concatenate(cutoffs)
-    users_all = np.concatenate(users)
-    targets = np.zeros_like(inputs_all)
-    targets[:, -1] = [data.sequences[u][c] for u, c in zip(users_all, cutoffs_all, strict=True)]
-    last_cutoffs = np.full_like(inputs_all, -1)
-    last_cutoffs[:, -1] = cutoffs_all
-    return TrainingWindows(
-        users=users_all, inputs=inputs_all, targets=targets, cutoffs=last_cutoffs
-    )
+    users, rank = _rows_per_user(data, np.maximum(data.lengths - 3, 0))
+    if not len(users):
+        raise _no_pairs()
+    return TrainingWindows(*data.layout, users, rank + 1, max_len, last_only=True)
 
 
 @dataclass(frozen=True)

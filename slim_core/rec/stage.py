@@ -371,12 +371,8 @@ def fit_sequential(
     make_rows = training_windows if model.every_position else training_prefixes
     windows = make_rows(data, cfg.max_len)
     # Each training target sees the latest rationale written before it (as of its cutoff).
-    user_rows = None if users is None else users.lookup(windows.users[:, None], windows.cutoffs)
-    matrix = None if users is None else torch.as_tensor(users.matrix)
     batch_size = cfg.batch_size if model.every_position else cfg.prefix_batch_size
-    batches = window_batches(
-        windows.inputs, windows.targets, batch_size, user_rows, matrix, model.cuts_padding
-    )
+    batches = window_batches(windows, batch_size, users, model.cuts_padding)
 
     def validate() -> float:
         scorer = _sequential_scorer(model, inputs.valid, users)

@@ -16,7 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from slim_core.config import RecommenderConfig
-from slim_core.rec.data import EvalInputs
+from slim_core.rec.data import EvalInputs, TrainingWindows, UserVectorIndex
 from slim_core.rec.metrics import full_ranks, metrics_from_ranks, sampled_ranks
 from storage import atomic_path
 
@@ -152,28 +152,29 @@ def _train_epoch(
 
 
 def window_batches(
-    inputs: np.ndarray,
-    targets: np.ndarray,
+    windows: TrainingWindows,
     batch_size: int,
-    user_rows: np.ndarray | None = None,
-    user_matrix: torch.Tensor | None = None,
+    users: UserVectorIndex | None = None,
     cut_padding: bool = True,
 ) -> Callable[[np.random.Generator], Iterator[Batch]]:
-    """Shuffled (item_seq, targets[, user_text]) batches of training windows, cut to their
-    longest history unless `cut_padding` is off."""
-    inputs_t, targets_t = torch.as_tensor(inputs), torch.as_tensor(targets)
-    rows_t = None if user_rows is None else torch.as_tensor(user_rows)
+    """Shuffled (item_seq, targets[, user_text]) batches of training rows, gathered a batch at a
+    time and cut to their longest history unless `cut_padding` is off. With `users`, each
+    target reads its user's latest text vector as of its cutoff."""
+    matrix = None if users is None else torch.as_tensor(users.matrix)
 
     def batches(rng: np.random.Generator) -> Iterator[Batch]:
-        order = torch.as_tensor(rng.permutation(len(inputs_t)))
+        order = rng.permutation(len(windows))
         for start in range(0, len(order), batch_size):
             pick = order[start : start + batch_size]
-            start_column = trimmed_start(inputs_t[pick]) if cut_padding else 0
-            seq, tgt = inputs_t[pick, start_column:], targets_t[pick, start_column:]
-            if rows_t is None:
+            inputs, targets, cutoffs = windows.rows(pick)
+            seq, tgt = torch.as_tensor(inputs), torch.as_tensor(targets)
+            start_column = trimmed_start(seq) if cut_padding else 0
+            seq, tgt = seq[:, start_column:], tgt[:, start_column:]
+            if users is None:
                 yield seq, tgt
             else:
-                yield seq, tgt, user_matrix[rows_t[pick, start_column:]]
+                rows = users.lookup(windows.users[pick][:, None], cutoffs[:, start_column:])
+                yield seq, tgt, matrix[torch.as_tensor(rows)]
 
     return batches
 
