@@ -451,9 +451,10 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-if __name__ == "__main__":
+def main() -> None:
     arguments = parse_args()
-    if arguments.run:
-        child_main(arguments)
-    else:
-        parent_main(arguments)
+    (child_main if arguments.run else parent_main)(arguments)  # a child runs one measurement
+
+
+if __name__ == "__main__":
+    main()

@@ -16,7 +16,7 @@ Stages, one row each per size:
   `polars_stage.run_polars`) and pandas (`data_stage.run_pandas`); outputs checked identical
   to DuckDB's (`data_stage.compare_outputs`).
 - negatives: the sampled protocol's negatives as the recommender stage draws them
-  (`slim_core.rec.stage.load_negatives`: both splits, written and read back).
+  (`slim_core.rec.stage.load_negatives`: both splits, drawn and written).
 - evaluation: one full-ranking pass over every user's test target with an untrained SASRec
   (`rank_targets` / `full_ranks`); timed on `--eval-users` users, extrapolated to all.
 - epoch: one SASRec training epoch (the project's windows, batches and training step), timed
@@ -266,15 +266,7 @@ def child_evaluation(args: argparse.Namespace) -> dict:
         _sequential_scorer(model, part, None), part, exclude_history=True, batch_size=batch
     )
     measured = time.perf_counter() - ready
-    return {
-        "seconds": measured * data.n_users / users,
-        "measured_seconds": measured,
-        "measured_users": users,
-        "extrapolated": users < data.n_users,
-        "setup_seconds": ready - started,
-        "users": data.n_users,
-        "items": data.n_items,
-    }
+    return _scaled(measured, users, data.n_users, ready - started, data, measured_users=users)
 
 
 def child_epoch(args: argparse.Namespace) -> dict:
@@ -298,17 +290,29 @@ def child_epoch(args: argparse.Namespace) -> dict:
     _train_epoch(model, islice(batches(rng), args.epoch_batches), optimizer, torch.device("cpu"))
     measured = time.perf_counter() - ready
     trained = min(args.epoch_batches * cfg.batch_size, len(windows))
-    per_second = trained / measured
+    return _scaled(
+        measured,
+        trained,
+        len(windows),
+        ready - started,
+        data,
+        windows=len(windows),
+        windows_per_second=trained / measured,
+        measured_batches=math.ceil(trained / cfg.batch_size),
+        batch_size=cfg.batch_size,
+    )
+
+
+def _scaled(measured: float, done: int, total: int, setup: float, data, **extra) -> dict:
+    """A child's row from `measured` seconds for `done` of `total` units, scaled to all."""
     return {
-        "seconds": len(windows) / per_second,
-        "windows": len(windows),
-        "windows_per_second": per_second,
-        "measured_batches": math.ceil(trained / cfg.batch_size),
-        "batch_size": cfg.batch_size,
-        "extrapolated": trained < len(windows),
-        "setup_seconds": ready - started,
+        "seconds": measured * total / done,
+        "measured_seconds": measured,
+        "extrapolated": done < total,
+        "setup_seconds": setup,
         "users": data.n_users,
         "items": data.n_items,
+        **extra,
     }
 
 
@@ -771,9 +775,10 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-if __name__ == "__main__":
+def main() -> None:
     arguments = parse_args()
-    if arguments.run:
-        child_main(arguments)
-    else:
-        parent_main(arguments)
+    (child_main if arguments.run else parent_main)(arguments)  # a child runs one measurement
+
+
+if __name__ == "__main__":
+    main()
