@@ -20,7 +20,9 @@ Stages, one row each per size:
 - evaluation: one full-ranking pass over every user's test target with an untrained SASRec
   (`rank_targets` / `full_ranks`); timed on `--eval-users` users, extrapolated to all.
 - epoch: one SASRec training epoch (the project's windows, batches and training step), timed
-  on `--epoch-batches` batches, extrapolated to all windows.
+  on `--epoch-batches` batches, extrapolated to all windows; `--epoch-loss bce` trains on
+  sampled negatives instead of the full softmax (write those rows to a `--results` of their
+  own: they share the CE rows' key).
 - prompts: the student's prompts for every user at its three cutoffs (`student_prompts`).
 
     python benchmarks/scale.py                               # 1M and 10M
@@ -278,7 +280,7 @@ def child_epoch(args: argparse.Namespace) -> dict:
     from slim_core.rec.data import load_sequence_data, training_windows
     from slim_core.rec.train import _train_epoch, window_batches
 
-    cfg = RecommenderConfig(device="cpu")
+    cfg = RecommenderConfig(device="cpu", loss=args.epoch_loss)
     started = time.perf_counter()
     data = load_sequence_data(args.data)
     windows = training_windows(data, cfg.max_len)  # gathered a batch at a time, as in training
@@ -424,7 +426,7 @@ def child_command(stage: str, engine: str, paths: dict[str, Path], args) -> list
     command += ["--input", str(paths["log"]), "--data", str(paths["data"])]
     command += ["--out", str(paths["out"])]
     command += ["--eval-users", str(args.eval_users), "--epoch-batches", str(args.epoch_batches)]
-    command += ["--torch-threads", str(args.torch_threads)]
+    command += ["--torch-threads", str(args.torch_threads), "--epoch-loss", args.epoch_loss]
     if args.duckdb_memory_limit:
         command += ["--duckdb-memory-limit", args.duckdb_memory_limit]
     if args.duckdb_temp_directory:
@@ -483,6 +485,8 @@ def settings(stage: str, engine: str, args) -> dict:
         out["duckdb_temp_directory"] = str(args.duckdb_temp_directory or "default (.tmp)")
     if stage in ("evaluation", "epoch"):
         out["torch_threads"] = args.torch_threads
+    if stage == "epoch":
+        out["loss"] = args.epoch_loss
     return out
 
 
@@ -759,6 +763,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--child-timeout", type=float, default=3600, help="seconds per child")
     parser.add_argument("--eval-users", type=int, default=8192, help="users timed in evaluation")
     parser.add_argument("--epoch-batches", type=int, default=100, help="batches timed per epoch")
+    parser.add_argument(
+        "--epoch-loss",
+        choices=["ce", "bce"],
+        default="ce",
+        help="the epoch's loss: ce scores every item at every position, bce a few negatives",
+    )
     parser.add_argument(
         "--torch-threads", type=int, default=1, help="torch threads for evaluation and epoch"
     )
