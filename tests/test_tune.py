@@ -64,12 +64,16 @@ def test_a_killed_search_resumes_from_the_study_on_disk(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     db = load_config(path).run.output_dir / "tune" / "sasrec-id" / "study.db"
     command = [str(Path(sys.executable).with_name("slim")), "tune", "-c", str(path)]
+
+    def finished_trials() -> int:
+        try:  # the file exists a moment before the study's record is in it
+            return sum(t.state.is_finished() for t in study_of(path).trials)
+        except KeyError:
+            return 0
+
     with spawned(command, env=env, cwd=REPO) as process:  # killed with SIGKILL on the way out
         two_finished = wait_until(
-            lambda: db.exists() and sum(t.state.is_finished() for t in study_of(path).trials) >= 2,
-            240,
-            process,
-            interval=1,
+            lambda: db.exists() and finished_trials() >= 2, 240, process, interval=1
         )
         assert two_finished and process.poll() is None, "no trial finished before the kill"
     done = sum(t.state.is_finished() for t in study_of(path).trials)
