@@ -296,7 +296,7 @@ def test_ranks_do_not_depend_on_how_many_users_are_scored_at_once(cyclic_data):
     whole = ranks(data.n_users)
     for batch in (1, 7):
         assert all(torch.equal(whole[protocol], ranks(batch)[protocol]) for protocol in whole)
-    assert EvalConfig().users_per_batch(1_000_000) == 33  # 512 MiB at 16 bytes a score
+    assert EvalConfig().users_per_batch(1_000_000) == 8  # 128 MiB at 16 bytes a score
     assert EvalConfig(score_memory_mb=1).users_per_batch(10**7) == 1
     # a memory bound changes no result: it is not part of any stage key
     assert EvalConfig(score_memory_mb=64).result_settings() == EvalConfig().result_settings()
