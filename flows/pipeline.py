@@ -58,17 +58,17 @@ from tasks.recommend import (
     rationale_encoding,
 )
 from tasks.report import report_task
-from tasks.stage import stage_call, stage_result
+from tasks.stage import batch_call, stage_call, stage_result
 from tasks.student import (
     finetune_student_task,
     student_rationales_task,
-    student_shard_call,
+    student_shard_task,
     student_shards,
 )
 from tasks.teacher import (
     backend_for,
     stop_requests_on_signal,
-    teacher_batch_call,
+    teacher_batch_task,
     teacher_batches,
     teacher_rationales_task,
 )
@@ -300,7 +300,7 @@ def _ask_batches(
     write_every = max(1, -(-cfg.batch_size // 2)) if http else None
     calls = [
         (
-            teacher_batch_call(config, batch),
+            batch_call(teacher_batch_task, config.run.output_dir, batch),
             (runtime, config, batch.prompts, number, None, replay_failed, write_every),
         )
         for number, batch in enumerate(batches, start=1)
@@ -345,7 +345,7 @@ def _within_budget(
     report = TeacherReport()
     for number, batch in enumerate(batches, start=1):
         args = (runtime, config, batch.prompts, number, budget_usd, replay_failed)
-        part = teacher_batch_call(config, batch)(*args)
+        part = batch_call(teacher_batch_task, config.run.output_dir, batch)(*args)
         report = report.add(_reports([batch], [part]))
         progress.advance()
         if report.stopped_by_budget:
@@ -393,7 +393,10 @@ def _student_inference(
     split_prompts = student_prompts(student_config(config), data, config.data.domain)
     shards = student_shards(runtime, config, model, [prompt for _, prompt in split_prompts])
     calls = [
-        (student_shard_call(config, shard), (runtime, config, model, shard.prompts, n))
+        (
+            batch_call(student_shard_task, config.run.output_dir, shard),
+            (runtime, config, model, shard.prompts, n),
+        )
         for n, shard in enumerate(shards, 1)
     ]
     try:

@@ -17,6 +17,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.context import TaskRunContext
 
 from slim_core.stages import Stage, StageHooks, compute, finished
+from slim_core.teacher.run import Batch
 from storage import RunFolder, canonical_hash
 from tasks.progress import CountProgress
 
@@ -31,6 +32,12 @@ def cached_call(task: Task, run_root: Path, name: str, key: str, done: bool) -> 
     return task.with_options(
         cache_key_fn=lambda *_: cache_key, persist_result=True, refresh_cache=not done
     )
+
+
+def batch_call(task: Task, output_dir: Path, batch: Batch) -> Task:
+    """An LLM batch's task (teacher batch, student shard), shown Cached when every prompt in
+    it is done on disk."""
+    return cached_call(task, RunFolder(output_dir).root, task.name, batch.key, batch.done)
 
 
 @task

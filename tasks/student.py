@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import Task, task
+from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
 from slim_core.config import SlimConfig
@@ -33,8 +33,7 @@ from slim_core.student.stage import (
 )
 from slim_core.teacher.cache import AnswerCache
 from slim_core.teacher.run import Batch, TeacherReport, batches
-from storage import RunFolder
-from tasks.stage import cached_call, run_stage_task
+from tasks.stage import run_stage_task
 
 
 def student_backend(runtime: Runtime, config: SlimConfig, model: StudentModel) -> LLMBackend:
@@ -66,12 +65,6 @@ def student_shards(
     cache = AnswerCache(student_folder(config) / "generations")
     size = cfg.shard_users * len(cfg.cutoffs)
     return batches(prompts, size, model_id, cache, decoding(cfg), skip_failed=True)
-
-
-def student_shard_call(config: SlimConfig, shard: Batch) -> Task:
-    """The shard's task, shown Cached when every prompt in it is done on disk."""
-    root = RunFolder(config.run.output_dir).root
-    return cached_call(student_shard_task, root, "student-shard", shard.key, shard.done)
 
 
 @task(

@@ -16,7 +16,7 @@ import signal
 import threading
 from collections.abc import Iterator
 
-from prefect import Task, task
+from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.states import State
 from prefect.tasks import exponential_backoff
@@ -37,8 +37,6 @@ from slim_core.teacher.stage import (
     teacher_config,
     write_teacher_rationales,
 )
-from storage import RunFolder
-from tasks.stage import cached_call
 
 
 def make_teacher_backend(cfg: TeacherConfig) -> LLMBackend:
@@ -121,12 +119,6 @@ def teacher_batches(
     model_id = backend_for(runtime, config).model_id  # a local model's id needs no load
     cache = answer_cache(config)
     return batches(prompts, cfg.batch_size, model_id, cache, decoding(cfg), not replay_failed)
-
-
-def teacher_batch_call(config: SlimConfig, batch: Batch) -> Task:
-    """The batch's task, shown Cached when every prompt in it is done on disk."""
-    root = RunFolder(config.run.output_dir).root
-    return cached_call(teacher_batch_task, root, "teacher-batch", batch.key, batch.done)
 
 
 @task(
