@@ -199,7 +199,7 @@ def _pad(rows: list[np.ndarray]) -> torch.Tensor:
 
 
 def score_all(
-    score: Callable[[slice], torch.Tensor], n_users: int, batch_size: int = 512
+    score: Callable[[slice], torch.Tensor], n_users: int, batch_size: int
 ) -> Iterator[tuple[slice, torch.Tensor]]:
     for start in range(0, n_users, batch_size):
         part = slice(start, min(start + batch_size, n_users))
@@ -213,7 +213,7 @@ def evaluate(
     ks: list[int],
     exclude_history: bool,
     negatives: np.ndarray | None = None,
-    batch_size: int = 512,
+    batch_size: int,
 ) -> dict[str, dict[str, float]]:
     """Metrics of one split under full ranking and, given negatives, the sampled protocol.
 
@@ -231,9 +231,10 @@ def rank_targets(
     *,
     exclude_history: bool,
     negatives: np.ndarray | None = None,
-    batch_size: int = 512,
+    batch_size: int,
 ) -> dict[str, torch.Tensor]:
-    """0-based rank of every user's target, per protocol ("full", and "sampled" with negatives)."""
+    """0-based rank of every user's target, per protocol ("full", and "sampled" with negatives),
+    scoring `batch_size` users at a time (`EvalConfig.users_per_batch`: the memory bound)."""
     full, sampled = [], []
     with torch.no_grad():
         for part, scores in score_all(score, len(inputs.users), batch_size):
