@@ -57,13 +57,13 @@ def stage_task(stage: Stage, run_root: Path) -> str:
 def stage_call(stage: Stage[R], output_dir: Path) -> Task:
     """The stage's task, named for it, cached under the stage's key and told to refresh when
     its folder is not done; call it with `(stage, run_root)`, or `.submit` it."""
-    run_root = RunFolder(output_dir).root
-    done = stage.is_done(stage.folder(RunFolder(output_dir)))
+    run = RunFolder(output_dir)
+    done = stage.is_done(stage.folder(run))
     # Prefect names the run `<task>-<random words>` unless the stage names it
     named = {"task_run_name": stage.run_name} if stage.run_name != stage.task_name else {}
     key = "-".join(filter(None, (stage.key, stage.part)))
     named_task = stage_task.with_options(name=stage.task_name, tags=[stage.tag], **named)
-    return cached_call(named_task, run_root, stage.name, key, done)
+    return cached_call(named_task, run.root, stage.name, key, done)
 
 
 def stage_result(stage: Stage[R], output_dir: Path) -> R:

@@ -47,8 +47,8 @@ def _sample_block(
     from its explicit list of free items instead.
     """
     lengths = np.fromiter((len(items) for items in rows), dtype=np.int64, count=len(rows))
-    flat = np.concatenate([np.asarray(items, dtype=np.int64) for items in rows] or [np.empty(0)])
-    flat = flat.astype(np.int64, copy=False)
+    empty = [np.empty(0, dtype=np.int64)]
+    flat = np.concatenate([np.asarray(items, dtype=np.int64) for items in rows] or empty)
     owner = np.repeat(np.arange(len(rows)), lengths)
     bad = (flat < 0) | (flat > n_items)
     if bad.any():
