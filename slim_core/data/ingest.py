@@ -539,36 +539,21 @@ def _sequence_rows(con: duckdb.DuckDBPyConnection, src: RecBoleSequenceSource) -
 
 def _sequence_interactions(con: duckdb.DuckDBPyConnection, src: RecBoleSequenceSource) -> None:
     """`raw_interactions` from `seq_rows`, ids mapped through the index files when given."""
-    user_map, item_map = "user_id", "item_id"
-    joins = ""
-    if src.user_index is not None:
-        _read_index(con, "user_index", src.user_index, "source.user_index", src.encoding)
-        _check_mapped(
-            con,
-            "SELECT DISTINCT user_id AS idx FROM seq_rows",
-            "user_index",
-            src.user_index,
-            "source.user_index",
-            "user",
-        )
-        joins += " JOIN user_index ui ON ui.idx = s.user_id"
-        user_map = "ui.key"
-    if src.item_index is not None:
-        _read_index(con, "item_index", src.item_index, "source.item_index", src.encoding)
-        _check_mapped(
-            con,
-            "SELECT DISTINCT unnest(seq) AS idx FROM seq_rows",
-            "item_index",
-            src.item_index,
-            "source.item_index",
-            "item",
-        )
-        joins += " JOIN item_index ii ON ii.idx = s.item_id"
-        item_map = "ii.key"
+    mapped, joins = {"user": "s.user_id", "item": "s.item_id"}, ""
+    for what, path, ids_sql in (
+        ("user", src.user_index, "SELECT DISTINCT user_id AS idx FROM seq_rows"),
+        ("item", src.item_index, "SELECT DISTINCT unnest(seq) AS idx FROM seq_rows"),
+    ):
+        if path is not None:
+            field = f"source.{what}_index"
+            _read_index(con, f"{what}_index", path, field, src.encoding)
+            _check_mapped(con, ids_sql, f"{what}_index", path, field, what)
+            joins += f" JOIN {what}_index {what}_map ON {what}_map.idx = s.{what}_id"
+            mapped[what] = f"{what}_map.key"
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE raw_interactions AS
-        SELECT {user_map} AS user_id, {item_map} AS item_id, NULL::DOUBLE AS ts,
+        SELECT {mapped["user"]} AS user_id, {mapped["item"]} AS item_id, NULL::DOUBLE AS ts,
                NULL::DOUBLE AS rating, s.pos AS src_order
         FROM (SELECT user_id, unnest(seq) AS item_id, unnest(range(len(seq))) AS pos FROM seq_rows) s {joins}
         """
