@@ -141,6 +141,7 @@ def build_sequences(
 ) -> dict[str, Any]:
     """Create the `interactions`, `items` and `sequences` tables in `con`; return statistics."""
     stats = _filter(con, cfg, source_name)
+    _kept_ids(con)
     _ordered_tables(con, cfg, has_timestamps)
     _item_table(con)
     stats |= _output_stats(con, cfg)
@@ -200,20 +201,28 @@ def _filter(con: duckdb.DuckDBPyConnection, cfg: DataConfig, source_name: str) -
     return stats
 
 
-def _ordered_tables(con: duckdb.DuckDBPyConnection, cfg: DataConfig, has_timestamps: bool) -> None:
-    """`interactions` and `sequences` over the kept users and items, from `kcore`."""
-    # Dense ids over what is kept, in id order. Chronological positions; ties by item id (the
-    # code follows id order) or source order. Order-only sources keep their order.
-    tie = "i, " if has_timestamps and cfg.tie_break == "item_id" else ""
-    keep = cfg.max_history + 1
+def _kept_ids(con: duckdb.DuckDBPyConnection) -> None:
+    """Dense ids over what the k-core kept, in id order: `kept_users`, `kept_items`."""
     con.execute(
-        f"""
+        """
         CREATE OR REPLACE TEMP TABLE kept_users AS
         SELECT u, user_id, CAST(row_number() OVER (ORDER BY u) AS INTEGER) AS user_idx
         FROM user_codes SEMI JOIN user_counts USING (u);
         CREATE OR REPLACE TEMP TABLE kept_items AS
         SELECT i, item_id, CAST(row_number() OVER (ORDER BY i) AS INTEGER) AS item_idx
         FROM item_codes SEMI JOIN item_counts USING (i);
+        """
+    )
+
+
+def _ordered_tables(con: duckdb.DuckDBPyConnection, cfg: DataConfig, has_timestamps: bool) -> None:
+    """`interactions` and `sequences` from `kcore`, on the ids of `kept_users` / `kept_items`."""
+    # Chronological positions; ties by item id (`i` follows id order) or source order.
+    # Order-only sources keep their order.
+    tie = "i, " if has_timestamps and cfg.tie_break == "item_id" else ""
+    keep = cfg.max_history + 1
+    con.execute(
+        f"""
         CREATE OR REPLACE TEMP TABLE ordered AS
         SELECT u, i, ts, rating,
                CAST(row_number() OVER w - 1 AS INTEGER) AS position,

@@ -1,0 +1,95 @@
+"""The data stage and evaluation split by user partition on a local Dask cluster (two worker
+processes) give the single-machine outputs: the same rows and the same ranks."""
+
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from slim_core.data.ingest import ingest
+from slim_core.data.partitioned import ITEM_COLUMNS, RAW_COLUMNS, build_sequences_partitioned
+from slim_core.errors import DataError
+from tests.helpers import REPO, make_config, run_stage
+from tests.test_shared_datasets import ml100k_source
+
+
+@pytest.fixture(scope="module")
+def dask_executor():
+    from distributed import Client, LocalCluster
+
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0"
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        yield client.get_executor()
+
+
+def raw_files(config, folder: Path, pieces: int = 3) -> tuple[list[Path], Path, bool]:
+    """The source as a user would bring it to a cluster: raw interactions in Parquet files cut
+    by row order, not by user (the stage shuffles them), and the item table."""
+    con = duckdb.connect()
+    has_timestamps = ingest(con, config.data.source).has_timestamps
+    con.execute(
+        f"COPY (SELECT {RAW_COLUMNS}, (row_number() OVER ()) % {pieces} AS piece "
+        "FROM raw_interactions) TO ? (FORMAT parquet, PARTITION_BY (piece))",
+        [str(folder / "raw")],
+    )
+    con.execute(
+        f"COPY (SELECT {ITEM_COLUMNS} FROM raw_items) TO ?", [str(folder / "items.parquet")]
+    )
+    return sorted((folder / "raw").glob("*/*.parquet")), folder / "items.parquet", has_timestamps
+
+
+def table(path: Path, order: str) -> list[tuple]:
+    return duckdb.sql(f"SELECT * FROM read_parquet('{path}') ORDER BY {order}").fetchall()
+
+
+ORDER = {"interactions": "user_idx, position", "items": "item_idx", "sequences": "user_idx"}
+DEMO = {
+    "format": "recbole_sequence",
+    "sequences": [str(REPO / "data/demo/Scientific-demo.test.inter")],
+    "item_text": str(REPO / "data/demo/Scientific-demo.text"),
+    "item_index": str(REPO / "data/demo/Scientific-demo.item2index"),
+    "user_index": str(REPO / "data/demo/Scientific-demo.user2index"),
+}
+
+
+@pytest.mark.parametrize(
+    ("source", "settings"),
+    [
+        # timestamps with ties, ratings filtered, a k-core of several rounds
+        ("ml-100k", {"min_rating": 3, "k_core_users": 20, "k_core_items": 30, "max_history": 20}),
+        # order from the source only, repeated purchases
+        ("demo", {"dedup": "first", "k_core_users": 5, "k_core_items": 3}),
+    ],
+)
+def test_the_partitioned_data_stage_writes_the_single_machine_tables(
+    source, settings, shared_data, dask_executor, tmp_path
+):
+    source = ml100k_source(shared_data) if source == "ml-100k" else DEMO
+    config = make_config(tmp_path / "single", source, **settings)
+    single = run_stage(tmp_path / "single", source, **settings)
+    files, items, has_timestamps = raw_files(config, tmp_path)
+    out = tmp_path / "partitioned"
+    out.mkdir()
+
+    stats = build_sequences_partitioned(
+        files, items, config.data, out, dask_executor, 4, has_timestamps=has_timestamps
+    )
+
+    for artifact, order in ORDER.items():
+        expected = table(single.path(artifact), order)
+        assert table(out / f"{artifact}.parquet", order) == expected and expected
+    assert stats["output"] == single.stats["output"]
+    assert stats["k_core"] == single.stats["k_core"]
+    assert len(stats["k_core"]["rounds"]) >= (2 if source == DEMO else 3)
+
+
+def test_an_input_file_without_a_column_names_the_file_and_the_column(dask_executor, tmp_path):
+    path = tmp_path / "log.parquet"
+    duckdb.sql("SELECT 'u1' AS user_id, 'i1' AS item_id, 1 AS src_order").write_parquet(str(path))
+    config = make_config(tmp_path, {"format": "table", "interactions": "unused.csv"})
+    with pytest.raises(DataError, match=r"log\.parquet.*no column ts, rating"):
+        build_sequences_partitioned([path], None, config.data, tmp_path / "out", dask_executor, 2)
