@@ -246,7 +246,7 @@ def child_evaluation(args: argparse.Namespace) -> dict:
     """Full ranking of the test targets on the first `--eval-users` users, scaled to all."""
     from slim_core.config import EvalConfig, RecommenderConfig
     from slim_core.rec.data import EvalInputs, eval_inputs, load_sequence_data
-    from slim_core.rec.stage import _sequential_scorer
+    from slim_core.rec.stage import sequential_scorer
     from slim_core.rec.train import rank_targets
 
     cfg = RecommenderConfig(device="cpu")
@@ -265,7 +265,7 @@ def child_evaluation(args: argparse.Namespace) -> dict:
     ready = time.perf_counter()
     batch = EvalConfig().users_per_batch(data.n_items)  # the default score_memory_mb
     rank_targets(
-        _sequential_scorer(model, part, None), part, exclude_history=True, batch_size=batch
+        sequential_scorer(model, part, None), part, exclude_history=True, batch_size=batch
     )
     measured = time.perf_counter() - ready
     return _scaled(measured, users, data.n_users, ready - started, data, measured_users=users)

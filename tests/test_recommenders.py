@@ -395,14 +395,14 @@ def test_gru4rec_keeps_full_windows_so_no_score_depends_on_the_batch(cyclic_data
     """GRU4Rec reads the padding (its run-in tells the GRU the history's length), so its batches
     are never cut: a user scores the same alone as beside a longer history."""
     from slim_core.rec.models import GRU4Rec
-    from slim_core.rec.stage import _sequential_scorer
+    from slim_core.rec.stage import sequential_scorer
 
     torch.manual_seed(0)
     model = GRU4Rec(40, 16).eval()
     assert not model.cuts_padding
     data = load_sequence_data(cyclic_data.folder)
     split = eval_inputs(data, "test", max_len=10)
-    score = _sequential_scorer(model, split, None)
+    score = sequential_scorer(model, split, None)
     with torch.no_grad():
         together = score(slice(0, 3))
         alone = score(slice(1, 2))

@@ -199,6 +199,16 @@ class EvalInputs:
     cutoffs: np.ndarray  # [U]
     full_histories: list[np.ndarray]  # everything before the target (for excluding history)
 
+    def part(self, rows: slice) -> EvalInputs:
+        """The users in `rows` alone (a partition of the evaluation)."""
+        return EvalInputs(
+            self.users[rows],
+            self.histories[rows],
+            self.targets[rows],
+            self.cutoffs[rows],
+            self.full_histories[rows],
+        )
+
 
 def eval_inputs(data: SequenceData, split: str, max_len: int) -> EvalInputs:
     if split not in ("valid", "test"):

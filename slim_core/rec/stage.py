@@ -260,7 +260,7 @@ def _user_text(users: UserVectorIndex, split_inputs: EvalInputs, part: slice) ->
     return torch.as_tensor(users.matrix[rows])
 
 
-def _sequential_scorer(
+def sequential_scorer(
     model: SequentialRecommender, split_inputs: EvalInputs, users: UserVectorIndex | None
 ):
     device = next(model.parameters()).device
@@ -346,7 +346,7 @@ def train_sequential(
     """One backbone run; user-side variants read the rationale vectors of `source`."""
     model, users, result = fit_sequential(kind, variant, seed, cfg, ev, inputs, checkpoint, source)
     scores = _evaluate_splits(
-        lambda split_inputs: _sequential_scorer(model, split_inputs, users), inputs, ev
+        lambda split_inputs: sequential_scorer(model, split_inputs, users), inputs, ev
     )
     return _rows(kind, variant_label(variant, source), seed, scores, ev.ks, _train_facts(result))
 
@@ -375,7 +375,7 @@ def fit_sequential(
     batches = window_batches(windows, batch_size, users, model.cuts_padding)
 
     def validate() -> float:
-        scorer = _sequential_scorer(model, inputs.valid, users)
+        scorer = sequential_scorer(model, inputs.valid, users)
         return _validation_ndcg(scorer, inputs, ev)
 
     result = fit(
