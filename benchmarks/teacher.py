@@ -88,11 +88,11 @@ def http_benchmark(
         # first use: 0.3 s, once per process) off the clock.
         warm = OpenAICompatibleBackend(url, "bench", api_key_env=None, max_concurrency=4)
         with tempfile.TemporaryDirectory() as folder:
-            warm_up = [Prompt(i, 1, "bench", f"warm-up {i}", ()) for i in range(8)]
+            warm_up = [Prompt(i, 1, "bench", f"warm-up {i}", 0) for i in range(8)]
             ask_teacher(warm_up, warm, AnswerCache(Path(folder)), Decoding(), batch_size=4)
         for concurrency in concurrencies:
             count = rounds * concurrency
-            prompts = [Prompt(i, 1, "bench", f"bench {concurrency} {i}", ()) for i in range(count)]
+            prompts = [Prompt(i, 1, "bench", f"bench {concurrency} {i}", 0) for i in range(count)]
             backend = OpenAICompatibleBackend(
                 url, "bench", api_key_env=None, max_concurrency=concurrency
             )

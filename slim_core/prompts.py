@@ -98,14 +98,22 @@ def template(version: str, domain: str = "products") -> str:
     return TEMPLATES[version].format(**vars(words), History_name=words.history_name.capitalize())
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Prompt:
+    """One prompt for a user at a cutoff. Held by the million for a large log's student, so it
+    keeps what its text shows as a count (a tuple of item ids and a `__dict__` were ~40% of a
+    prompt's memory: docs/benchmarks.md, "Scale")."""
+
     user_idx: int
     cutoff: int  # position of the target in the user's sequence = number of items before it
     version: str
     text: str
-    history_items: tuple[int, ...]  # item_idx of the items shown, oldest first
+    shown: int  # how many items the text shows: the newest `shown` before the cutoff
     sample: int = 0  # which of teacher.samples answers to the same text this prompt asks for
+
+    def history_items(self, sequence: Sequence[int]) -> tuple[int, ...]:
+        """item_idx of the items the text shows, oldest first, from the user's `sequence`."""
+        return tuple(int(i) for i in sequence[self.cutoff - self.shown : self.cutoff])
 
 
 MAX_TITLE_WORDS = 12
@@ -186,7 +194,7 @@ def build_prompt(
             break
         shown = shown[1:]
     return Prompt(
-        user_idx, cutoff, versioned(version, domain), text.format(history=history), tuple(shown)
+        user_idx, cutoff, versioned(version, domain), text.format(history=history), len(shown)
     )
 
 

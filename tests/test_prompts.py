@@ -31,18 +31,20 @@ def test_no_prompt_contains_its_own_target():
             for version in (TEACHER_VERSION, STUDENT_VERSION):
                 prompt = build_prompt(user, sequence, cutoff, ITEMS, version=version, max_items=15)
                 target = sequence[cutoff]
-                assert target not in prompt.history_items
+                assert target not in prompt.history_items(sequence)
                 assert f"Widget number {target} " not in prompt.text
-                assert prompt.history_items == tuple(sequence[max(0, cutoff - 15) : cutoff])
+                assert prompt.history_items(sequence) == tuple(
+                    sequence[max(0, cutoff - 15) : cutoff]
+                )
 
 
 def test_history_is_newest_items_within_budget():
     sequence = list(range(1, 31))
     prompt = build_prompt(7, sequence, 30, ITEMS, max_items=20)
-    assert prompt.history_items == tuple(range(11, 31))
+    assert prompt.history_items(sequence) == tuple(range(11, 31))
     budgeted = build_prompt(7, sequence, 30, ITEMS, max_items=20, token_budget=40)
-    assert budgeted.history_items == tuple(range(31 - len(budgeted.history_items), 31))
-    assert len(budgeted.history_items) < 20
+    assert budgeted.history_items(sequence) == tuple(range(31 - budgeted.shown, 31))
+    assert budgeted.shown < 20
     history = budgeted.text.split("oldest first:\n", 1)[1].split("\n\n", 1)[0]
     assert len(history.split()) <= 40
     assert (prompt.user_idx, prompt.cutoff, prompt.version) == (7, 30, TEACHER_VERSION)
@@ -82,7 +84,7 @@ def test_domain_words_and_versions():
     assert student.version == f"{STUDENT_VERSION}-movies"
     assert student.text.startswith("Watch history, oldest first:\n1. Widget number 1")
     assert student.text.endswith("Step 2: fitting genres. Step 3: specific movies.\n")
-    assert student.history_items == products.history_items == (1, 2, 3)
+    assert student.history_items(sequence) == products.history_items(sequence) == (1, 2, 3)
     with pytest.raises(ValueError, match="unknown prompt domain 'books'"):
         build_prompt(1, sequence, 3, ITEMS, domain="books")
 

@@ -46,11 +46,12 @@ def test_train_cutoff_prompts_hold_only_earlier_items():
     by_key = {(p.user_idx, split): p for split, p in prompts}
     assert (2, "train") not in by_key  # a 3-item user has nothing before its last training item
     train = by_key[(1, "train")]
-    assert train.cutoff == 3 and train.history_items == (1, 2, 3)
+    assert train.cutoff == 3 and train.history_items(data.sequences[0]) == (1, 2, 3)
     for _, prompt in prompts:
         row = int(prompt.user_idx) - 1
         target = int(data.sequences[row][prompt.cutoff])
-        assert f"Item {target}\n" not in prompt.text and target not in prompt.history_items
+        shown = prompt.history_items(data.sequences[row])
+        assert f"Item {target}\n" not in prompt.text and target not in shown
 
 
 def test_train_cutoff_lead_moves_the_train_rationale_earlier_never_before_item_two():
@@ -73,8 +74,11 @@ def test_train_cutoff_lead_moves_the_train_rationale_earlier_never_before_item_t
     )
     assert [(p.user_idx, p.cutoff) for _, p in prompts] == [(1, 5), (2, 1), (3, 1)]
     for _, prompt in prompts:
-        target = int(data.sequences[prompt.user_idx - 1][prompt.cutoff])
-        assert target not in prompt.history_items and f"Item {target}\n" not in prompt.text
+        sequence = data.sequences[prompt.user_idx - 1]
+        target = int(sequence[prompt.cutoff])
+        assert (
+            target not in prompt.history_items(sequence) and f"Item {target}\n" not in prompt.text
+        )
 
 
 def test_with_a_lead_the_last_lead_plus_one_training_targets_read_the_train_rationale():

@@ -16,7 +16,7 @@ PROMPTS = [
         cutoff=5,
         version="teacher-v2",
         text=f"history of user {n}",
-        history_items=(1, 2),
+        shown=2,
     )
     for n in range(40)
 ]
@@ -134,7 +134,7 @@ from slim_core.teacher.cache import AnswerCache
 from slim_core.teacher.run import ask_teacher
 
 url, folder = sys.argv[1], sys.argv[2]
-prompts = [Prompt(n, 5, "teacher-v2", f"history of user {n}", (1, 2)) for n in range(40)]
+prompts = [Prompt(n, 5, "teacher-v2", f"history of user {n}", 2) for n in range(40)]
 backend = OpenAICompatibleBackend(base_url=url, model="t", api_key_env=None, max_concurrency=4)
 ask_teacher(prompts, backend, AnswerCache(folder), Decoding(max_tokens=64), batch_size=4)
 """
@@ -206,7 +206,7 @@ def test_replies_without_usage_and_billed_failures_are_charged(server, tmp_path,
 
     server.reset({"p0": ["nousage"], "p1": ["slow"] * 5})
     cache = AnswerCache(tmp_path)
-    prompts = [Prompt(n, 5, "teacher-v2", f"p{n}", (1, 2)) for n in range(2)]
+    prompts = [Prompt(n, 5, "teacher-v2", f"p{n}", 2) for n in range(2)]
     prices = Prices(input_per_1k=1.0, output_per_1k=1.0)
     with caplog.at_level("WARNING", logger="slim_core.teacher"):
         report = ask_teacher(

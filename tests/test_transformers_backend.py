@@ -266,7 +266,7 @@ def test_a_local_teacher_with_a_step_budget_answers_where_it_failed_without(tiny
     from slim_core.teacher.stage import decoding, make_backend
 
     prompts = [
-        Prompt(user_idx=n, cutoff=3, version="teacher-v2", text=f"Widget {n}", history_items=(1,))
+        Prompt(user_idx=n, cutoff=3, version="teacher-v2", text=f"Widget {n}", shown=1)
         for n in range(3)
     ]
     reports = {}
