@@ -264,9 +264,7 @@ def child_evaluation(args: argparse.Namespace) -> dict:
     )
     ready = time.perf_counter()
     batch = EvalConfig().users_per_batch(data.n_items)  # the default score_memory_mb
-    rank_targets(
-        sequential_scorer(model, part, None), part, exclude_history=True, batch_size=batch
-    )
+    rank_targets(sequential_scorer(model, part, None), part, exclude_history=True, batch_size=batch)
     measured = time.perf_counter() - ready
     return _scaled(measured, users, data.n_users, ready - started, data, measured_users=users)
 
@@ -278,7 +276,7 @@ def child_epoch(args: argparse.Namespace) -> dict:
 
     from slim_core.config import RecommenderConfig
     from slim_core.rec.data import load_sequence_data, training_windows
-    from slim_core.rec.train import _train_epoch, window_batches
+    from slim_core.rec.train import _train_epoch, optimizers, window_batches
 
     cfg = RecommenderConfig(device="cpu", loss=args.epoch_loss)
     started = time.perf_counter()
@@ -286,10 +284,10 @@ def child_epoch(args: argparse.Namespace) -> dict:
     windows = training_windows(data, cfg.max_len)  # gathered a batch at a time, as in training
     model = _sasrec(data.n_items, cfg)
     batches = window_batches(windows, cfg.batch_size)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps = optimizers(model, cfg)  # as training builds them: SparseAdam on BCE's item rows
     ready = time.perf_counter()
     rng = np.random.default_rng(0)
-    _train_epoch(model, islice(batches(rng), args.epoch_batches), optimizer, torch.device("cpu"))
+    _train_epoch(model, islice(batches(rng), args.epoch_batches), steps, torch.device("cpu"))
     measured = time.perf_counter() - ready
     trained = min(args.epoch_batches * cfg.batch_size, len(windows))
     return _scaled(

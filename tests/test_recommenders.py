@@ -112,6 +112,32 @@ def test_bce_loss_learns(cyclic_data, tmp_path):
     assert test["hit@10"] >= 0.9
 
 
+@pytest.mark.parametrize("item_text", [False, True])
+def test_a_bce_step_updates_only_the_item_rows_it_read(item_text):
+    """BCE reads the input, target and negative rows of the item table alone: their gradient is
+    sparse and SparseAdam moves those rows only, where dense Adam rewrote the whole table."""
+    from slim_core.rec.models import SASRec
+    from slim_core.rec.train import optimizers
+
+    torch.manual_seed(0)
+    text = torch.randn(N_ITEMS + 1, 8) if item_text else None
+    model = SASRec(N_ITEMS, 16, max_len=4, loss="bce", bce_negatives=2, item_text=text)
+    seq, targets = torch.tensor([[0, 1, 2, 3]]), torch.tensor([[0, 2, 3, 4]])
+    ids = torch.arange(N_ITEMS + 1)
+    assert torch.allclose(model.items.rows(ids), model.items(), atol=1e-6)  # the same z_i
+    steps = optimizers(model, small(loss="bce"))
+    assert [type(s).__name__ for s in steps] == ["Adam", "SparseAdam"]
+    before = model.items.id_embedding.weight.detach().clone()
+    torch.manual_seed(1)
+    model.calculate_loss(seq, targets).backward()
+    assert model.items.id_embedding.weight.grad.is_sparse
+    read = set(model.items.id_embedding.weight.grad.coalesce().indices()[0].tolist())
+    for step in steps:
+        step.step()
+    moved = (model.items.id_embedding.weight.detach() != before).any(1).nonzero()[:, 0].tolist()
+    assert {1, 2, 3, 4} <= set(moved) <= read - {0} and len(moved) < N_ITEMS // 2
+
+
 def _item_vectors(folder, n_items, dim=8, seed=0, missing=()):
     rng = np.random.default_rng(seed)
     matrix = rng.normal(size=(n_items, dim)).astype(np.float32)

@@ -30,10 +30,19 @@ class Fusion(nn.Module):
 
 
 class ItemRepresentation(nn.Module):
-    """z_i for every item: an ID embedding, fused with the item's text vector when given."""
+    """z_i for every item: an ID embedding, fused with the item's text vector when given.
 
-    def __init__(self, n_items: int, dim: int, item_text: torch.Tensor | None = None):
+    `sparse`: `rows` gives the ID table a sparse gradient, for a loss that reads a few rows a
+    step (BCE); its optimizer is then SparseAdam (`rec.train.optimizers`), which updates only
+    those rows. Dense Adam rewrites the whole table every step: an SASRec BCE step took 100 ms at
+    10k items and 1,917 ms at 800k, 103 ms at both with sparse rows (docs/benchmarks.md, "Scale").
+    """
+
+    def __init__(
+        self, n_items: int, dim: int, item_text: torch.Tensor | None = None, sparse: bool = False
+    ):
         super().__init__()
+        self.sparse = sparse
         self.id_embedding = nn.Embedding(n_items + 1, dim, padding_idx=0)
         nn.init.normal_(self.id_embedding.weight, std=0.02)
         with torch.no_grad():
@@ -49,6 +58,13 @@ class ItemRepresentation(nn.Module):
             table = self.fusion(self.item_text, table)
             table = torch.cat([torch.zeros_like(table[:1]), table[1:]])  # padding stays zero
         return table
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """z_i of `ids` alone ([..., dim]; padding 0 is zero), without the whole table."""
+        base = F.embedding(ids, self.id_embedding.weight, padding_idx=0, sparse=self.sparse)
+        if self.fusion is None:
+            return base
+        return self.fusion(self.item_text[ids], base) * (ids > 0)[..., None]
 
 
 class SequentialRecommender(nn.Module):
@@ -66,7 +82,7 @@ class SequentialRecommender(nn.Module):
     ):
         super().__init__()
         self.n_items = n_items
-        self.items = ItemRepresentation(n_items, dim, item_text)
+        self.items = ItemRepresentation(n_items, dim, item_text, sparse=loss == "bce")
         self.user_fusion = Fusion(user_text_dim, dim) if user_text_dim else None
         self.loss = loss
         self.bce_negatives = bce_negatives
@@ -88,9 +104,10 @@ class SequentialRecommender(nn.Module):
         table: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """User states at the last P positions, [B, P, dim]: every position (P = L) for the
-        causal models, the last one only (P = 1) for SRGNN. `user_text` is [B, L, text_dim]."""
-        table = self.items() if table is None else table
-        states = self.encode(table[item_seq], item_seq)
+        causal models, the last one only (P = 1) for SRGNN. `user_text` is [B, L, text_dim];
+        `table`, the whole item table where the caller has it (else the rows are looked up)."""
+        item_emb = self.items.rows(item_seq) if table is None else table[item_seq]
+        states = self.encode(item_emb, item_seq)
         if self.user_fusion is not None:
             if user_text is None:
                 raise ValueError("this model fuses a user-side text vector: pass user_text")
@@ -100,12 +117,12 @@ class SequentialRecommender(nn.Module):
     def calculate_loss(
         self, item_seq: torch.Tensor, targets: torch.Tensor, user_text: torch.Tensor | None = None
     ) -> torch.Tensor:
-        table = self.items()
+        table = self.items() if self.loss == "ce" else None  # BCE reads only the rows it needs
         states = self.forward(item_seq, user_text, table)
         targets = targets[:, -states.shape[1] :]
         mask = targets > 0
         states, targets = states[mask], targets[mask]
-        if self.loss == "ce":
+        if table is not None:
             logits = states @ table.T
             logits[:, 0] = float("-inf")
             return F.cross_entropy(logits, targets)
@@ -114,8 +131,8 @@ class SequentialRecommender(nn.Module):
         negatives = torch.randint(
             1, self.n_items + 1, (len(targets), self.bce_negatives), device=targets.device
         )
-        positive = (states * table[targets]).sum(-1)
-        negative = torch.einsum("nd,nkd->nk", states, table[negatives])
+        positive = (states * self.items.rows(targets)).sum(-1)
+        negative = torch.einsum("nd,nkd->nk", states, self.items.rows(negatives))
         return F.binary_cross_entropy_with_logits(
             torch.cat([positive[:, None], negative], dim=1),
             torch.cat([torch.ones_like(positive[:, None]), torch.zeros_like(negative)], dim=1),

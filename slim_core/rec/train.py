@@ -71,7 +71,7 @@ def fit(
     set_seed(seed)
     rng = np.random.default_rng(seed)
     device = next(model.parameters()).device
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps = optimizers(model, cfg)
     best, best_epoch, best_state, waited = -1.0, 0, None, 0
     history: list[dict[str, float]] = []
     started = time.perf_counter()
@@ -83,7 +83,7 @@ def fit(
     )
     for epoch in bar:
         epoch_started = time.perf_counter()
-        loss = _train_epoch(model, batches(rng), optimizer, device)
+        loss = _train_epoch(model, batches(rng), steps, device)
         model.eval()
         with torch.no_grad():
             score = validate()
@@ -133,22 +133,38 @@ def fit(
     return TrainResult(best_epoch, best, len(history), seconds, history)
 
 
+def optimizers(model: nn.Module, cfg: RecommenderConfig) -> list[torch.optim.Optimizer]:
+    """Adam; an item table with sparse rows (BCE, `ItemRepresentation.sparse`) gets SparseAdam,
+    which updates only the rows a step read (and takes no weight decay)."""
+    items = getattr(model, "items", None)
+    table = items.id_embedding.weight if items is not None and items.sparse else None
+    rest = [p for p in model.parameters() if p is not table]
+    steps: list[torch.optim.Optimizer] = [
+        torch.optim.Adam(rest, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    ]
+    if table is not None:
+        steps.append(torch.optim.SparseAdam([table], lr=cfg.lr))
+    return steps
+
+
 def _train_epoch(
     model: nn.Module,
     batches: Iterator[Batch],
-    optimizer: torch.optim.Optimizer,
+    steps: list[torch.optim.Optimizer],
     device: torch.device,
 ) -> float:
     """One pass over `batches` in train mode; the mean batch loss."""
     model.train()
-    total, steps = 0.0, 0
+    total, count = 0.0, 0
     for batch in batches:
         loss = model.calculate_loss(*(part.to(device) for part in batch))
-        optimizer.zero_grad()
+        for step in steps:
+            step.zero_grad()
         loss.backward()
-        optimizer.step()
-        total, steps = total + loss.item(), steps + 1
-    return total / max(steps, 1)
+        for step in steps:
+            step.step()
+        total, count = total + loss.item(), count + 1
+    return total / max(count, 1)
 
 
 def window_batches(
