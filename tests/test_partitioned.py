@@ -87,6 +87,7 @@ def test_the_partitioned_data_stage_writes_the_single_machine_tables(
     for artifact, order in ORDER.items():
         expected = table(single.path(artifact), order)
         assert table(out / f"{artifact}.parquet", order) == expected and expected
+    assert sorted(p.name for p in out.iterdir()) == [f"{a}.parquet" for a in sorted(ORDER)]
     assert stats["output"] == single.stats["output"]
     assert stats["k_core"] == single.stats["k_core"]
     assert len(stats["k_core"]["rounds"]) == (3 if source == DEMO else 5)

@@ -15,7 +15,7 @@ Documented in docs/operations.md ("The data stage and evaluation on a Dask clust
 
 from __future__ import annotations
 
-import os
+import shutil
 from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -64,8 +64,9 @@ def build_sequences_partitioned(
 ) -> dict[str, Any]:
     """`interactions`, `items` and `sequences` Parquet in `folder` from raw interaction files
     (`RAW_COLUMNS`, any partitioning) and an item file (`ITEM_COLUMNS`); returns statistics."""
-    work = folder / "partitions"
-    work.mkdir(parents=True, exist_ok=True)
+    work = folder / "partitions"  # the intermediate files, removed at the end
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
     # Dask's executor takes sized lists only: shared arguments go in through `partial`.
     outs = [work / f"input-{n}" for n in range(len(inputs))]
     list(executor.map(partial(_split_by_user, partitions=partitions), list(inputs), outs))
@@ -88,6 +89,7 @@ def build_sequences_partitioned(
     each = partial(_sequences_part, users=users, items=kept_items, cfg=cfg, timed=has_timestamps)
     list(executor.map(each, parts))
     stats = _gather(parts, items, kept_items, cfg, folder)
+    shutil.rmtree(work)
     stats["k_core"] = {
         "min_user_interactions": min_user,
         "min_item_interactions": cfg.k_core_items,
@@ -221,7 +223,6 @@ def _sequences_part(part: Path, users: Path, items: Path, cfg: DataConfig, timed
     _ordered_tables(con, cfg, timed)
     for table in ("interactions", "sequences"):
         _copy_parquet(con, table, part.with_suffix(f".{table}.parquet"))
-    os.remove(part)  # what is left of the raw rows: the outputs hold them now
 
 
 def _gather(
