@@ -304,7 +304,12 @@ class RecommenderConfig(_Strict):
     )
     bce_negatives: int = Field(1, ge=1, description="Sampled negatives per positive for BCE.")
     lr: float = Field(1e-3, gt=0, description="Adam learning rate.")
-    weight_decay: float = Field(0.0, ge=0, description="Adam weight decay.")
+    weight_decay: float = Field(
+        0.0,
+        ge=0,
+        description="Adam weight decay. With loss: bce, above 0 it keeps the item table on dense "
+        "Adam (every row updated every step) instead of SparseAdam on the rows a step reads.",
+    )
     batch_size: int = Field(
         64,
         ge=1,

@@ -11,7 +11,7 @@ import torch
 from slim_core.config import EvalConfig, RecommenderConfig
 from slim_core.data.ingest import ingest
 from slim_core.data.partitioned import ITEM_COLUMNS, RAW_COLUMNS, build_sequences_partitioned
-from slim_core.errors import DataError
+from slim_core.errors import ConfigError, DataError
 from slim_core.rec.partitioned import TrainedRun, evaluate_partitioned, rank_users
 from slim_core.rec.stage import run_recommenders
 from tests.helpers import REPO, make_config, run_stage
@@ -80,9 +80,7 @@ def test_the_partitioned_data_stage_writes_the_single_machine_tables(
     out = tmp_path / "partitioned"
     out.mkdir()
 
-    stats = build_sequences_partitioned(
-        files, items, config.data, out, dask_executor, 4, has_timestamps=has_timestamps
-    )
+    stats = build_sequences_partitioned(files, items, config.data, out, dask_executor, 4)
 
     for artifact, order in ORDER.items():
         expected = table(single.path(artifact), order)
@@ -91,14 +89,54 @@ def test_the_partitioned_data_stage_writes_the_single_machine_tables(
     assert stats["output"] == single.stats["output"]
     assert stats["k_core"] == single.stats["k_core"]
     assert len(stats["k_core"]["rounds"]) == (3 if source == DEMO else 5)
+    assert stats["has_timestamps"] == has_timestamps == (source != DEMO)
+    assert stats["input"]["interactions"] == single.stats["input"]["interactions"]
 
 
-def test_an_input_file_without_a_column_names_the_file_and_the_column(dask_executor, tmp_path):
+ROWS = "(VALUES ('u1', 'i1', 1.0, 1), (' ', 'i2', 2.0, 2)) t(user_id, item_id, ts, src_order)"
+
+
+@pytest.mark.parametrize(
+    ("select", "error"),
+    [
+        (
+            "SELECT 'u1' AS user_id, 'i1' AS item_id, 1 AS src_order",
+            r"log\.parquet.*no column ts, r",
+        ),
+        (f"SELECT *, NULL::DOUBLE AS rating FROM {ROWS}", r"log\.parquet.*'user_id'.*row 2: empty"),
+    ],
+)
+def test_bad_input_files_name_the_file_field_and_row(select, error, dask_executor, tmp_path):
     path = tmp_path / "log.parquet"
-    duckdb.sql("SELECT 'u1' AS user_id, 'i1' AS item_id, 1 AS src_order").write_parquet(str(path))
+    duckdb.sql(select).write_parquet(str(path))
     config = make_config(tmp_path, {"format": "table", "interactions": "unused.csv"})
-    with pytest.raises(DataError, match=r"log\.parquet.*no column ts, rating"):
+    with pytest.raises(DataError, match=error):
         build_sequences_partitioned([path], None, config.data, tmp_path / "out", dask_executor, 2)
+    sampled = make_config(tmp_path, {"format": "table", "interactions": "x.csv"}, sample_users=5)
+    with pytest.raises(ConfigError, match="data.sample_users"):
+        build_sequences_partitioned([path], None, sampled.data, tmp_path / "out", dask_executor, 2)
+
+
+def test_numeric_ids_are_read_as_text_ids_are(dask_executor, tmp_path):
+    """Ingestion reads every id as text: integer ids in a Parquet file order and partition as
+    their text does (text order: "10" before "9")."""
+    log = "SELECT u, i, 100 * u + n AS ts, NULL::DOUBLE AS rating, n AS src_order FROM "
+    log += "range(1, 12) a(u), range(8, 14) b(i), range(2) c(n) WHERE (u + i + n) % 3 > 0"
+    as_text = (
+        "SELECT CAST(u AS VARCHAR) AS user_id, CAST(i AS VARCHAR) AS item_id, * EXCLUDE (u, i)"
+    )
+    as_ints = "SELECT u AS user_id, i AS item_id, * EXCLUDE (u, i)"
+    config = make_config(tmp_path, {"format": "table", "interactions": "x.csv"}, k_core_items=1)
+    tables = []
+    for name, select in (("text", as_text), ("ints", as_ints)):
+        path = tmp_path / f"{name}.parquet"
+        duckdb.sql(f"{select} FROM ({log})").write_parquet(str(path))
+        out = tmp_path / name
+        out.mkdir()
+        build_sequences_partitioned([path], None, config.data, out, dask_executor, 3)
+        tables.append([table(out / f"{a}.parquet", order) for a, order in ORDER.items()])
+    assert tables[0] == tables[1]
+    assert [row[1] for row in tables[0][1]][:2] == ["10", "11"]  # items in text order
 
 
 def test_evaluation_by_user_partition_gives_the_runs_own_ranks(dask_executor, tmp_path):

@@ -121,7 +121,8 @@ def test_a_bce_step_updates_only_the_item_rows_it_read(item_text):
 
     torch.manual_seed(0)
     text = torch.randn(N_ITEMS + 1, 8) if item_text else None
-    model = SASRec(N_ITEMS, 16, max_len=4, loss="bce", bce_negatives=2, item_text=text)
+    model = SASRec(N_ITEMS, 16, max_len=4, loss="bce", bce_negatives=2, item_text=text,
+                   sparse_items=True)  # fmt: skip
     seq, targets = torch.tensor([[0, 1, 2, 3]]), torch.tensor([[0, 2, 3, 4]])
     ids = torch.arange(N_ITEMS + 1)
     assert torch.allclose(model.items.rows(ids), model.items(), atol=1e-6)  # the same z_i
@@ -136,6 +137,19 @@ def test_a_bce_step_updates_only_the_item_rows_it_read(item_text):
         step.step()
     moved = (model.items.id_embedding.weight.detach() != before).any(1).nonzero()[:, 0].tolist()
     assert {1, 2, 3, 4} <= set(moved) <= read - {0} and len(moved) < N_ITEMS // 2
+
+
+def test_the_stage_builds_sparse_item_rows_for_bce_without_weight_decay_only():
+    from slim_core.rec.stage import build_model
+    from slim_core.rec.train import optimizers
+
+    def kinds(cfg):
+        model = build_model("sasrec", "id", N_ITEMS, cfg, inputs=None)
+        return [type(s).__name__ for s in optimizers(model, cfg)]
+
+    assert kinds(small(loss="bce")) == ["Adam", "SparseAdam"]
+    assert kinds(small(loss="bce", weight_decay=1e-4)) == ["Adam"]  # SparseAdam cannot decay
+    assert kinds(small(loss="ce")) == ["Adam"]  # CE's logits read the whole table
 
 
 def _item_vectors(folder, n_items, dim=8, seed=0, missing=()):

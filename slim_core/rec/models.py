@@ -34,8 +34,9 @@ class ItemRepresentation(nn.Module):
 
     `sparse`: `rows` gives the ID table a sparse gradient, for a loss that reads a few rows a
     step (BCE); its optimizer is then SparseAdam (`rec.train.optimizers`), which updates only
-    those rows. Dense Adam rewrites the whole table every step: an SASRec BCE step took 100 ms at
-    10k items and 1,917 ms at 800k, 103 ms at both with sparse rows (docs/benchmarks.md, "Scale").
+    those rows but takes no weight decay. Dense Adam rewrites the whole table every step: an
+    SASRec BCE step took 100 ms at 10k items and 1,917 ms at 800k, 103 ms at both with sparse
+    rows (docs/benchmarks.md, "Scale").
     """
 
     def __init__(
@@ -79,10 +80,13 @@ class SequentialRecommender(nn.Module):
         user_text_dim: int | None = None,
         loss: str = "ce",
         bce_negatives: int = 1,
+        sparse_items: bool = False,
     ):
         super().__init__()
         self.n_items = n_items
-        self.items = ItemRepresentation(n_items, dim, item_text, sparse=loss == "bce")
+        # Only BCE reads rows alone; CE's logits take the whole table (a dense gradient).
+        sparse = sparse_items and loss == "bce"
+        self.items = ItemRepresentation(n_items, dim, item_text, sparse=sparse)
         self.user_fusion = Fusion(user_text_dim, dim) if user_text_dim else None
         self.loss = loss
         self.bce_negatives = bce_negatives

@@ -5,10 +5,11 @@ Dask cluster's `client.get_executor()`, or a process pool).
     metrics = evaluate_partitioned(run, "test", client.get_executor(), partitions=8)
 
 Full ranking scores every item for every user: users x items, the cost that grows fastest with
-a log (docs/benchmarks.md, "Scale"). Users are independent, so each partition loads the
-sequences and the run's best weights and ranks its own users' targets; the caller joins the
-ranks in user order and takes the metrics from them: the numbers one process gets, rank for
-rank. Documented in docs/operations.md ("The data stage and evaluation on a Dask cluster").
+a log (docs/benchmarks.md, "Scale"). Users are independent, so each partition ranks its own
+users' targets with the run's best weights; the caller joins the ranks in user order and takes
+the metrics from them: the numbers one process gets, rank for rank. What splits is the scoring;
+each partition still loads the whole log's evaluation inputs (sequences, histories, negatives,
+user vectors), so use one partition per worker. Documented in docs/operations.md ("The data stage and evaluation on a Dask cluster").
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import torch
 from slim_core.config import VARIANTS, EvalConfig, RecommenderConfig
 from slim_core.rec.metrics import metrics_from_ranks
 from slim_core.rec.stage import build_model, load_inputs, sequential_scorer
-from slim_core.rec.train import rank_targets
+from slim_core.rec.train import rank_targets, resolve_device
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ def rank_users(run: TrainedRun, split: str, users: slice) -> dict[str, torch.Ten
     )  # fmt: skip
     model = build_model(run.model, run.variant, inputs.data.n_items, run.cfg, inputs, run.source)
     model.load_state_dict(torch.load(run.checkpoint, weights_only=True)["state_dict"])
-    model.eval()
+    model.to(resolve_device(run.cfg.device)).eval()
     split_inputs = getattr(inputs, split).part(users)
     vectors = inputs.user_index(run.source) if VARIANTS[run.variant].user_text else None
     return rank_targets(

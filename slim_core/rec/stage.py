@@ -232,6 +232,8 @@ def build_model(
         "user_text_dim": inputs.user_index(source).matrix.shape[1] if uses_users else None,
         "loss": cfg.loss,
         "bce_negatives": cfg.bce_negatives,
+        # SparseAdam has no weight decay: a decayed BCE item table stays on dense Adam.
+        "sparse_items": cfg.weight_decay == 0,
     }
     if kind == "sasrec":
         return SASRec(
