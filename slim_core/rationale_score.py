@@ -25,7 +25,7 @@ from slim_core.errors import DataError
 from slim_core.rationale_vectors import PARTS, RationaleVectors
 from slim_core.rec.data import SequenceData, load_sequence_data
 from slim_core.rec.metrics import full_ranks, metrics_from_ranks
-from slim_core.stages import Stage, StageHooks, run_stage
+from slim_core.stages import Stage, StageHooks
 from slim_core.vectors import UserVectors, read_item_vectors, read_user_vectors, write_vectors
 from storage import RunFolder, StageFolder, canonical_hash
 
@@ -273,16 +273,3 @@ class HistoryControl(Stage[RationaleVectors]):
     def load(self, folder: StageFolder) -> RationaleVectors:
         facts = (folder.read_manifest() or {})["facts"]
         return RationaleVectors(HISTORY_SOURCE, folder.path, folder.key, facts)
-
-
-def history_vectors(
-    pairs_of: RationaleVectors,
-    data_folder: Path,
-    item_vectors: Path,
-    item_vectors_key: str,
-    history_items: int,
-    run: RunFolder,
-) -> RationaleVectors:
-    """The `history` control's vectors (`HistoryControl`), reused while their inputs stay."""
-    stage = HistoryControl(pairs_of, data_folder, item_vectors, item_vectors_key, history_items)
-    return run_stage(stage, run)

@@ -74,8 +74,9 @@ def test_pairs_without_a_next_item_or_a_user_are_left_out(tmp_path):
 def test_history_control_vectors_sit_at_the_students_pairs_and_are_reused(tmp_path):
     """The `history` source: at each (user, cutoff) of the student's rationales, the mean text
     vector of the items its prompt showed (the last `history_items` before the cutoff)."""
-    from slim_core.rationale_score import history_vectors
+    from slim_core.rationale_score import HistoryControl
     from slim_core.rationale_vectors import RationaleVectors
+    from slim_core.stages import run_stage
     from slim_core.vectors import read_user_vectors, write_vectors
     from storage import RunFolder
 
@@ -103,6 +104,10 @@ def test_history_control_vectors_sit_at_the_students_pairs_and_are_reused(tmp_pa
         {},
     )
     run = RunFolder(tmp_path / "run")
+
+    def history_vectors(*inputs):
+        return run_stage(HistoryControl(*inputs[:-1]), inputs[-1])
+
     made = history_vectors(student, data_folder, items_file, "items-key", 2, run)
     vectors = read_user_vectors(made.path("full"), 6)
     assert made.source == "history" and sorted(vectors.index) == [(10, 3), (11, 2)]
