@@ -303,6 +303,13 @@ class RecommenderConfig(_Strict):
         "ce", description="Full softmax cross-entropy, or BCE with sampled negatives (the paper)."
     )
     bce_negatives: int = Field(1, ge=1, description="Sampled negatives per positive for BCE.")
+    logits_memory_mb: int = Field(
+        256,
+        ge=1,
+        description="Most MiB of logits a CE step holds: above it, the softmax runs a chunk of "
+        "positions at a time (the same loss and gradients, one more matmul). Catalogues of "
+        "~10k items and fewer never reach it at batch 64.",
+    )
     lr: float = Field(1e-3, gt=0, description="Adam learning rate.")
     weight_decay: float = Field(
         0.0,
@@ -346,6 +353,13 @@ class RecommenderConfig(_Strict):
         "thread finish the demo's runs ~1.3x sooner than 1 of 2; on ml-100k, no sooner "
         "(docs/benchmarks.md, 'Recommender runs in worker processes').",
     )
+
+    def result_settings(self, exclude: set[str] = frozenset()) -> dict[str, Any]:
+        """The settings that change results (stage and study keys hash these): not where or
+        how fast runs train, nor the logits' memory bound, nor the user vector file (hashed by
+        its content instead)."""
+        run_only = {"user_vectors", "threads", "workers", "device", "logits_memory_mb"}
+        return self.model_dump(mode="json", exclude=run_only | exclude)
 
 
 class TrackingConfig(_Strict):

@@ -152,6 +152,31 @@ def test_the_stage_builds_sparse_item_rows_for_bce_without_weight_decay_only():
     assert kinds(small(loss="ce")) == ["Adam"]  # CE's logits read the whole table
 
 
+def test_a_ce_step_over_its_logits_memory_chunks_the_softmax_with_the_same_gradients():
+    """Past `logits_memory_mb` the softmax runs a few positions at a time: the loss and every
+    gradient are full softmax's (item text fused, so the table is not a leaf)."""
+    from slim_core.rec.models import SASRec
+
+    seq = torch.randint(0, N_ITEMS + 1, (6, 5))
+    targets = torch.randint(0, N_ITEMS + 1, (6, 5))
+    text = torch.randn(N_ITEMS + 1, 8)
+    results = []
+    for rows in (None, 7):  # all positions at once (256 MiB), then chunks of 7 positions
+        torch.manual_seed(0)
+        model = SASRec(N_ITEMS, 16, max_len=5, item_text=text)
+        if rows:
+            model.logit_cells = rows * (N_ITEMS + 1)  # a budget of 7 rows of logits
+        model.eval()  # no dropout: the two passes see the same network
+        loss = model.calculate_loss(seq, targets)
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (dense_loss, dense), (chunked_loss, chunked) = results
+    assert torch.allclose(dense_loss, chunked_loss, atol=1e-6)
+    assert dense.keys() == chunked.keys()
+    for name in dense:
+        assert torch.allclose(dense[name], chunked[name], atol=1e-6), name
+
+
 def _item_vectors(folder, n_items, dim=8, seed=0, missing=()):
     rng = np.random.default_rng(seed)
     matrix = rng.normal(size=(n_items, dim)).astype(np.float32)

@@ -68,6 +68,46 @@ class ItemRepresentation(nn.Module):
         return self.fusion(self.item_text[ids], base) * (ids > 0)[..., None]
 
 
+class ChunkedCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of `states @ table.T` against `targets` (column 0, padding, never a
+    class), holding `rows` rows of logits at a time: forward keeps each row's log-sum-exp, and
+    backward computes the logits again a chunk at a time. The whole [rows x items] matrix is
+    what full softmax otherwise holds, twice with its gradient: 10.1 GB at batch 64 x 50
+    positions over 792k items (docs/benchmarks.md, "Scale"); one more matmul buys that back."""
+
+    @staticmethod
+    def forward(ctx, states, table, targets, rows: int):  # type: ignore[override]
+        lse = torch.empty(len(states), dtype=states.dtype, device=states.device)
+        for start in range(0, len(states), rows):
+            lse[start : start + rows] = torch.logsumexp(
+                _logits(states[start : start + rows], table), 1
+            )
+        ctx.save_for_backward(states, table, targets, lse)
+        ctx.rows = rows
+        return (lse - (states * table[targets]).sum(1)).mean()
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        states, table, targets, lse = ctx.saved_tensors
+        scale = grad / len(states)
+        d_states, d_table = torch.empty_like(states), torch.zeros_like(table)
+        for start in range(0, len(states), ctx.rows):
+            part = slice(start, start + ctx.rows)
+            # d loss / d logits: softmax minus the target's one-hot, over the rows
+            p = torch.exp(_logits(states[part], table) - lse[part, None]) * scale
+            d_states[part] = p @ table
+            d_table += p.T @ states[part]
+        d_states -= scale * table[targets]
+        d_table.index_add_(0, targets, -scale * states)
+        return d_states, d_table, None, None
+
+
+def _logits(states: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    logits = states @ table.T
+    logits[:, 0] = float("-inf")
+    return logits
+
+
 class SequentialRecommender(nn.Module):
     """Shared parts: item table, optional user-side fusion, losses and scoring."""
 
@@ -81,9 +121,11 @@ class SequentialRecommender(nn.Module):
         loss: str = "ce",
         bce_negatives: int = 1,
         sparse_items: bool = False,
+        logits_memory_mb: int = 256,
     ):
         super().__init__()
         self.n_items = n_items
+        self.logit_cells = logits_memory_mb * 2**20 // 4  # float32 logits a CE step may hold
         # Only BCE reads rows alone; CE's logits take the whole table (a dense gradient).
         sparse = sparse_items and loss == "bce"
         self.items = ItemRepresentation(n_items, dim, item_text, sparse=sparse)
@@ -127,9 +169,10 @@ class SequentialRecommender(nn.Module):
         mask = targets > 0
         states, targets = states[mask], targets[mask]
         if table is not None:
-            logits = states @ table.T
-            logits[:, 0] = float("-inf")
-            return F.cross_entropy(logits, targets)
+            if len(states) * len(table) <= self.logit_cells:
+                return F.cross_entropy(_logits(states, table), targets)
+            rows = max(1, self.logit_cells // len(table))
+            return ChunkedCrossEntropy.apply(states, table, targets, rows)
         # BCE with uniformly sampled negatives (a negative may rarely equal the target, as in
         # RecBole's and the SASRec paper's sampling).
         negatives = torch.randint(

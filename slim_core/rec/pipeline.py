@@ -149,9 +149,7 @@ def recommender_stage_folder(
             if user_vectors is None
             else file_fingerprint(user_vectors)["blake2b"],
             "rationales": {r.source: r.key for r in rationales},
-            "recommender": config.recommender.model_dump(
-                mode="json", exclude={"user_vectors", "threads", "workers", "device"}
-            ),
+            "recommender": config.recommender.result_settings(),
             "evaluation": config.evaluation.result_settings(),
         }
     )

@@ -234,6 +234,7 @@ def build_model(
         "bce_negatives": cfg.bce_negatives,
         # SparseAdam has no weight decay: a decayed BCE item table stays on dense Adam.
         "sparse_items": cfg.weight_decay == 0,
+        "logits_memory_mb": cfg.logits_memory_mb,
     }
     if kind == "sasrec":
         return SASRec(

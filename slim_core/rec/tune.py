@@ -67,9 +67,7 @@ def tune_study(config: SlimConfig, data_key: str, item_vectors_key: str | None) 
     """The study of this configuration: one folder per backbone and variant, keyed by everything
     a trial's score depends on except the number of trials (asking for more resumes)."""
     tune, rec = config.tuning, config.recommender
-    fixed = rec.model_dump(
-        mode="json", exclude={*TUNABLE, "workers", "threads", "device", "user_vectors"}
-    )
+    fixed = rec.result_settings(exclude=set(TUNABLE))
     key = canonical_hash(
         {
             "data": data_key,
