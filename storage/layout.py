@@ -15,7 +15,6 @@ result is never half-overwritten and a cached pointer to it never lies.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 from dataclasses import dataclass
@@ -26,17 +25,10 @@ from typing import Any
 from filelock import FileLock
 
 from storage.atomic import write_json_atomic, write_text_atomic
-from storage.fingerprint import file_fingerprint
+from storage.fingerprint import file_digest
 from storage.manifest import package_versions
 
 MANIFEST = "manifest.json"
-
-
-@functools.lru_cache(maxsize=1024)
-def _digest(path: str, size: int, mtime_ns: int, inode: int) -> str:
-    """A file's BLAKE2b, computed again only when its size, time or inode changed: stage
-    folders are checked several times a run, and vector files run to hundreds of MB."""
-    return file_fingerprint(path)["blake2b"]
 
 
 @dataclass(frozen=True)
@@ -68,9 +60,7 @@ class StageFolder:
             except FileNotFoundError:
                 return False
             if "blake2b" in facts and (
-                stat.st_size != facts["size"]
-                or _digest(str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino)
-                != facts["blake2b"]
+                stat.st_size != facts["size"] or file_digest(path) != facts["blake2b"]
             ):
                 return False
         return True
@@ -86,9 +76,8 @@ class StageFolder:
         size and digest go into the manifest beside what `files` says about it."""
         sealed = {}
         for name, about in files.items():
-            stat = (self.path / name).stat()
-            digest = _digest(str(self.path / name), stat.st_size, stat.st_mtime_ns, stat.st_ino)
-            sealed[name] = {**about, "size": stat.st_size, "blake2b": digest}
+            size = (self.path / name).stat().st_size
+            sealed[name] = {**about, "size": size, "blake2b": file_digest(self.path / name)}
         manifest = {
             "stage": self.stage,
             "key": self.key,

@@ -49,22 +49,15 @@ class DataStageResult:
         return self.folder / f"{artifact}.parquet"
 
 
-@functools.lru_cache(maxsize=256)
-def _fingerprint_cached(path: str, size: int, mtime_ns: int) -> dict[str, Any]:
-    return file_fingerprint(path)
-
-
 def fingerprint_inputs(cfg: DataConfig) -> list[dict[str, Any]]:
-    """Content fingerprints of every input file (memoised per size and mtime in this process)."""
+    """Content fingerprints of every input file."""
     prints = []
     for path in input_files(cfg.source):
-        try:
-            stat = path.stat()
-        except FileNotFoundError:
-            raise DataError("file not found", path=path, field="data.source") from None
+        if not path.exists():
+            raise DataError("file not found", path=path, field="data.source")
         if not path.is_file():
             raise DataError("expected a file, found a folder", path=path, field="data.source")
-        prints.append(_fingerprint_cached(str(path.resolve()), stat.st_size, stat.st_mtime_ns))
+        prints.append(file_fingerprint(path))
     return prints
 
 
