@@ -102,7 +102,6 @@ def _load(
 ) -> SlimConfig:
     """Validate the configuration, apply the run's parameters, tag the flow run, and save the
     configuration, resolved, beside the run's outputs."""
-    code_version()  # the commit this process started with: its run manifest names it
     config = load_config(config_path)
     skipped = skipped_without_llm(config) if without_llm else []
     config = with_parameters(config, teacher_users, student_users, budget_usd, without_llm)
@@ -120,7 +119,7 @@ def _load(
     tag_flow_run(config, [s for s in stages if s not in LLM_STAGES or getattr(config, s)])
     # config.yaml is the latest run's; the flow run's own copy is what its manifest records, even
     # when another configuration's run shares the output folder.
-    RunFolder(config.run.output_dir).save_config(config.to_yaml(), flow_run.id)
+    RunFolder(config.run.output_dir).save_config(config.to_yaml(), flow_run.id, code_version())
     for leftover in remove_stale_temp_files(config.run.output_dir):
         log.info("removed %s: a temporary file of a writer that was killed", leftover)
     return config

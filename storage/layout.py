@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import yaml
 from filelock import FileLock
 
 from storage.atomic import write_json_atomic, write_text_atomic
@@ -131,12 +132,19 @@ class RunFolder:
         folder = self.stage(stage, key)
         return folder if folder.is_complete() else None
 
-    def save_config(self, yaml_text: str, flow_run_id: str | None = None) -> Path:
+    def save_config(
+        self, yaml_text: str, flow_run_id: str | None = None, code: dict[str, Any] | None = None
+    ) -> Path:
         """`config.yaml` (the latest run's), and with a flow run id that run's own copy,
-        `flow-runs/<id>.config.yaml`, which its run manifest records."""
+        `flow-runs/<id>.config.yaml`, and the code it started with, `flow-runs/<id>.code.yaml`:
+        its run manifest, written when it ends, records both."""
         if flow_run_id:
             write_text_atomic(self.flow_run_config(flow_run_id), yaml_text)
+            write_text_atomic(self.flow_run_code(flow_run_id), yaml.safe_dump(code))
         return write_text_atomic(self.root / "config.yaml", yaml_text)
+
+    def flow_run_code(self, flow_run_id: str) -> Path:
+        return self.root / "flow-runs" / f"{flow_run_id}.code.yaml"
 
     def flow_run_config(self, flow_run_id: str) -> Path:
         return self.root / "flow-runs" / f"{flow_run_id}.config.yaml"

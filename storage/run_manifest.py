@@ -9,7 +9,6 @@ had uncommitted changes).
 
 from __future__ import annotations
 
-import functools
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,13 +22,8 @@ from storage.manifest import package_versions
 FOLDER = "flow-runs"
 
 
-@functools.cache
 def git_commit(where: Path) -> dict[str, Any] | None:
-    """HEAD of the repository holding `where` and whether its tree was dirty; None outside git.
-
-    Read once per process: a run's manifest is written when it ends, and the commit it names
-    must be the code the process loaded, not one checked out while it ran (`code_version()` is
-    called when a flow starts)."""
+    """HEAD of the repository holding `where` and whether its tree was dirty; None outside git."""
     try:
         head = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=10
@@ -58,9 +52,11 @@ def write_run_manifest(
     seeds: dict[str, Any],
     data_key: str | None,
     state: str,
+    code: dict[str, Any] | None,
     parameters: dict[str, Any] | None = None,
 ) -> Path:
-    """Write this flow run's manifest; returns its path."""
+    """Write this flow run's manifest; returns its path. `code`: the commit the run started
+    with (`code_version()` when it started; the tree may be checked out elsewhere by its end)."""
     finished = datetime.now(UTC)
     stamp = started.strftime("%Y%m%dT%H%M%S")
     path = run_folder.root / FOLDER / f"{stamp}-{flow_run_id or 'local'}.json"
@@ -80,12 +76,12 @@ def write_run_manifest(
             "seeds": seeds,
             "stages": run_folder.read_manifest().get("stages", {}),
             "versions": package_versions(),
-            "code": code_version(),
+            "code": code,
         },
     )
     return path
 
 
 def code_version() -> dict[str, Any] | None:
-    """The commit of the code this process runs (read at its first call: call it at start)."""
+    """The commit of the code checked out where this package lives."""
     return git_commit(Path(__file__).resolve().parent)

@@ -13,7 +13,7 @@ import yaml
 
 from slim_core.config import load_config
 from slim_core.errors import SlimError
-from storage import RunFolder, write_run_manifest
+from storage import RunFolder, code_version, write_run_manifest
 
 log = logging.getLogger("slim_core.manifest")
 
@@ -35,6 +35,7 @@ def record_flow_run(flow, flow_run, state) -> None:
     resolved = (
         yaml.safe_load(saved.read_text()) if saved.is_file() else config.model_dump(mode="json")
     )
+    code = run_folder.flow_run_code(str(flow_run.id))
     written = write_run_manifest(
         run_folder,
         flow=flow.name,
@@ -45,5 +46,6 @@ def record_flow_run(flow, flow_run, state) -> None:
         data_key=run_folder.read_manifest().get("stages", {}).get("data"),
         parameters={k: v for k, v in flow_run.parameters.items() if v is not None},
         state=state.name,
+        code=yaml.safe_load(code.read_text()) if code.is_file() else code_version(),
     )
     log.info("run manifest: %s", written)

@@ -256,7 +256,6 @@ def test_https_endpoints_are_verified(tmp_path, monkeypatch):
     company CA), a recorded failure naming the certificate when it is not."""
     import ssl
 
-    from slim_core.llm import openai_http
     from tests.fake_openai import FakeOpenAI
 
     cert_file, key_file = _self_signed(tmp_path)
@@ -271,18 +270,15 @@ def test_https_endpoints_are_verified(tmp_path, monkeypatch):
             monkeypatch.delenv(name, raising=False)
         settings = {"base_url": url, "model": "m", "api_key_env": None, "backoff_s": 0.01}
         monkeypatch.setenv("SSL_CERT_FILE", str(cert_file))
-        openai_http._ssl_context.cache_clear()
         trusted = OpenAICompatibleBackend(**settings).generate(["p1", "p2"], Decoding())
         assert all(isinstance(r, Generation) and r.text == GOOD_ANSWER for r in trusted)
 
         monkeypatch.delenv("SSL_CERT_FILE")
-        openai_http._ssl_context.cache_clear()
         untrusted = OpenAICompatibleBackend(**settings, max_retries=0).generate(["p3"], Decoding())
         assert isinstance(untrusted[0], GenerationFailure)
         assert "certificate" in untrusted[0].error.lower()
         assert "p3" not in server.calls  # nothing was sent to an endpoint it could not verify
     finally:
-        openai_http._ssl_context.cache_clear()
         server.stop()
 
 

@@ -74,6 +74,10 @@ def test_slim_server_receives_a_flow_run_with_its_task_runs_and_artifacts(tmp_pa
     # Told apart in the UI: the config's name and hash, tags for the stages and the override.
     manifest = json.loads(next((tmp_path / "run" / "flow-runs").glob("*.json")).read_text())
     assert flow_run["name"] == f"prepare demo-{manifest['config_hash'][:8]}"
+    # the commit it started with, saved when it started (the tree may move while it runs)
+    started_with = tmp_path / "run" / "flow-runs" / f"{flow_run['id']}.code.yaml"
+    assert manifest["code"] == yaml.safe_load(started_with.read_text())
+    assert len(manifest["code"]["commit"]) == 40
     assert {"slim", "config:demo", "stage:data", "set:data.max_history=40"} <= set(flow_run["tags"])
     # SLIM's own log lines reach the run's logs on the server, not only the console (Prefect was
     # imported before `tasks` set its logging; the tests' conftest set it too and hid that).

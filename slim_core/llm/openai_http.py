@@ -20,7 +20,6 @@ one batch to the next.
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import logging
 import math
@@ -212,7 +211,10 @@ class OpenAICompatibleBackend:
             headers = self._headers()  # reads and checks the key once
             runner.key = headers.get("Authorization", "Bearer ")[len("Bearer ") :]
             try:  # HTTP(S)_PROXY, ALL_PROXY and NO_PROXY from the environment (trust_env)
-                clients = [self._client(headers) for _ in range(self.max_concurrency)]
+                # One verifying TLS context for every connection (loading the CA bundle takes
+                # ~20 ms): certifi's bundle, or SSL_CERT_FILE / SSL_CERT_DIR (a company CA).
+                tls = httpx.create_ssl_context()
+                clients = [self._client(headers, tls) for _ in range(self.max_concurrency)]
             except (ImportError, ValueError) as error:  # e.g. socks5:// without httpx[socks]
                 proxies = urllib.request.getproxies()
                 scheme = urllib.request.urlparse(self.base_url).scheme
@@ -226,7 +228,7 @@ class OpenAICompatibleBackend:
             for client in clients:
                 runner.idle.put_nowait(client)
 
-    def _client(self, headers: dict[str, str]) -> httpx.AsyncClient:
+    def _client(self, headers: dict[str, str], tls: ssl.SSLContext) -> httpx.AsyncClient:
         """A client of one connection. httpx's pool scans all its connections in Python on
         every request and every reply: one pool of 64 connections reached 24% of concurrency /
         latency at 200 ms and 64 in flight, 64 pools of one 89.7% (`benchmarks/teacher.py`).
@@ -236,7 +238,7 @@ class OpenAICompatibleBackend:
             headers=headers,
             limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
             timeout=None,  # one timeout for the whole request, in `_one`
-            verify=_ssl_context(),
+            verify=tls,
         )
 
     async def _one(
@@ -343,19 +345,11 @@ class _LoopRunner:
             await client.aclose()
 
 
-@functools.cache
 def _package_version() -> str:
     try:
         return version("slim-rec")
     except Exception:  # running from a source tree that is not installed
         return "dev"
-
-
-@functools.cache
-def _ssl_context() -> ssl.SSLContext:
-    """One verifying TLS context for every connection (loading the CA bundle takes ~20 ms):
-    certifi's bundle, or SSL_CERT_FILE / SSL_CERT_DIR when set (a company CA)."""
-    return httpx.create_ssl_context()
 
 
 # What looks like a credential in a reply an endpoint echoes: "Bearer <token>",
