@@ -7,7 +7,6 @@ one, else the raw prompt.
 
 from __future__ import annotations
 
-import functools
 import inspect
 import logging
 import time
@@ -21,7 +20,6 @@ from storage import canonical_hash
 log = logging.getLogger("slim_core.llm")
 
 
-@functools.cache  # the hardware does not change while the process runs
 def native_bfloat16(device: str = "cpu") -> bool:
     """Whether `device` computes in bfloat16 natively. CPUs without AVX512-BF16 or AMX emulate
     it: there bfloat16 is several times slower than float32 (fine-tuning 135M parameters went
