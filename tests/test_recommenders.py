@@ -507,6 +507,21 @@ def test_sasrec_starts_from_recbole_initialisation():
     assert not model.items.id_embedding.weight[0].any()  # padding stays zero
 
 
+def test_srgnn_draws_its_item_text_fusion_from_its_uniform_initialisation():
+    """With PyTorch's default initialisation there, SRGNN + item text overfitted early and
+    scored under ID on ml-100k (docs/benchmarks.md); the user-side fusion keeps SLIM's own."""
+    from slim_core.rec.models import SRGNN
+
+    torch.manual_seed(0)
+    dim, text_dim = 16, 256  # bounds: 1/sqrt(16) = 0.25 here, PyTorch's 1/sqrt(fan_in) smaller
+    model = SRGNN(50, dim, item_text=torch.randn(51, text_dim), user_text_dim=text_dim)
+    for name, weight in model.items.fusion.named_parameters():
+        assert weight.abs().max().item() <= 0.25, name
+        assert weight.dim() == 1 or weight.abs().max().item() > 0.24, name
+    assert model.user_fusion.g_l.weight.abs().max().item() <= 1 / text_dim**0.5
+    assert abs(model.items.id_embedding.weight[1:].std().item() - 0.02) < 0.004
+
+
 def test_srgnn_graph_matches_the_papers_session_graph():
     """RecBole's docstring example, session 1 2 3 2 4: in- and out-edges normalised by degree."""
     from slim_core.rec.models import SRGNN
