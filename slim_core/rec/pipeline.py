@@ -44,7 +44,8 @@ from storage import (
 log = logging.getLogger("slim_core.rec")
 
 ENCODE_STAGE_VERSION = 1
-RECOMMENDER_STAGE_VERSION = 2  # 2: SASRec initialised as RecBole does; SRGNN
+# 2: SASRec initialised as RecBole does; SRGNN. 3: SRGNN's item-text fusion initialised uniformly.
+RECOMMENDER_STAGE_VERSION = 3
 
 
 @dataclass(frozen=True)
