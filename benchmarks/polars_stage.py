@@ -1,11 +1,11 @@
 """The data stage's steps in Polars, lazy, on its streaming engine: the peer `scale.py` runs
 beside DuckDB and pandas.
 
-The same rules as `data_stage.run_pandas` (and the project's DuckDB stage): dedup "first"
+The same rules as `pandas_stage.run_pandas` (and the project's DuckDB stage): dedup "first"
 (earliest time, ties by file order), iterative k-core, dense ids in id order, chronological
 positions with ties by item id then file order, the last `MAX_HISTORY + 1` items per user split
 leave-one-out, an md5 of the raw ids; the same three Parquet files, which `scale.py` checks
-against DuckDB's with `data_stage.compare_outputs`.
+against DuckDB's with `pandas_stage.compare_outputs`.
 
 Each step is a lazy query collected on the streaming engine. The frame is materialised between
 k-core rounds (whether another round is needed depends on the last one), as DuckDB
@@ -18,7 +18,7 @@ import hashlib
 from pathlib import Path
 
 import polars as pl
-from data_stage import K_CORE_ITEMS, K_CORE_USERS, MAX_HISTORY, MIN_SEQUENCE_LENGTH
+from pandas_stage import K_CORE_ITEMS, K_CORE_USERS, MAX_HISTORY, MIN_SEQUENCE_LENGTH
 
 STREAMING = "streaming"
 TEXT_FIELDS = ("title", "category", "brand", "description", "text")

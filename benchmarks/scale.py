@@ -13,8 +13,8 @@ through both), users are n/10 (mean history 10) up to 5M.
 
 Stages, one row each per size:
 - data: the project's DuckDB data stage, and the same steps in Polars (lazy, streaming engine,
-  `polars_stage.run_polars`) and pandas (`data_stage.run_pandas`); outputs checked identical
-  to DuckDB's (`data_stage.compare_outputs`).
+  `polars_stage.run_polars`) and pandas (`pandas_stage.run_pandas`); outputs checked identical
+  to DuckDB's (`pandas_stage.compare_outputs`).
 - negatives: the sampled protocol's negatives as the recommender stage draws them
   (`slim_core.rec.stage.load_negatives`: both splits, drawn and written).
 - evaluation: one full-ranking pass over every user's test target with an untrained SASRec
@@ -197,9 +197,38 @@ def ensure_log(workdir: Path, n: int, seed: int) -> tuple[Path, dict]:
 # Child: one stage, measured in its own process
 
 
+def run_duckdb(
+    input_path: Path, out: Path, memory_limit: str | None, temp_directory: Path | None
+) -> Path:
+    """The project's data stage, called the way the pipeline calls it."""
+    from pandas_stage import K_CORE_ITEMS, K_CORE_USERS, MAX_HISTORY
+
+    from slim_core.config import config_from_dict
+    from slim_core.data.stage import run_data_stage
+    from storage import RunFolder
+
+    data = {
+        "source": {
+            "format": "table",
+            "interactions": str(input_path),
+            "columns": {"user": "user_id", "item": "item_id", "timestamp": "timestamp"},
+        },
+        "k_core_users": K_CORE_USERS,
+        "k_core_items": K_CORE_ITEMS,
+        "max_history": MAX_HISTORY,
+        "dedup": "first",
+        "duckdb_memory_limit": memory_limit,
+        "duckdb_temp_directory": None if temp_directory is None else str(temp_directory),
+    }
+    config = config_from_dict({"run": {"output_dir": str(out)}, "data": data})
+    folder = RunFolder(out).stage("data", "bench")
+    run_data_stage(config.data, folder)
+    return folder.path
+
+
 def child_data(args: argparse.Namespace) -> dict:
     # Import before the clock starts: the timing is the stage's work, not interpreter start-up.
-    from data_stage import run_duckdb, run_pandas
+    from pandas_stage import run_pandas
     from polars_stage import run_polars
 
     import slim_core.data.stage  # noqa: F401
@@ -207,7 +236,7 @@ def child_data(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     if args.engine == "duckdb":
         memory = args.duckdb_memory_limit
-        folder = run_duckdb(args.input, args.out, None, memory, args.duckdb_temp_directory)
+        folder = run_duckdb(args.input, args.out, memory, args.duckdb_temp_directory)
     elif args.engine == "polars":
         folder = run_polars(args.input, args.out)
     else:
@@ -453,7 +482,7 @@ def measure(stage: str, engine: str, n: int, log: Path, shape: dict, args) -> di
     row |= {"log_users": shape["users"], "log_items": shape["item_pool"]}
     row |= settings(stage, engine, args)
     if stage == "data" and engine != "duckdb" and row["seconds"] is not None:
-        from data_stage import compare_outputs
+        from pandas_stage import compare_outputs
 
         row["outputs_match_duckdb"] = compare_outputs(paths["data"], Path(row["folder"]))["agree"]
     if stage == "data" and engine == "duckdb" and row["seconds"] is not None:
@@ -710,7 +739,8 @@ def report(rows: list[dict], results: Path) -> None:
     """Print the table, the slopes and the targets of every row; draw the curve beside the JSON."""
     print("\n" + tables(rows) + "\n")
     print("\n".join(verdicts(rows)))
-    plot(rows, results.with_suffix(".png"))
+    if any(row["seconds"] for row in rows):  # nothing to draw on log axes otherwise
+        plot(rows, results.with_suffix(".png"))
 
 
 def parent_main(args: argparse.Namespace) -> None:
