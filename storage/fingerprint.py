@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -14,17 +13,8 @@ def file_digest(path: str | os.PathLike[str]) -> str:
     """BLAKE2b of a file's bytes.
 
     The digest, not the modification time, decides whether an input changed: copying or
-    touching a file does not invalidate caches, editing one byte does. It is computed again only
-    when the file's size, modification time or inode changed: a run reads its inputs' digests at
-    least three times (plan, stage key, manifest) and checks sealed stage folders as often, at
-    ~400 MB/s on a 2-core machine (13 s a read for a 5 GB log), so this one memo is kept.
+    touching a file does not invalidate caches, editing one byte does.
     """
-    stat = os.stat(path)
-    return _digest(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
-
-
-@functools.lru_cache(maxsize=1024)
-def _digest(path: str, size: int, mtime_ns: int, inode: int) -> str:
     with open(path, "rb") as fh:
         return hashlib.file_digest(fh, lambda: hashlib.blake2b(digest_size=16)).hexdigest()
 

@@ -50,7 +50,12 @@ class StageFolder:
     def is_complete(self) -> bool:
         """True when the manifest exists and every file it lists is there with the size and
         digest it had when the folder was sealed: a modified artifact (an edit, a `COPY ... TO`
-        over it) makes the folder incomplete, so the stage is computed again, never reused."""
+        over it) makes the folder incomplete, so the stage is computed again, never reused.
+
+        A file whose size, modification time and inode are still those it was sealed with is
+        not read again: every rerun checks every stage folder, and reading a 5 GB folder takes
+        ~13 s at the ~400 MB/s BLAKE2b runs at on 2 cores. A copied or touched file is read and
+        still counts when its bytes are unchanged."""
         manifest = self.read_manifest()
         if manifest is None:
             return False
@@ -60,9 +65,11 @@ class StageFolder:
                 stat = path.stat()
             except FileNotFoundError:
                 return False
-            if "blake2b" in facts and (
-                stat.st_size != facts["size"] or file_digest(path) != facts["blake2b"]
-            ):
+            if "blake2b" not in facts:
+                continue
+            if stat.st_size != facts["size"]:
+                return False
+            if _stat_facts(stat) != facts.get("stat") and file_digest(path) != facts["blake2b"]:
                 return False
         return True
 
@@ -77,8 +84,10 @@ class StageFolder:
         size and digest go into the manifest beside what `files` says about it."""
         sealed = {}
         for name, about in files.items():
-            size = (self.path / name).stat().st_size
-            sealed[name] = {**about, "size": size, "blake2b": file_digest(self.path / name)}
+            stat = (self.path / name).stat()
+            digest = file_digest(self.path / name)
+            sealed[name] = {**about, "size": stat.st_size, "blake2b": digest}
+            sealed[name]["stat"] = _stat_facts(stat)
         manifest = {
             "stage": self.stage,
             "key": self.key,
@@ -89,6 +98,11 @@ class StageFolder:
         }
         write_json_atomic(self.manifest_path, manifest)
         return manifest
+
+
+def _stat_facts(stat: os.stat_result) -> list[int]:
+    """What changes when a file is written or replaced: modification time (ns) and inode."""
+    return [stat.st_mtime_ns, stat.st_ino]
 
 
 class RunFolder:

@@ -64,6 +64,25 @@ def test_stage_folder_is_complete_only_when_sealed(tmp_path):
     assert not folder.is_complete()  # a listed file went missing
 
 
+def test_a_sealed_file_counts_by_its_bytes_not_its_modification_time(tmp_path):
+    import os
+
+    folder = RunFolder(tmp_path).stage("data", "k1")
+    write_json_atomic(folder.file("x.json"), {"a": 1})
+    folder.write_manifest({"x.json": {}})
+    sealed = folder.file("x.json").stat()
+    os.utime(folder.file("x.json"), ns=(sealed.st_atime_ns, sealed.st_mtime_ns + 10**9))
+    assert folder.is_complete()  # touched, the same bytes: read again, still the stage's file
+    text = folder.file("x.json").read_text()
+    folder.file("x.json").write_text(text.replace("1", "2"))  # the same size, other bytes
+    assert folder.file("x.json").stat().st_size == sealed.st_size
+    assert not folder.is_complete()
+    # Put back with its sealed modification time: unchanged stat facts are trusted unread.
+    folder.file("x.json").write_text(text)
+    os.utime(folder.file("x.json"), ns=(sealed.st_atime_ns, sealed.st_mtime_ns))
+    assert folder.is_complete()
+
+
 def test_run_points_at_current_stage_and_catalog_reads_it(tmp_path):
     import duckdb
 

@@ -61,8 +61,9 @@ def fingerprint_inputs(cfg: DataConfig) -> list[dict[str, Any]]:
     return prints
 
 
-def data_stage_key(cfg: DataConfig) -> str:
-    """Hash of what the stage's output depends on: file contents (not paths) and settings."""
+def data_stage_key(cfg: DataConfig, inputs: list[dict[str, Any]] | None = None) -> str:
+    """Hash of what the stage's output depends on: file contents (not paths) and settings.
+    `inputs`: `fingerprint_inputs(cfg)` when the caller has it already."""
     settings = cfg.model_dump(mode="json", exclude=NON_OUTPUT_SETTINGS)
     if cfg.sample_users is None:  # keys of runs without a sample stay what they were
         settings.pop("sample_users")
@@ -73,7 +74,7 @@ def data_stage_key(cfg: DataConfig) -> str:
             isinstance(value, list) and value and isinstance(value[0], Path)
         ):
             settings["source"].pop(name)  # the file's content is in the fingerprints instead
-    digests = [fp["blake2b"] for fp in fingerprint_inputs(cfg)]
+    digests = [fp["blake2b"] for fp in inputs or fingerprint_inputs(cfg)]
     return canonical_hash({"version": DATA_STAGE_VERSION, "settings": settings, "inputs": digests})
 
 
@@ -94,8 +95,11 @@ def _copy_parquet(con: duckdb.DuckDBPyConnection, table: str, target: Path) -> i
     return con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
 
 
-def run_data_stage(cfg: DataConfig, folder: StageFolder) -> dict[str, Any]:
-    """Compute the stage into `folder` (no cache check) and seal it with its manifest."""
+def run_data_stage(
+    cfg: DataConfig, folder: StageFolder, inputs: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """Compute the stage into `folder` (no cache check) and seal it with its manifest.
+    `inputs`: `fingerprint_inputs(cfg)` when the caller has it already."""
     con = _connect(cfg)
     try:
         log.info(
@@ -124,7 +128,7 @@ def run_data_stage(cfg: DataConfig, folder: StageFolder) -> dict[str, Any]:
         stage_version=DATA_STAGE_VERSION,
         config=cfg.model_dump(mode="json"),
         config_hash=canonical_hash(cfg.model_dump(mode="json", exclude=NON_OUTPUT_SETTINGS)),
-        inputs=fingerprint_inputs(cfg),
+        inputs=inputs or fingerprint_inputs(cfg),
     )
     return stats
 
@@ -139,11 +143,16 @@ class DataStage(Stage[DataStageResult]):
     tag = "slim-data"
 
     @functools.cached_property
+    def inputs(self) -> list[dict[str, Any]]:
+        """The input files' fingerprints, read once for the key and the manifest."""
+        return fingerprint_inputs(self.cfg)
+
+    @functools.cached_property
     def key(self) -> str:
-        return data_stage_key(self.cfg)
+        return data_stage_key(self.cfg, self.inputs)
 
     def run(self, folder: StageFolder, hooks: StageHooks) -> None:
-        run_data_stage(self.cfg, folder)
+        run_data_stage(self.cfg, folder, self.inputs)
 
     def load(self, folder: StageFolder) -> DataStageResult:
         return DataStageResult(folder.path, folder.key, _read_json(folder.file("stats.json")))
