@@ -26,6 +26,16 @@ def make_config(output_dir: Path, source: dict[str, Any], **data: Any) -> SlimCo
     )
 
 
+def ml100k_source(root: Path) -> dict[str, Any]:
+    """The data source of the shared MovieLens-100K copy under `root` (../shared/data)."""
+    return {
+        "format": "recbole_atomic",
+        "interactions": str(root / "ml-100k/ml-100k.inter"),
+        "items": str(root / "ml-100k/ml-100k.item"),
+        "item_columns": {"title": "movie_title", "category": "class"},
+    }
+
+
 def run_stage(output_dir: Path, source: dict[str, Any], **data: Any) -> DataStageResult:
     """Run the data stage without Prefect and return its result."""
     return prepare_data(make_config(output_dir, source, **data))

@@ -14,8 +14,7 @@ from slim_core.data.partitioned import ITEM_COLUMNS, RAW_COLUMNS, build_sequence
 from slim_core.errors import ConfigError, DataError
 from slim_core.rec.partitioned import TrainedRun, evaluate_partitioned, rank_users
 from slim_core.rec.stage import run_recommenders
-from tests.helpers import REPO, make_config, run_stage
-from tests.test_shared_datasets import ml100k_source
+from tests.helpers import REPO, make_config, ml100k_source, run_stage
 
 
 @pytest.fixture(scope="module")

@@ -5,19 +5,10 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
-from tests.helpers import rows, run_stage, sequences_by_user
+from tests.helpers import ml100k_source, rows, run_stage, sequences_by_user
 
 REPO = Path(__file__).resolve().parents[1]
 LOOSE = {"k_core_users": 1, "k_core_items": 1}
-
-
-def ml100k_source(root):
-    return {
-        "format": "recbole_atomic",
-        "interactions": str(root / "ml-100k/ml-100k.inter"),
-        "items": str(root / "ml-100k/ml-100k.item"),
-        "item_columns": {"title": "movie_title", "category": "class"},
-    }
 
 
 def scientific_source(root, prefix="Scientific"):
