@@ -36,7 +36,7 @@ from storage import (
     RunFolder,
     StageFolder,
     canonical_hash,
-    file_fingerprint,
+    file_digest,
     write_json_atomic,
     write_text_atomic,
 )
@@ -146,9 +146,7 @@ def recommender_stage_folder(
             "version": RECOMMENDER_STAGE_VERSION,
             "data": data.key,
             "encode": None if encoded is None else encoded.key,
-            "user_vectors": None
-            if user_vectors is None
-            else file_fingerprint(user_vectors)["blake2b"],
+            "user_vectors": None if user_vectors is None else file_digest(user_vectors),
             "rationales": {r.source: r.key for r in rationales},
             "recommender": config.recommender.result_settings(),
             "evaluation": config.evaluation.result_settings(),

@@ -34,7 +34,7 @@ from slim_core.student.pairs import distillation_pairs
 from slim_core.student.quality import QUALITY_METRICS_VERSION, student_quality
 from slim_core.student.sft import finetune
 from slim_core.tracking import tracking_environment
-from storage import RunFolder, StageFolder, canonical_hash, file_fingerprint, write_json_atomic
+from storage import RunFolder, StageFolder, canonical_hash, file_digest, write_json_atomic
 
 log = logging.getLogger("slim_core.student")
 
@@ -125,7 +125,7 @@ def base_model_hash(cfg: StudentConfig, folder: Path, gguf_file: str | None) -> 
     files = sorted(p for p in folder.iterdir() if p.is_file())
     if gguf_file:
         files = [folder / gguf_file] + [p for p in files if p.suffix == ".json"]
-    return canonical_hash([file_fingerprint(p)["blake2b"] for p in files], 16)
+    return canonical_hash([file_digest(p) for p in files], 16)
 
 
 @dataclass(frozen=True)
