@@ -21,6 +21,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -292,10 +293,11 @@ class RecommenderConfig(_Strict):
         "instead of the pipeline's rationales (every evaluated user and cutoff needs one).",
     )
     dim: int = Field(64, ge=8, description="ID embedding / hidden size.")
-    layers: int = Field(2, ge=1, description="SASRec transformer layers / GRU4Rec GRU layers.")
+    layers: int = Field(2, ge=1, description="SASRec transformer layers.")
     heads: int = Field(2, ge=1, description="SASRec attention heads.")
     inner_dim: int = Field(256, ge=8, description="SASRec feed-forward size.")
     gru_hidden: int = Field(128, ge=8, description="GRU4Rec hidden size.")
+    gru_layers: int = Field(1, ge=1, description="GRU4Rec GRU layers (RecBole's `num_layers`).")
     gnn_steps: int = Field(1, ge=1, description="SRGNN graph layers (RecBole's `step`).")
     dropout: float = Field(0.2, ge=0.0, lt=1.0, description="Dropout rate.")
     max_len: int = Field(50, ge=2, description="Longest history a model reads.")
@@ -733,18 +735,41 @@ class SearchRange(_Strict):
         return self
 
 
-TUNABLE = ("lr", "dropout", "dim", "layers", "batch_size", "weight_decay", "max_len")
+TUNABLE = (
+    "lr",
+    "dropout",
+    "dim",
+    "layers",
+    "gru_layers",
+    "gnn_steps",
+    "batch_size",
+    "weight_decay",
+    "max_len",
+)
+# The tunable settings each backbone does not read: a search over one of them spends its trials
+# on noise (GRU4Rec's 16-trial search once "chose" `layers: 2`, which no GRU4Rec reads).
+IGNORED_BY = {
+    "sasrec": {"gru_layers", "gnn_steps"},
+    "gru4rec": {"layers", "gnn_steps"},
+    "srgnn": {"layers", "gru_layers", "dropout"},
+}
 
 
-def _default_space() -> dict[str, SearchRange]:
-    return {
+def default_space(model: str) -> dict[str, SearchRange]:
+    """The search over every tunable setting that `model` reads."""
+    space = {
         "lr": SearchRange(low=1e-4, high=1e-2, log=True),
         "dropout": SearchRange(low=0.0, high=0.6),
         "dim": SearchRange(choices=[32, 64, 128]),
         "layers": SearchRange(low=1, high=3),
+        "gru_layers": SearchRange(low=1, high=3),
+        "gnn_steps": SearchRange(low=1, high=3),
         "batch_size": SearchRange(choices=[32, 64, 128, 256]),
         "weight_decay": SearchRange(choices=[0.0, 1e-6, 1e-5, 1e-4]),
         "max_len": SearchRange(choices=[20, 50]),
+    }
+    return {
+        name: search for name, search in space.items() if name not in IGNORED_BY.get(model, set())
     }
 
 
@@ -759,13 +784,23 @@ class TuneConfig(_Strict):
         5, ge=0, description="Epochs every trial runs before the median pruner may stop it."
     )
     space: dict[str, SearchRange] = Field(
-        default_factory=_default_space,
-        description=f"Settings to search, each a range or choices; any of {', '.join(TUNABLE)}.",
+        default_factory=dict,
+        description=f"Settings to search, each a range or choices; any of {', '.join(TUNABLE)} "
+        "that the backbone reads. Default: all of those.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _space_of_the_model(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "space" not in data:
+            data = {**data, "space": default_space(data.get("model", "sasrec"))}
+        return data
 
     @field_validator("space")
     @classmethod
-    def _known_settings(cls, space: dict[str, SearchRange]) -> dict[str, SearchRange]:
+    def _known_settings(
+        cls, space: dict[str, SearchRange], info: ValidationInfo
+    ) -> dict[str, SearchRange]:
         if not space:
             raise ValueError(
                 f"the search space is empty: give at least one of {', '.join(TUNABLE)}"
@@ -774,6 +809,13 @@ class TuneConfig(_Strict):
         if unknown:
             raise ValueError(
                 f"cannot search {', '.join(unknown)}: searchable are {', '.join(TUNABLE)}"
+            )
+        model = info.data.get("model")  # absent when the model itself is invalid
+        ignored = sorted(set(space) & IGNORED_BY.get(model, set()))
+        if ignored:
+            raise ValueError(
+                f"{model} does not read {', '.join(ignored)}: searchable for it are "
+                f"{', '.join(default_space(model))}"
             )
         return space
 

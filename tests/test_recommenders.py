@@ -152,6 +152,16 @@ def test_the_stage_builds_sparse_item_rows_for_bce_without_weight_decay_only():
     assert kinds(small(loss="ce")) == ["Adam"]  # CE's logits read the whole table
 
 
+def test_each_backbone_reads_its_own_depth_setting():
+    """`layers` is SASRec's; GRU4Rec stacks `gru_layers` GRUs, SRGNN runs `gnn_steps` steps."""
+    from slim_core.rec.stage import build_model
+
+    cfg = small(layers=3, gru_layers=2, gnn_steps=4)
+    assert len(build_model("sasrec", "id", N_ITEMS, cfg, inputs=None).transformer.layers) == 3
+    assert build_model("gru4rec", "id", N_ITEMS, cfg, inputs=None).gru.num_layers == 2
+    assert build_model("srgnn", "id", N_ITEMS, cfg, inputs=None).steps == 4
+
+
 def test_a_ce_step_over_its_logits_memory_chunks_the_softmax_with_the_same_gradients():
     """Past `logits_memory_mb` the softmax runs a few positions at a time: the loss and every
     gradient are full softmax's (item text fused, so the table is not a leaf)."""

@@ -136,6 +136,10 @@ def test_a_study_of_another_configuration_is_refused(tmp_path):
         ({"space": {}}, "tune.space: .*search space is empty"),
         ({"space": {"lr": {"low": 0.1, "high": 0.01}}}, "tune.space.lr: .*inverted range"),
         ({"space": {"heads": {"choices": [1, 2]}}}, "cannot search heads"),
+        (
+            {"model": "gru4rec", "space": {"layers": {"low": 1, "high": 3}}},
+            "tune.space: .*gru4rec does not read layers: .*gru_layers",
+        ),
         ({"space": {"lr": {"low": 0.0, "high": 0.1, "log": True}}}, "log range needs low > 0"),
         ({"model": "bert4rec"}, "tune.model: .*'sasrec', 'gru4rec' or 'srgnn'"),
     ],
@@ -147,6 +151,16 @@ def test_bad_search_settings_name_the_field(tmp_path, tune, message):
     path.write_text(yaml.safe_dump(values))
     with pytest.raises(ConfigError, match=message):
         load_config(path)
+
+
+def test_the_default_search_covers_what_the_backbone_reads():
+    from slim_core.config import TuneConfig
+
+    assert {"layers", "dropout"} <= set(TuneConfig(model="sasrec").space)
+    assert {"gru_layers", "dropout"} <= set(TuneConfig(model="gru4rec").space)
+    assert "layers" not in TuneConfig(model="gru4rec").space
+    srgnn = set(TuneConfig(model="srgnn").space)
+    assert "gnn_steps" in srgnn and not srgnn & {"layers", "gru_layers", "dropout"}
 
 
 def test_trials_run_as_prefect_tasks_on_a_dask_cluster(tmp_path):

@@ -249,7 +249,12 @@ def build_model(
         )
     if kind == "gru4rec":
         return GRU4Rec(
-            n_items, cfg.dim, hidden=cfg.gru_hidden, layers=1, dropout=cfg.dropout, **common
+            n_items,
+            cfg.dim,
+            hidden=cfg.gru_hidden,
+            layers=cfg.gru_layers,
+            dropout=cfg.dropout,
+            **common,
         )
     if kind == "srgnn":
         return SRGNN(n_items, cfg.dim, steps=cfg.gnn_steps, **common)

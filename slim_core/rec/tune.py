@@ -22,7 +22,7 @@ import torch
 import yaml
 from optuna.trial import TrialState
 
-from slim_core.config import TUNABLE, RecommenderConfig, SearchRange, SlimConfig
+from slim_core.config import RecommenderConfig, SearchRange, SlimConfig
 from slim_core.errors import ConfigError
 from slim_core.rec.stage import fit_sequential, load_inputs
 from storage import RunFolder, canonical_hash
@@ -67,7 +67,7 @@ def tune_study(config: SlimConfig, data_key: str, item_vectors_key: str | None) 
     """The study of this configuration: one folder per backbone and variant, keyed by everything
     a trial's score depends on except the number of trials (asking for more resumes)."""
     tune, rec = config.tuning, config.recommender
-    fixed = rec.result_settings(exclude=set(TUNABLE))
+    fixed = rec.result_settings(exclude=set(tune.space))
     key = canonical_hash(
         {
             "data": data_key,
