@@ -487,6 +487,21 @@ def test_gru4rec_keeps_full_windows_so_no_score_depends_on_the_batch(cyclic_data
     assert all(seq.shape[1] == 10 for seq, _ in batches(np.random.default_rng(0)))
 
 
+def test_gru4rec_item_text_starts_as_its_id_model_plus_the_text():
+    """GRU4Rec's item fusion passes the ID embedding through at the start; the text's share is
+    drawn at random and learned (an initial draw over both halves cost it on Scientific)."""
+    from slim_core.rec.models import GRU4Rec
+
+    torch.manual_seed(0)
+    text = torch.nn.functional.normalize(torch.randn(41, 12), dim=1)
+    model = GRU4Rec(40, 16, item_text=text)
+    fusion, ids = model.items.fusion, model.items.id_embedding.weight
+    with torch.no_grad():
+        text_share = fusion(text, torch.zeros_like(ids))
+        torch.testing.assert_close(fusion(text, ids) - text_share, ids)
+    assert text_share.abs().mean() > 0.01  # the text is in from the start, not zeroed out
+
+
 def test_trimmed_batches_keep_every_item_and_target():
     from slim_core.rec.train import trimmed_start
 

@@ -45,7 +45,8 @@ log = logging.getLogger("slim_core.rec")
 
 ENCODE_STAGE_VERSION = 1
 # 2: SASRec initialised as RecBole does; SRGNN. 3: SRGNN's item-text fusion initialised uniformly.
-RECOMMENDER_STAGE_VERSION = 3
+# 4: GRU4Rec's item-text fusion starts as the ID model; GRU4Rec reads `gru_layers`.
+RECOMMENDER_STAGE_VERSION = 4
 
 
 @dataclass(frozen=True)
