@@ -487,6 +487,8 @@ def measure(stage: str, engine: str, n: int, log: Path, shape: dict, args) -> di
         row["outputs_match_duckdb"] = compare_outputs(paths["data"], Path(row["folder"]))["agree"]
     if stage == "data" and engine == "duckdb" and row["seconds"] is not None:
         row["kept"] = _kept(paths["data"])
+        stats = json.loads((paths["data"] / "stats.json").read_text())
+        row["k_core_rounds"] = len(stats["k_core"]["rounds"])  # full passes over the log
     row.pop("folder", None)
     if stage != "data" or engine != "duckdb":
         _rm(out)  # DuckDB's data folder feeds the other stages; the rest is not needed again
@@ -558,7 +560,8 @@ def note(row: dict) -> str:
         if "outputs_match_duckdb" in row:
             return "outputs = DuckDB's" if row["outputs_match_duckdb"] else "OUTPUTS DIFFER"
         kept = row.get("kept", {})
-        return f"kept {kept.get('users', 0):,} users, {kept.get('items', 0):,} items"
+        rounds = f", {row['k_core_rounds']} k-core rounds" if "k_core_rounds" in row else ""
+        return f"kept {kept.get('users', 0):,} users, {kept.get('items', 0):,} items{rounds}"
     if row["stage"] == "epoch":
         scaled = f", from {row['measured_batches']} batches" if row["extrapolated"] else ""
         return f"{row['windows']:,} windows at {row['windows_per_second']:,.0f}/s{scaled}"

@@ -13,8 +13,9 @@ def table(write, log, name="x.csv"):
     return {"format": "table", "interactions": str(path)}
 
 
-def k_core_by_hand(log, min_user, min_item):
-    """Plain-Python reference: drop users/items under their minimum until nothing changes."""
+def k_core_by_hand(log, min_user, min_item, rounds=None):
+    """Plain-Python reference: drop users/items under their minimum until nothing changes;
+    what each round removed is appended to `rounds`."""
     pairs = set((u, i) for u, i, _ in log)
     while True:
         users, items = {}, {}
@@ -24,6 +25,14 @@ def k_core_by_hand(log, min_user, min_item):
         kept = {(u, i) for u, i in pairs if users[u] >= min_user and items[i] >= min_item}
         if kept == pairs:
             return kept
+        if rounds is not None:
+            rounds.append(
+                {
+                    "interactions_removed": len(pairs) - len(kept),
+                    "users_removed": len(users) - len({u for u, _ in kept}),
+                    "items_removed": len(items) - len({i for _, i in kept}),
+                }
+            )
         pairs = kept
 
 
@@ -53,7 +62,15 @@ def test_k_core_matches_reference_on_random_logs(write, tmp_path, seed):
     ]
     result = run_stage(tmp_path / "r", table(write, log), k_core_users=4, k_core_items=5)
     got = {(u, i) for u, seq in sequences_by_user(result).items() for i in seq}
-    assert got == k_core_by_hand(log, 4, 5)
+    rounds = []
+    assert got == k_core_by_hand(log, 4, 5, rounds)
+    assert result.stats["k_core"]["rounds"] == rounds  # what each round removed, users and items
+    assert len(rounds) >= 2  # with items and users left behind by the others' removal
+    counts = {}
+    for _, i in got:
+        counts[i] = counts.get(i, 0) + 1
+    kept_items = {row["item_id"]: row["n_interactions"] for row in rows(result, "items")}
+    assert kept_items == counts
 
 
 def test_users_need_three_interactions_even_with_k_one(write, tmp_path):
