@@ -735,19 +735,20 @@ class SearchRange(_Strict):
         return self
 
 
-TUNABLE = (
-    "lr",
-    "dropout",
-    "dim",
-    "layers",
-    "gru_layers",
-    "gnn_steps",
-    "batch_size",
-    "weight_decay",
-    "max_len",
-)
-# The tunable settings each backbone does not read: a search over one of them spends its trials
-# on noise (GRU4Rec's 16-trial search once "chose" `layers: 2`, which no GRU4Rec reads).
+# The default search; a setting a backbone does not read (IGNORED_BY) is left out of its search,
+# which would spend trials on noise (GRU4Rec's search once "chose" `layers: 2`, never read).
+SEARCH = {
+    "lr": {"low": 1e-4, "high": 1e-2, "log": True},
+    "dropout": {"low": 0.0, "high": 0.6},
+    "dim": {"choices": [32, 64, 128]},
+    "layers": {"low": 1, "high": 3},
+    "gru_layers": {"low": 1, "high": 3},
+    "gnn_steps": {"low": 1, "high": 3},
+    "batch_size": {"choices": [32, 64, 128, 256]},
+    "weight_decay": {"choices": [0.0, 1e-6, 1e-5, 1e-4]},
+    "max_len": {"choices": [20, 50]},
+}
+TUNABLE = tuple(SEARCH)
 IGNORED_BY = {
     "sasrec": {"gru_layers", "gnn_steps"},
     "gru4rec": {"layers", "gnn_steps"},
@@ -757,20 +758,8 @@ IGNORED_BY = {
 
 def default_space(model: str) -> dict[str, SearchRange]:
     """The search over every tunable setting that `model` reads."""
-    space = {
-        "lr": SearchRange(low=1e-4, high=1e-2, log=True),
-        "dropout": SearchRange(low=0.0, high=0.6),
-        "dim": SearchRange(choices=[32, 64, 128]),
-        "layers": SearchRange(low=1, high=3),
-        "gru_layers": SearchRange(low=1, high=3),
-        "gnn_steps": SearchRange(low=1, high=3),
-        "batch_size": SearchRange(choices=[32, 64, 128, 256]),
-        "weight_decay": SearchRange(choices=[0.0, 1e-6, 1e-5, 1e-4]),
-        "max_len": SearchRange(choices=[20, 50]),
-    }
-    return {
-        name: search for name, search in space.items() if name not in IGNORED_BY.get(model, set())
-    }
+    ignored = IGNORED_BY.get(model, set())
+    return {name: SearchRange(**rng) for name, rng in SEARCH.items() if name not in ignored}
 
 
 class TuneConfig(_Strict):

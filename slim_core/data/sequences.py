@@ -135,20 +135,16 @@ def _k_core(con: duckdb.DuckDBPyConnection, min_user: int, min_item: int) -> lis
             """
         )
         after = [_count(con, table) for table in ("kcore", "user_counts", "item_counts")]
-        removed = [b - a for b, a in zip(before, after, strict=True)]
+        interactions, users, items = (b - a for b, a in zip(before, after, strict=True))
         rounds.append(
-            dict(
-                zip(
-                    ("interactions_removed", "users_removed", "items_removed"), removed, strict=True
-                )
-            )
+            {"interactions_removed": interactions, "users_removed": users, "items_removed": items}
         )
         log.info(
             "k-core round %d: removed %d users, %d items, %d interactions",
             len(rounds),
-            removed[1],
-            removed[2],
-            removed[0],
+            users,
+            items,
+            interactions,
         )
 
 
