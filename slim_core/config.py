@@ -782,7 +782,8 @@ class TuneConfig(_Strict):
     @classmethod
     def _space_of_the_model(cls, data: Any) -> Any:
         if isinstance(data, dict) and "space" not in data:
-            data = {**data, "space": default_space(data.get("model", "sasrec"))}
+            model = data.get("model", cls.model_fields["model"].default)
+            data = {**data, "space": default_space(model)}
         return data
 
     @field_validator("space")

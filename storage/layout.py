@@ -85,9 +85,12 @@ class StageFolder:
         sealed = {}
         for name, about in files.items():
             stat = (self.path / name).stat()
-            digest = file_digest(self.path / name)
-            sealed[name] = {**about, "size": stat.st_size, "blake2b": digest}
-            sealed[name]["stat"] = _stat_facts(stat)
+            sealed[name] = {
+                **about,
+                "size": stat.st_size,
+                "blake2b": file_digest(self.path / name),
+                "stat": _stat_facts(stat),
+            }
         manifest = {
             "stage": self.stage,
             "key": self.key,

@@ -103,6 +103,9 @@ def _k_core(con: duckdb.DuckDBPyConnection, min_user: int, min_item: int) -> lis
         CREATE OR REPLACE TEMP TABLE item_counts AS SELECT i, count(*) AS n FROM kcore GROUP BY i;
         """
     )
+    gone_rows = "u IN (SELECT u FROM gone_users) OR i IN (SELECT i FROM gone_items)"
+    tables = ("kcore", "user_counts", "item_counts")
+    sizes = [_count(con, table) for table in tables]
     rounds: list[dict[str, int]] = []
     while True:
         con.execute(
@@ -114,15 +117,11 @@ def _k_core(con: duckdb.DuckDBPyConnection, min_user: int, min_item: int) -> lis
         if _count(con, "gone_users") == 0 and _count(con, "gone_items") == 0:
             con.execute("DROP TABLE gone_users; DROP TABLE gone_items")
             return rounds
-        before = [_count(con, table) for table in ("kcore", "user_counts", "item_counts")]
         # A user or item whose every row went with the others' leaves too (its count drops to 0).
         con.execute(
-            """
-            CREATE OR REPLACE TEMP TABLE gone AS
-            SELECT u, i FROM kcore
-            WHERE u IN (SELECT u FROM gone_users) OR i IN (SELECT i FROM gone_items);
-            DELETE FROM kcore
-            WHERE u IN (SELECT u FROM gone_users) OR i IN (SELECT i FROM gone_items);
+            f"""
+            CREATE OR REPLACE TEMP TABLE gone AS SELECT u, i FROM kcore WHERE {gone_rows};
+            DELETE FROM kcore WHERE {gone_rows};
             CREATE OR REPLACE TEMP TABLE user_counts AS
             SELECT u, c.n - coalesce(g.n, 0) AS n
             FROM user_counts c LEFT JOIN (SELECT u, count(*) AS n FROM gone GROUP BY u) g USING (u)
@@ -134,8 +133,9 @@ def _k_core(con: duckdb.DuckDBPyConnection, min_user: int, min_item: int) -> lis
             DROP TABLE gone;
             """
         )
-        after = [_count(con, table) for table in ("kcore", "user_counts", "item_counts")]
-        interactions, users, items = (b - a for b, a in zip(before, after, strict=True))
+        after = [_count(con, table) for table in tables]
+        interactions, users, items = (b - a for b, a in zip(sizes, after, strict=True))
+        sizes = after
         rounds.append(
             {"interactions_removed": interactions, "users_removed": users, "items_removed": items}
         )
