@@ -11,6 +11,10 @@ same pairs. The teacher's own users are left out: their validation answers were 
 
     python benchmarks/selection.py --config configs/ml-100k.yaml --dataset ml-100k --users 256
 
+`--finished` scores the students of whole runs instead (each run's saved `config.yaml`, one
+per `student.select`, sharing the teacher's answers: the Scientific sample of docs/results.md),
+at every cutoff they wrote, the teacher's users again left out; nothing is fine-tuned.
+
 Writes `benchmarks/results/selection.json` and adds a `student` row per filter (and the
 `history` control) to `benchmarks/results/rationale_quality.json`.
 """
@@ -84,26 +88,39 @@ def score(config: SlimConfig, excluded: set[int]) -> dict:
     return {row.part: row for row in rows}
 
 
+def arm_path(args: argparse.Namespace, selection: str) -> Path:
+    """Fine-tune the arm's student and write its rationales; the arm's configuration."""
+    folder = args.runs / f"{args.dataset}-select-{selection}"
+    config = arm_config(args.config, selection, args.users, folder)
+    print(f"== student.select {selection}: {config}", flush=True)
+    slim("student", "run", "-c", str(config))
+    encode_run(config)
+    return config
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, required=True, help="a config whose run finished")
+    parser.add_argument(
+        "--config", type=Path, help="a config whose run finished (the arms' source)"
+    )
     parser.add_argument("--dataset", required=True, help="the name the rows carry, e.g. ml-100k")
     parser.add_argument("--users", type=int, default=256, help="the first N users are scored")
     parser.add_argument(
         "--filters", nargs="+", default=["none", "top_fraction"], help="student.select values"
     )
     parser.add_argument("--runs", type=Path, default=ROOT / "runs", help="where run folders go")
+    parser.add_argument(
+        "--finished", type=Path, nargs="+", help="configs of finished runs to score (see above)"
+    )
     args = parser.parse_args()
-    answers = teacher_answers(args.config)
+    if not (args.config or args.finished):
+        parser.error("give --config (fine-tune the arms) or --finished (score finished runs)")
+    answers = teacher_answers(args.finished[0] if args.finished else args.config)
     excluded = set(answers)
     rows, quality_rows = [], []
-    for selection in args.filters:
-        folder = args.runs / f"{args.dataset}-select-{selection}"
-        config = arm_config(args.config, selection, args.users, folder)
-        print(f"== student.select {selection}: {config}", flush=True)
-        slim("student", "run", "-c", str(config))
-        encode_run(config)
+    for config in args.finished or [arm_path(args, selection) for selection in args.filters]:
         arm = load_config(config)
+        selection = arm.student.select
         scores = score(arm, excluded)
         full = scores["full"]
         student = arm.student
