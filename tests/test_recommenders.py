@@ -502,6 +502,22 @@ def test_gru4rec_item_text_starts_as_its_id_model_plus_the_text():
     assert text_share.abs().mean() > 0.01  # the text is in from the start, not zeroed out
 
 
+def test_sasrec_user_vector_starts_as_its_state_plus_the_vector():
+    """SASRec's user-side fusion passes the backbone's state through at the start (drawn at
+    random, it cost every user-vector row its item-text level on the Scientific sample)."""
+    from slim_core.rec.models import SASRec
+
+    torch.manual_seed(0)
+    model = SASRec(40, 16, user_text_dim=12).eval()
+    fusion = model.user_fusion
+    states = torch.randn(3, 5, 16)
+    user_text = torch.nn.functional.normalize(torch.randn(3, 5, 12), dim=-1)
+    with torch.no_grad():
+        vector_share = fusion(user_text, torch.zeros_like(states))
+        torch.testing.assert_close(fusion(user_text, states) - vector_share, states)
+    assert vector_share.abs().mean() > 0.01  # the vector is in from the start
+
+
 def test_trimmed_batches_keep_every_item_and_target():
     from slim_core.rec.train import trimmed_start
 

@@ -46,7 +46,8 @@ log = logging.getLogger("slim_core.rec")
 ENCODE_STAGE_VERSION = 1
 # 2: SASRec initialised as RecBole does; SRGNN. 3: SRGNN's item-text fusion initialised uniformly.
 # 4: GRU4Rec's item-text fusion starts as the ID model; GRU4Rec reads `gru_layers`.
-RECOMMENDER_STAGE_VERSION = 4
+# 5: SASRec's user-side fusion starts as the backbone's state.
+RECOMMENDER_STAGE_VERSION = 5
 
 
 @dataclass(frozen=True)
