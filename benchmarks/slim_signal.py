@@ -41,6 +41,10 @@ def _rows(config: SlimConfig) -> list[dict]:
     return result.rows
 
 
+def _is_student(row: dict) -> bool:
+    return row["variant"].endswith("+student")
+
+
 def _seeds(rows: list[dict]) -> list[int]:
     return sorted({r["seed"] for r in rows if r["seed"] is not None})
 
@@ -50,8 +54,7 @@ def _signal(rows: list[dict], head: dict, student_filter: str) -> list[dict]:
     for protocol in ("full", "sampled"):
         for row in signal_rows(rows, protocol):
             rounded = {k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}
-            is_student = row["variant"].endswith("+student")
-            filter_ = student_filter if is_student else "none"
+            filter_ = student_filter if _is_student(row) else "none"
             out.append({**head, "protocol": protocol, "filter": filter_, **rounded})
     return out
 
@@ -63,23 +66,17 @@ def rows_for(config_path: Path, dataset: str, selected_path: Path | None = None)
     out = _signal(rows, head, config.student.select if config.student else "none")
     if selected_path is not None:
         selected = load_config(selected_path)
-        students = [r for r in _rows(selected) if r["variant"].endswith("+student")]
+        students = [r for r in _rows(selected) if _is_student(r)]
         if _seeds(students) != head["seeds"]:
             raise SystemExit(f"{selected_path}: seeds {_seeds(students)}, not {head['seeds']}")
-        references = [r for r in rows if not r["variant"].endswith("+student")]
+        references = [r for r in rows if not _is_student(r)]
         arm = _signal(references + students, head, selected.student.select)
-        out += [r for r in arm if r["variant"].endswith("+student")]
+        out += [r for r in arm if _is_student(r)]
     return out
 
 
 def _key(row: dict) -> tuple:
-    return (
-        row["dataset"],
-        row["model"],
-        row["variant"],
-        row["protocol"],
-        row.get("filter", "none"),
-    )
+    return (row["dataset"], row["model"], row["variant"], row["protocol"], row["filter"])
 
 
 def main() -> None:
@@ -113,7 +110,7 @@ def main() -> None:
                 )
         print(
             f"| {r['dataset']} | {r['protocol']} | {r['model']} | {r['variant']} | "
-            f"{r.get('filter', 'none')} | "
+            f"{r['filter']} | "
             f"{len(r['seeds'])} | {r['ndcg10']:.2f} ± {r['ndcg10_std']:.2f} | {' | '.join(cells)} |"
         )
 
