@@ -70,6 +70,14 @@ def rows_for(config_path: Path, dataset: str, selected_path: Path | None = None)
         if _seeds(students) != head["seeds"]:
             raise SystemExit(f"{selected_path}: seeds {_seeds(students)}, not {head['seeds']}")
         references = [r for r in rows if not _is_student(r)]
+        # The first run's latest results are read: a later run of another model leaves the
+        # students without references, and their rows without a comparison.
+        missing = {r["model"] for r in students} - {r["model"] for r in references}
+        if missing:
+            raise SystemExit(
+                f"{config.run.output_dir}: its latest recommender results hold no "
+                f"{sorted(missing)} references for {selected_path}; rerun its `slim run`"
+            )
         arm = _signal(references + students, head, selected.student.select)
         out += [r for r in arm if _is_student(r)]
     return out
